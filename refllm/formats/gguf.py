@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from refllm.formats.errors import FormatError, UnknownTypeError
+from refllm.formats.errors import FormatError, TruncatedError, UnknownTypeError
 from refllm.formats.model import ModelFile, TensorInfo, tensor_nbytes
 from refllm.formats.seeker import BufferedSeeker
-from refllm.formats.values import SCALAR_DTYPES, NestedArray, StringArray, ValueType
+from refllm.formats.values import SCALAR_DTYPES, STRUCT_CODES, NestedArray, StringArray, ValueType
 
 MAGIC = b"GGUF"
 MAGIC_SWAPPED = b"FUGG"
@@ -50,8 +50,7 @@ class _Decoder:
         self.len_struct = struct.Struct(byteorder + ("I" if version == 1 else "Q"))
         self.u32 = struct.Struct(byteorder + "I")
         self.u64 = struct.Struct(byteorder + "Q")
-        self.scalars = {vt: struct.Struct(byteorder + dt.char) for vt, dt in SCALAR_DTYPES.items()
-                        if vt != ValueType.BOOL}
+        self.scalars = {vt: struct.Struct(byteorder + code) for vt, code in STRUCT_CODES.items()}
 
     def error(self, message: str, offset: int, expected: str | None = None) -> FormatError:
         return FormatError(message, offset=offset, expected=expected, path=self.path)
@@ -63,9 +62,9 @@ class _Decoder:
         """Refuse a count whose smallest possible encoding is larger than the rest of the file."""
         left = self.s.remaining()
         if left is not None and count * min_size > left:
-            raise self.error(f"{what} count {count} needs at least {count * min_size} bytes, "
-                             f"but only {left} remain", offset,
-                             expected=f"a count that fits in the {left} bytes left")
+            raise TruncatedError(f"{what} count {count} needs at least {count * min_size} bytes, "
+                                 f"but only {left} remain", offset=offset, path=self.path,
+                                 expected=f"a count that fits in the {left} bytes left")
 
     def min_size(self, vtype: ValueType) -> int:
         if vtype == ValueType.STRING:
@@ -79,8 +78,8 @@ class _Decoder:
         n = self.read_len(f"the length of {what}")
         left = self.s.remaining()
         if left is not None and n > left:
-            raise self.error(f"{what} has length {n} but only {left} bytes remain", at,
-                             expected=f"a string length of at most {left}")
+            raise TruncatedError(f"{what} has length {n} but only {left} bytes remain", offset=at,
+                                 expected=f"a string length of at most {left}", path=self.path)
         return self.s.read_exact(n, what).decode("utf-8", "surrogateescape")
 
     def read_value_type(self, what: str) -> ValueType:

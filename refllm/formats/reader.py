@@ -29,8 +29,10 @@ _NOT_MODELS = [  # (prefix, what it is)
 
 def _sniff(head: bytes, path: str | None) -> None:
     """Raise a FormatError that names what a non-model file is."""
-    if not head:
-        raise TruncatedError("the file is empty", offset=0, expected="a GGUF or GGML magic", path=path)
+    if len(head) < 4:
+        raise TruncatedError("the file is empty" if not head else f"the file ends inside the magic "
+                             f"({len(head)} bytes)", offset=0, expected="a 4-byte GGUF or GGML magic",
+                             path=path)
     if head.startswith(_LFS_POINTER):
         raise LFSPointerError("this is a git-LFS pointer file, not the model: fetch the object with "
                               "`git lfs pull` or download the file itself", offset=0,

