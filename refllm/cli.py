@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the command ran but found a problem (a failed structural check, a
 sha256 mismatch); 2 bad input (an unreadable file, an unknown name, an impossible option),
-reported as one line on stderr with no traceback.
+reported as one line on stderr with no traceback. Output cut off by a closed pipe (`| head`)
+ends quietly (click exits 1 there).
 """
 
 from __future__ import annotations
@@ -58,11 +59,11 @@ def inspect() -> None:
 
 
 def _sha256_with_progress(path: Path) -> str:
-    from refllm.fetch import sha256_file
+    from refllm.formats.files import sha256_file
     from refllm.progress import Progress
 
     with Progress(f"sha256 {path.name}", path.stat().st_size) as bar:
-        return "sha256:" + sha256_file(path, bar)
+        return "sha256:" + sha256_file(path, bar.update)
 
 
 def _print_value(value, as_json: bool) -> None:
@@ -150,7 +151,10 @@ def inspect_store(as_json: bool) -> int:
     """List the models in the ollama store ($OLLAMA_MODELS or ~/.ollama/models), like `ollama list`."""
     from refllm.formats.ollama import list_manifests, models_dir
 
-    manifests = list_manifests()
+    skipped: list = []
+    manifests = list_manifests(skipped=skipped)
+    for problem in skipped:
+        click.echo(f"refllm: warning: skipped {problem}", err=True)
     rows = [{"name": m.name.display_shortest(), "full_name": str(m.name), "id": m.id, "size": m.size,
              "modified": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.modified)),
              "model_blob": m.model_layer.digest if m.model_layer else None} for m in manifests]
@@ -211,11 +215,6 @@ def main(argv: list[str] | None = None) -> None:
     except RefllmError as e:
         click.echo(f"refllm: error: {' '.join(str(e).split())}", err=True)
         code = 2
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly. Point stdout at devnull so the
-        # interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 141
     except KeyboardInterrupt:
         code = 130
     sys.exit(code or 0)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from refllm.errors import RefllmError
-from refllm.formats.atomic import atomic_output
+from refllm.formats.files import atomic_output, sha256_file
 from refllm.progress import Progress
 
 
@@ -98,16 +98,6 @@ def pack(name: str) -> Pack:
         raise FetchError(f"unknown pack {name!r}; known packs: {', '.join(PACKS)}") from None
 
 
-def sha256_file(path: Path, progress: Progress | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            if progress:
-                progress.update(len(chunk))
-    return h.hexdigest()
-
-
 def _stamp_path(output: Path) -> Path:
     return output.parent / f".{output.name}.stamp"
 
@@ -157,7 +147,7 @@ def ensure_pack(name: str, *, verify: bool = False, root: Path | None = None, qu
 
 def _check_sha256(path: Path, expected: str, quiet: bool) -> None:
     with Progress(f"verify {path.name}", path.stat().st_size, enabled=False if quiet else None) as bar:
-        actual = sha256_file(path, bar)
+        actual = sha256_file(path, bar.update)
     if actual != expected:
         raise FetchError(f"{path}: sha256 is {actual}, expected {expected}; delete it and pull again")
 

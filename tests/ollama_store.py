@@ -18,7 +18,8 @@ MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.ollama.image."
 
-TEMPLATE = "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n"
+TEMPLATE = ("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+            "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n")
 SYSTEM = "You are a helpful assistant."
 PARAMS = {"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.6}
 LICENSE = "Apache License\nVersion 2.0, January 2004\n"
@@ -47,7 +48,8 @@ def write_blob(root: Path, data: bytes) -> str:
 
 def layer(root: Path, kind: str, data: bytes, **extra) -> dict:
     """A manifest layer entry for `data`, stored as a blob."""
-    return {"mediaType": LAYER_MEDIA_TYPE + kind, "digest": write_blob(root, data), "size": len(data), **extra}
+    return {"mediaType": LAYER_MEDIA_TYPE + kind, "digest": write_blob(root, data), "size": len(data),
+            **extra}
 
 
 def write_manifest(root: Path, relpath: str, config: dict, layers: list[dict]) -> Path:

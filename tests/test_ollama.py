@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ollama_store import LICENSE, PARAMS, SYSTEM, TEMPLATE, add_model, layer, write_blob, write_manifest
 from refllm.errors import RefllmError
@@ -75,6 +77,25 @@ def test_invalid_names_name_the_bad_part(text, complaint):
         ModelName.parse(text)
     assert complaint in str(info.value)
     assert isinstance(info.value, RefllmError)
+
+
+def test_invalid_character_message_lists_what_is_allowed():
+    with pytest.raises(StoreError, match=r"the namespace 'a\.b' contains '\.'; it may contain only "
+                                         r"letters, digits, '_' and '-'"):
+        ModelName.parse("a.b/m")
+
+
+def _part(extra_chars: str, longest: int) -> st.SearchStrategy[str]:
+    word = "abcXYZ019_"
+    return st.builds(lambda first, rest: first + rest, st.sampled_from(word),
+                     st.text(alphabet=word + extra_chars, max_size=min(longest - 1, 12)))
+
+
+@given(_part(".:-", 350), _part("-", 80), _part(".-", 80), _part(".-", 80))
+def test_full_names_round_trip(host, namespace, model, tag):
+    name = ModelName(host, namespace, model, tag)
+    assert ModelName.parse(str(name)) == name
+    assert ModelName.parse(name.display_shortest()) == name
 
 
 def test_longest_valid_parts():
@@ -200,6 +221,9 @@ def test_missing_model_lists_at_most_five(tmp_path):
 
 
 def test_missing_model_in_an_empty_store(tmp_path):
+    with pytest.raises(StoreError, match=r"there is no ollama store at .* \(set OLLAMA_MODELS"):
+        find_manifest("llama3", tmp_path)
+    (tmp_path / "manifests").mkdir()
     with pytest.raises(StoreError, match="has no models"):
         find_manifest("llama3", tmp_path)
 
@@ -328,8 +352,8 @@ def test_verify_blob(tmp_path):
     data = bytes(range(256)) * 5000                                   # 1.28 MB: two 1 MiB chunks
     digest = write_blob(tmp_path, data)
     calls = []
-    assert verify_blob(digest, tmp_path, progress=lambda done, total: calls.append((done, total))) == digest
-    assert calls == [(1 << 20, len(data)), (len(data), len(data))]
+    assert verify_blob(digest, tmp_path, progress=calls.append) == digest
+    assert calls == [1 << 20, len(data) - (1 << 20)]
     assert verify_blob(digest.replace(":", "-").upper().replace("SHA256-", "sha256-"), tmp_path) == digest
 
 
@@ -414,6 +438,12 @@ def test_target_a_model_whose_blob_is_missing(store):
     os.unlink(blob)
     with pytest.raises(StoreError, match="its model blob sha256:[0-9a-f]{64} is missing: no file"):
         resolve_target("smollm2", store)
+
+
+def test_target_a_short_digest_gets_a_hint(store):
+    with pytest.raises(StoreError, match=r"not an existing file or a sha256 digest \(a digest is 'sha256:' "
+                                         r"followed by 64 hex digits\)"):
+        resolve_target("sha256:abc", store)
 
 
 @pytest.mark.parametrize("target", ["no such/file.gguf", "./models/x.gguf", "a/b/c/d", ""])

@@ -249,8 +249,8 @@ class _Reader:
         """Refuse a length field (at offset `at`) that claims more bytes than the file has left."""
         left = self.s.remaining()
         if left is not None and length > left:
-            raise self.error(f"{what} has length {length} but only {left} bytes remain", at,
-                             expected=f"a length of at most {left}")
+            raise TruncatedError(f"{what} has length {length} but only {left} bytes remain",
+                                 offset=at, expected=f"a length of at most {left}", path=self.path)
 
     def more(self) -> bool:
         """Whether any bytes are left (for a pipe, by looking)."""
@@ -299,9 +299,9 @@ class _Reader:
         entry_min = _U32.size + (_F32.size if with_scores else 0)
         left = self.s.remaining()
         if left is not None and n_vocab * entry_min > left:
-            raise self.error(f"n_vocab {n_vocab} needs at least {n_vocab * entry_min} bytes, "
-                             f"but only {left} remain", n_vocab_at,
-                             expected=f"a vocab that fits in the {left} bytes left")
+            raise TruncatedError(f"n_vocab {n_vocab} needs at least {n_vocab * entry_min} bytes, "
+                                 f"but only {left} remain", offset=n_vocab_at, path=self.path,
+                                 expected=f"a vocab that fits in the {left} bytes left")
         texts, scores = [], []
         for token_id in range(n_vocab):
             length, at = self.u32(f"the length of token {token_id}")
@@ -329,7 +329,7 @@ class _Reader:
                 f"unknown ggml type id {type_id}"
             raise UnknownTypeError(f"{what} has {known}, which {file_label(container, version)} "
                                    "files do not hold", offset=type_at,
-                                   expected=_one_of([type_name(t) for t in held]),
+                                   expected=f"one of {_one_of([type_name(t) for t in held])}",
                                    path=self.path)
         block_elems, block_bytes, old = layout
         ne, ne_at = [], self.s.tell()

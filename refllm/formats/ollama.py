@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from refllm.errors import RefllmError
+from refllm.formats.files import sha256_file
 
 
 class StoreError(RefllmError):
@@ -47,7 +48,6 @@ DEFAULT_TAG = "latest"
 
 _LAYER_PREFIX = "application/vnd.ollama.image."
 _KIND_ALIASES = {"prompt": "template"}      # old manifests called the template layer 'prompt'
-_HASH_CHUNK = 1 << 20                       # verify_blob reads 1 MiB at a time
 _MODELS_SHOWN_WHEN_MISSING = 5
 
 
@@ -91,9 +91,9 @@ def _part_problem(part: str, value: str) -> str | None:
         return f"the {part} {value!r} must start with a letter, a digit or '_'"
     bad = [c for c in value if c not in _WORD_CHARS and c not in extra_chars]
     if bad:
-        extras = " ".join(repr(c) for c in extra_chars)
+        allowed = ["letters", "digits", "'_'"] + [repr(c) for c in extra_chars]
         return (f"the {part} {value!r} contains {bad[0]!r}; "
-                f"it may contain only letters, digits, '_' and {extras}")
+                f"it may contain only {', '.join(allowed[:-1])} and {allowed[-1]}")
     return None
 
 
@@ -110,7 +110,8 @@ def _split_name(s: str) -> ModelName:
         if slash:
             scheme, sep, host = rest.partition("://")
             parts["host"] = host if sep else scheme
-    return ModelName(host=parts.get("host", DEFAULT_HOST), namespace=parts.get("namespace", DEFAULT_NAMESPACE),
+    return ModelName(host=parts.get("host", DEFAULT_HOST),
+                     namespace=parts.get("namespace", DEFAULT_NAMESPACE),
                      model=parts["model"], tag=parts.get("tag", DEFAULT_TAG))
 
 
@@ -186,27 +187,14 @@ def blob_path(digest: str, root: Path | None = None) -> Path:
     return _root(root) / "blobs" / f"sha256-{hex_digits}"
 
 
-def _sha256_of_file(path: Path, progress: Callable[[int, int], None] | None = None) -> str:
-    """'sha256:<hex>' of the file's bytes, read 1 MiB at a time so any size fits in memory."""
-    total = path.stat().st_size
-    hasher, done = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            hasher.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return "sha256:" + hasher.hexdigest()
-
-
-def verify_file(path: Path, digest: str, *, progress: Callable[[int, int], None] | None = None) -> str:
+def verify_file(path: Path, digest: str, *, progress: Callable[[int], None] | None = None) -> str:
     """Re-hash the file at `path` and return its actual 'sha256:<hex>'. Raises StoreError if
     the file is missing or its content does not hash to `digest` (both digests are named).
-    `progress`, if given, is called with (bytes_done, bytes_total) after each 1 MiB read."""
+    `progress`, if given, is called with the byte count of each 1 MiB read."""
     expected = parse_digest(digest)
     if not path.is_file():
         raise StoreError(f"blob {expected} is missing: no file {path}")
-    actual = _sha256_of_file(path, progress)
+    actual = "sha256:" + sha256_file(path, progress)
     if actual != expected:
         raise StoreError(f"blob {path} is corrupt: its name says {expected}, "
                          f"but its content hashes to {actual}")
@@ -214,10 +202,10 @@ def verify_file(path: Path, digest: str, *, progress: Callable[[int, int], None]
 
 
 def verify_blob(digest: str, root: Path | None = None, *,
-                progress: Callable[[int, int], None] | None = None) -> str:
+                progress: Callable[[int], None] | None = None) -> str:
     """Re-hash the store's blob for `digest` (blobs/sha256-<hex>) and return the actual
     'sha256:<hex>'. Raises StoreError if the blob is missing or its content does not match its
-    name. `progress`, if given, is called with (bytes_done, bytes_total) after each 1 MiB read."""
+    name. `progress`, if given, is called with the byte count of each 1 MiB read."""
     return verify_file(blob_path(digest, root), digest, progress=progress)
 
 
@@ -291,8 +279,13 @@ def _layer_from_json(entry: object, where: str, path: Path) -> Layer:
         digest = parse_digest(entry["digest"])
     except StoreError as e:
         raise StoreError(f"malformed manifest {path}: {where}: {e}") from None
-    optional = {key: entry.get(key) if isinstance(entry.get(key), str) else None for key in ("from", "name")}
-    return Layer(entry["mediaType"], digest, entry["size"], from_=optional["from"], name=optional["name"])
+    return Layer(entry["mediaType"], digest, entry["size"],
+                 from_=_optional_str(entry, "from"), name=_optional_str(entry, "name"))
+
+
+def _optional_str(entry: dict, key: str) -> str | None:
+    value = entry.get(key)
+    return value if isinstance(value, str) else None
 
 
 def read_manifest(path: Path, name: ModelName) -> Manifest:
@@ -374,6 +367,8 @@ def _models_in_store(root: Path, wanted: ModelName) -> str:
     names = [n for n in names if _name_problem(n) is None]
     names.sort(key=lambda n: (n.model.casefold() != wanted.model.casefold(), str(n)))
     names = [n.display_shortest() for n in names]
+    if not (root / "manifests").is_dir():
+        return f"there is no ollama store at {root} (set OLLAMA_MODELS to use another)"
     if not names:
         return f"the store {root} has no models"
     shown = ", ".join(names[:_MODELS_SHOWN_WHEN_MISSING])
@@ -503,5 +498,8 @@ def resolve_target(target: str, root: Path | None = None) -> Target:
     try:
         return _model_target(target, root)
     except StoreError as e:
-        raise StoreError(f"{target!r} is not an existing file or a sha256 digest; "
+        # 'sha256:abc' is a valid model name (model sha256, tag abc), but was surely meant as a digest.
+        looks_like_digest = target.startswith(("sha256:", "sha256-"))
+        hint = " (a digest is 'sha256:' followed by 64 hex digits)" if looks_like_digest else ""
+        raise StoreError(f"{target!r} is not an existing file or a sha256 digest{hint}; "
                          f"as an ollama model name: {e}") from None

@@ -57,12 +57,16 @@ def read_model(stream: BinaryIO, path: str | None = None, *, strict: bool = True
     """
     seeker = BufferedSeeker(stream)
     head = seeker.peek(64)
-    if head[:4] in (MAGIC, MAGIC_SWAPPED):
-        model = read_gguf(seeker, path)
-    elif head[:4] in LEGACY_MAGICS:
-        model = read_legacy(seeker, path)
-    else:
-        _sniff(head, path)
+    try:
+        if head[:4] in (MAGIC, MAGIC_SWAPPED):
+            model = read_gguf(seeker, path)
+        elif head[:4] in LEGACY_MAGICS:
+            model = read_legacy(seeker, path)
+        else:
+            _sniff(head, path)
+    except FormatError as e:
+        e.path = e.path or path     # the seeker does not know the file's name
+        raise
     model.problems = check_tensor_table(model)
     if strict and model.fatal_problems:
         raise model.fatal_problems[0].error(path)

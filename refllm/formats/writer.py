@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Union
 
 import numpy as np
 
-from refllm.formats.atomic import atomic_output
+from refllm.formats.files import atomic_output
 from refllm.formats.ggml_types import ggml_type
 from refllm.formats.gguf import DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS
 from refllm.formats.model import ModelFile, tensor_nbytes

@@ -1,16 +1,31 @@
-"""Atomic file output: write to a temporary file beside the target, then rename over it.
+"""Files: atomic output and content hashing.
 
-A reader never sees a half-written file, and a failed or interrupted write leaves the old
-file (or nothing) in place.
+Atomic output writes to a temporary file beside the target, then renames it over the target:
+a reader never sees a half-written file, and a failed or interrupted write leaves the old file
+(or nothing) in place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
+
+_HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike, on_chunk: Callable[[int], None] | None = None) -> str:
+    """The hex sha256 of a file's bytes, read 1 MiB at a time; on_chunk(n) is called after each read."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+            if on_chunk:
+                on_chunk(len(chunk))
+    return h.hexdigest()
 
 
 def _umask() -> int:

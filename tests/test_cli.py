@@ -1,0 +1,182 @@
+"""The CLI: inspect (path, digest, ollama name, stdin), pull, and bad input as one line + exit 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from refllm.cli import main
+
+from gguf_bytes import small_model
+from ollama_store import PARAMS, SYSTEM, TEMPLATE, add_model
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(list(map(str, args)))
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "small.gguf"
+    path.write_bytes(bytes(small_model().data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, smollm2_path):
+    """An ollama store holding the real SmolLM2 blob with template, system and params layers."""
+    root = tmp_path_factory.mktemp("ollama")
+    add_model(root, "registry.ollama.ai/library/SmolLM2/latest", smollm2_path.read_bytes())
+    return root
+
+
+def test_inspect_text_sections(model_file, capsys):
+    code, out, err = run(["inspect", "blob", model_file], capsys)
+    assert code == 0 and err == ""
+    for section in ["LAYOUT", "METADATA", "TOKENIZER", "MODEL", "TENSORS", "TYPES", "MEMORY", "CHECKS all passed"]:
+        assert section in out
+    assert "[str × 5]" in out and "blk.0.attn_q.weight" in out and "64×64" in out
+
+
+def test_inspect_no_tensors_and_ctx(model_file, capsys):
+    code, out, _ = run(["inspect", "blob", model_file, "--no-tensors", "--ctx", "100", "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["tensors"] is None and report["memory"]["ctx"] == 100
+    assert report["schema"] == "refllm.inspect/1"
+
+
+def test_key_prints_one_value_in_full(model_file, capsys):
+    assert run(["inspect", "blob", model_file, "--key", "general.name"], capsys)[1] == "tiny\n"
+    code, out, _ = run(["inspect", "blob", model_file, "--key", "tokenizer.ggml.tokens"], capsys)
+    assert out.splitlines() == ["<unk>", "<s>", "</s>", "a", "héllo"]
+    code, out, _ = run(["inspect", "blob", model_file, "--key", "tokenizer.ggml.scores", "--json"], capsys)
+    assert json.loads(out) == [0.0, -1.0, -2.0, -3.5, 4.25]
+
+
+def test_missing_key_is_one_line_exit_2(model_file, capsys):
+    code, out, err = run(["inspect", "blob", model_file, "--key", "nope"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "no metadata key 'nope'" in err
+
+
+def test_template(smollm2_path, model_file, capsys):
+    code, out, _ = run(["inspect", "blob", smollm2_path, "--template"], capsys)
+    assert code == 0 and out.startswith("{% for message in messages %}")
+    code, _, err = run(["inspect", "blob", model_file, "--template"], capsys)
+    assert code == 2 and "no chat template" in err
+
+
+@pytest.mark.parametrize("data,needle", [
+    (b"", "empty"),
+    (b"GGUF\x03\x00\x00\x00" + b"\xff" * 8, "bad.gguf: at byte 16: file ends inside the metadata KV count"),
+    (b"version https://git-lfs.github.com/spec/v1\n", "git-LFS pointer"),
+    (b"not a model at all", "bad magic"),
+])
+def test_broken_files_are_one_line_exit_2(tmp_path, capsys, data, needle):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(data)
+    code, out, err = run(["inspect", "blob", bad], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and needle in err
+    assert err.startswith("refllm: error: ") and "Traceback" not in err
+
+
+def test_failed_structural_check_exits_1_and_says_why(tmp_path, capsys):
+    built = small_model()
+    built.patch("ti:output_norm.weight:type", "<I", 77)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(built.data))
+    code, out, _ = run(["inspect", "blob", bad], capsys)
+    assert code == 1 and "CHECKS FAILED: unknown-type" in out and "unknown ggml type id 77" in out
+    assert "unknown(77)" in out                                       # still shown in the table
+
+
+@pytest.mark.parametrize("args", [["inspect", "blob"], ["inspect", "blob", "x", "--ctx", "0"],
+                                  ["inspect", "blob", "x", "--bogus"], ["nope"]])
+def test_usage_errors_are_one_line_exit_2(args, capsys):
+    code, out, err = run(args, capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("refllm: error: ")
+
+
+def test_unknown_target_says_what_was_tried(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path))
+    code, _, err = run(["inspect", "blob", "no-such-model"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no-such-model" in err
+
+
+def test_header_from_stdin(model_file):
+    result = subprocess.run(f"cat '{model_file}' | '{sys.executable}' -m refllm.cli inspect blob - --json",
+                            shell=True, capture_output=True, text=True)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["layout"]["file_size"] is None
+    assert [t["name"] for t in report["tensors"]][0] == "token_embd.weight"
+
+
+def test_output_piped_to_head_ends_quietly(smollm2_path):
+    result = subprocess.run(f"'{sys.executable}' -m refllm.cli inspect blob '{smollm2_path}' | head -1",
+                            shell=True, capture_output=True, text=True)
+    assert result.stdout == "LAYOUT\n" and result.stderr == ""
+
+
+def test_ollama_model_by_name(store, smollm2_path, capsys, monkeypatch):
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    code, out, err = run(["inspect", "blob", "smollm2", "--json", "--no-tensors"], capsys)
+    report = json.loads(out)
+    assert code == 0, err
+    o = report["ollama"]
+    assert o["name"] == "registry.ollama.ai/library/SmolLM2:latest"
+    assert [layer["kind"] for layer in o["layers"]] == ["model", "template", "system", "params", "license"]
+    assert (o["template"], o["system"], o["params"]) == (TEMPLATE, SYSTEM, PARAMS)
+    assert report["model"]["architecture"] == "llama" and report["layout"]["n_tensors"] == 272
+    assert report["target"]["digest"] == "sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    code, out, _ = run(["inspect", "blob", "smollm2"], capsys)
+    assert "OLLAMA  SmolLM2:latest" in out and "<|im_start|>user" in out
+
+
+def test_ollama_blob_by_digest_and_verify(store, capsys, monkeypatch):
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    digest = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    for spelling in [f"sha256:{digest}", f"sha256-{digest}"]:
+        code, out, _ = run(["inspect", "blob", spelling, "--verify", "--no-tensors", "--json"], capsys)
+        assert code == 0 and json.loads(out)["verify"] == {
+            "expected": f"sha256:{digest}", "actual": f"sha256:{digest}", "ok": True}
+    code, out, _ = run(["inspect", "blob", store / "blobs" / f"sha256-{digest}", "--verify"], capsys)
+    assert code == 0 and "sha256 OK" in out
+
+
+def test_verify_finds_a_corrupt_blob(tmp_path, capsys, monkeypatch, model_file):
+    digest = "0" * 64
+    blob = tmp_path / "blobs" / f"sha256-{digest}"
+    blob.parent.mkdir()
+    blob.write_bytes(model_file.read_bytes())
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path))
+    code, out, _ = run(["inspect", "blob", f"sha256:{digest}", "--verify"], capsys)
+    assert code == 1 and "sha256 MISMATCH" in out
+
+
+def test_verify_needs_something_to_verify_against(model_file, capsys):
+    code, _, err = run(["inspect", "blob", model_file, "--verify"], capsys)
+    assert code == 2 and "nothing to verify" in err
+
+
+def test_inspect_store(store, capsys, monkeypatch):
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    code, out, _ = run(["inspect", "store"], capsys)
+    assert code == 0 and out.splitlines()[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    assert out.splitlines()[1].startswith("SmolLM2:latest")
+    code, out, _ = run(["inspect", "store", "--json"], capsys)
+    assert [m["name"] for m in json.loads(out)["models"]] == ["SmolLM2:latest"]
+
+
+def test_pull_list_and_unknown_pack(capsys):
+    code, out, _ = run(["pull", "--list"], capsys)
+    assert code == 0 and "smollm2" in out and "gemma3" in out and "llama-vocab" in out
+    code, _, err = run(["pull", "nope"], capsys)
+    assert code == 2 and "unknown pack 'nope'" in err
+
+
+def test_pull_prints_the_cached_path(smollm2_path, capsys):
+    code, out, _ = run(["pull"], capsys)
+    assert code == 0 and out.strip() == str(smollm2_path)
