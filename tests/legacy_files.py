@@ -126,9 +126,9 @@ def tiny_specs(n_ff: int = N_FF, with_w1: bool = True) -> list[tuple[str, tuple[
              ("output.weight", (N_EMBD, N_VOCAB))]
     for i in range(N_LAYER):
         p = f"layers.{i}."
-        specs += [(p + "attention.wq.weight", (N_EMBD, N_EMBD)), (p + "attention.wk.weight", (N_EMBD, N_EMBD)),
-                  (p + "attention.wv.weight", (N_EMBD, N_EMBD)), (p + "attention.wo.weight", (N_EMBD, N_EMBD)),
-                  (p + "feed_forward.w1.weight", (N_EMBD, n_ff)), (p + "feed_forward.w2.weight", (n_ff, N_EMBD)),
+        specs += [(p + f"attention.{w}.weight", (N_EMBD, N_EMBD)) for w in ("wq", "wk", "wv", "wo")]
+        specs += [(p + "feed_forward.w1.weight", (N_EMBD, n_ff)),
+                  (p + "feed_forward.w2.weight", (n_ff, N_EMBD)),
                   (p + "feed_forward.w3.weight", (N_EMBD, n_ff)),
                   (p + "attention_norm.weight", (N_EMBD,)), (p + "ffn_norm.weight", (N_EMBD,))]
     if not with_w1:

@@ -7,7 +7,6 @@ are needed.
 from __future__ import annotations
 
 import io
-import math
 import time
 
 import gguf
@@ -28,7 +27,8 @@ CONTAINERS = [("ggml", 0), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)]
 LABELS = {("ggml", 0): "ggml", ("ggmf", 1): "ggmf v1", ("ggjt", 1): "ggjt v1", ("ggjt", 2): "ggjt v2",
           ("ggjt", 3): "ggjt v3"}
 LAYER_NAMES = {
-    "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v", "attention.wo": "attn_output",
+    "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v",
+    "attention.wo": "attn_output",
     "attention_norm": "attn_norm", "feed_forward.w1": "ffn_gate", "feed_forward.w2": "ffn_down",
     "feed_forward.w3": "ffn_up", "ffn_norm": "ffn_norm",
 }
@@ -121,8 +121,8 @@ def test_convert_token_rules():
 def test_tensor_names_map_to_gguf():
     for source, name in GGUF_NAMES.items():
         assert gguf_tensor_name(source) == name
-    for unmapped in ["rope.freqs", "layers.0.attention.inner_attention.rope.freqs", "layers.x.ffn_norm.weight",
-                     "norm", "tok_embeddings.scale", "layers.0.mystery.weight"]:
+    for unmapped in ["rope.freqs", "layers.0.attention.inner_attention.rope.freqs", "norm",
+                     "layers.x.ffn_norm.weight", "tok_embeddings.scale", "layers.0.mystery.weight"]:
         assert gguf_tensor_name(unmapped) == unmapped
     assert gguf_tensor_name("layers.12.attention.wq.bias") == "blk.12.attn_q.bias"
 
@@ -192,8 +192,11 @@ def test_stream_without_seek_or_size_decodes_the_same():
     data = build("ggjt", 3).data
 
     class Pipe:                       # only read(): no seek, no tell, no fileno
-        def __init__(self): self._f = io.BytesIO(data)
-        def read(self, n=-1): return self._f.read(n)
+        def __init__(self):
+            self._f = io.BytesIO(data)
+
+        def read(self, n=-1):
+            return self._f.read(n)
 
     from_pipe, from_bytes = read_model(Pipe()), decode(data)
     assert from_pipe.file_size is None
@@ -203,21 +206,25 @@ def test_stream_without_seek_or_size_decodes_the_same():
 # -- old block layouts ----------------------------------------------------------------------------
 
 def _old_layout_cases():
+    """(container, version, {source name: (type id, (weights, bytes) per block, layout name)})."""
+    a0, a1 = "layers.0.attention.", "layers.1.attention."
     pre_v2 = {
-        "layers.0.attention.wq.weight": (Q4_0, OLD[Q4_0], "Q4_0 (f32 scale, old nibble order, 20 bytes per 32 weights)"),
-        "layers.0.attention.wk.weight": (Q4_1, OLD[Q4_1], "Q4_1 (f32 scale and min, old nibble order, 24 bytes per 32 weights)"),
-        "layers.0.attention.wv.weight": (Q4_2, OLD[Q4_2], "Q4_2 (f16 scale, removed in ggjt v2, 10 bytes per 16 weights)"),
-        "layers.0.attention.wo.weight": (Q4_3, OLD[Q4_3], "Q4_3 (f16 scale and min, removed in ggjt v2, 12 bytes per 16 weights)"),
-        "layers.1.attention.wq.weight": (Q5_0, OLD[Q5_0], "Q5_0 (old bit order, 22 bytes per 32 weights)"),
-        "layers.1.attention.wk.weight": (Q5_1, OLD[Q5_1], "Q5_1 (old bit order, 24 bytes per 32 weights)"),
-        "layers.1.attention.wv.weight": (Q8_0, OLD[Q8_0], "Q8_0 (f32 scale, 36 bytes per 32 weights)"),
+        a0 + "wq.weight": (Q4_0, OLD[Q4_0], "Q4_0 (f32 scale, old nibble order, 20 bytes per 32 weights)"),
+        a0 + "wk.weight": (Q4_1, OLD[Q4_1],
+                           "Q4_1 (f32 scale and min, old nibble order, 24 bytes per 32 weights)"),
+        a0 + "wv.weight": (Q4_2, OLD[Q4_2], "Q4_2 (f16 scale, removed in ggjt v2, 10 bytes per 16 weights)"),
+        a0 + "wo.weight": (Q4_3, OLD[Q4_3],
+                           "Q4_3 (f16 scale and min, removed in ggjt v2, 12 bytes per 16 weights)"),
+        a1 + "wq.weight": (Q5_0, OLD[Q5_0], "Q5_0 (old bit order, 22 bytes per 32 weights)"),
+        a1 + "wk.weight": (Q5_1, OLD[Q5_1], "Q5_1 (old bit order, 24 bytes per 32 weights)"),
+        a1 + "wv.weight": (Q8_0, OLD[Q8_0], "Q8_0 (f32 scale, 36 bytes per 32 weights)"),
     }
     v2 = {
-        "layers.0.attention.wq.weight": (Q4_0, OLD[Q4_0], "Q4_0 (f32 scale, 20 bytes per 32 weights)"),
-        "layers.0.attention.wk.weight": (Q4_1, OLD[Q4_1], "Q4_1 (f32 scale and min, 24 bytes per 32 weights)"),
-        "layers.0.attention.wv.weight": (Q8_0, OLD[Q8_0], "Q8_0 (f32 scale, 36 bytes per 32 weights)"),
-        "layers.1.attention.wq.weight": (Q5_0, TODAY[Q5_0], None),        # v2 is today's Q5 layout
-        "layers.1.attention.wk.weight": (Q5_1, TODAY[Q5_1], None),
+        a0 + "wq.weight": (Q4_0, OLD[Q4_0], "Q4_0 (f32 scale, 20 bytes per 32 weights)"),
+        a0 + "wk.weight": (Q4_1, OLD[Q4_1], "Q4_1 (f32 scale and min, 24 bytes per 32 weights)"),
+        a0 + "wv.weight": (Q8_0, OLD[Q8_0], "Q8_0 (f32 scale, 36 bytes per 32 weights)"),
+        a1 + "wq.weight": (Q5_0, TODAY[Q5_0], None),        # ggjt v2's Q5 layouts are today's
+        a1 + "wk.weight": (Q5_1, TODAY[Q5_1], None),
     }
     return [("ggml", 0, pre_v2), ("ggmf", 1, pre_v2), ("ggjt", 1, pre_v2), ("ggjt", 2, v2)]
 
@@ -320,7 +327,8 @@ def test_convert_refuses_old_layouts(tmp_path, container, version, source_name):
 
 
 def test_convert_accepts_ggjt_v2_q5(tmp_path):
-    quant = {"layers.0.attention.wq.weight": (Q5_0, TODAY[Q5_0]), "layers.0.attention.wk.weight": (Q5_1, TODAY[Q5_1])}
+    quant = {"layers.0.attention.wq.weight": (Q5_0, TODAY[Q5_0]),
+             "layers.0.attention.wk.weight": (Q5_1, TODAY[Q5_1])}
     src = write(tmp_path, build("ggjt", 2, quant=quant))
     convert_legacy(src, tmp_path / "out.gguf")
     assert open_model(tmp_path / "out.gguf").tensor("blk.0.attn_q.weight").type_name == "Q5_0"
@@ -358,8 +366,9 @@ def _padded_tensor(built: BuiltFile) -> int:
 # (file, field the cut falls inside, field whose offset the error names). A cut early in the
 # vocab leaves less than n_vocab entries' minimum size, so the count is refused before any token.
 _V3_FIELDS = ["version", "n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype",
-              "token 299 length", "token 298 score", "token 299 score", "tensor 0 n_dims", "tensor 0 name_len",
-              "tensor 0 type", "tensor 0 dim 0", "tensor 0 dim 1", "tensor 0 data", "tensor 20 data"]
+              "token 299 length", "token 298 score", "token 299 score", "tensor 0 n_dims",
+              "tensor 0 name_len", "tensor 0 type", "tensor 0 dim 0", "tensor 0 dim 1", "tensor 0 data",
+              "tensor 20 data"]
 _CUTS = [(V3, f, f) for f in _V3_FIELDS]
 _CUTS += [(V3, "magic", "magic"), (V3, "token 0 length", "n_vocab"), (V3, "token 100 text", "n_vocab"),
           (V3, "token 290 text", "token 290 length"), (V3, "tensor 0 name", "tensor 0 name_len"),
@@ -401,7 +410,8 @@ def test_type_unknown_to_the_files_era(container, version, type_id):
 
 
 def test_huge_name_length():
-    expect_error(V3.patched("tensor 2 name_len", 0xFFFFFFFF), V3.offset("tensor 2 name_len"), TruncatedError)
+    expect_error(V3.patched("tensor 2 name_len", 0xFFFFFFFF), V3.offset("tensor 2 name_len"),
+                 TruncatedError)
 
 
 def test_huge_token_length():
@@ -436,13 +446,14 @@ def test_tensor_data_past_the_end():
 
 # -- fuzzing --------------------------------------------------------------------------------------
 
-# Every byte that is not tensor data: the header, the vocab and the tensor records.
+# Every byte that is not tensor data: the header, the vocab and the tensor records. Cuts are
+# drawn from anywhere, and from up to the last of these bytes, where most fields are.
 _STRUCTURE = np.array([i for name, (at, size) in V3.fields.items() if not name.endswith(" data")
                        for i in range(at, at + size)])
 
 
 @settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
-@given(cut=st.integers(0, len(V3.data)),
+@given(cut=st.one_of(st.integers(0, _STRUCTURE[-1] + 1), st.integers(0, len(V3.data))),
        flips=st.lists(st.tuples(st.integers(0, len(_STRUCTURE) - 1), st.integers(1, 255)), max_size=4))
 def test_corruption_only_ever_raises_format_error(cut, flips):
     data = bytearray(V3.data)

@@ -98,9 +98,10 @@ def test_prefixed_strings_truncated_anywhere(strings, cut, buffer_size):
     assert e.value.offset == max(a for a in record_starts if a <= cut)   # the record that did not fit
 
 
-def test_a_huge_string_length_is_refused_before_allocating():
+@pytest.mark.parametrize("length", [1 << 62, 2**64 - 9])   # the second pushes the position past 2^63
+def test_a_huge_string_length_is_refused_before_allocating(length):
     fmt = struct.Struct("<Q")
-    s = BufferedSeeker(io.BytesIO(fmt.pack(3) + b"abc" + fmt.pack(1 << 62) + b"x"))
+    s = BufferedSeeker(io.BytesIO(fmt.pack(3) + b"abc" + fmt.pack(length) + b"x" * 20))
     with pytest.raises(TruncatedError) as e:
-        s.read_prefixed_strings(2, fmt, "tokens")
+        s.read_prefixed_strings(3, fmt, "tokens")
     assert e.value.offset == 11 and "string 1 of tokens" in str(e.value)

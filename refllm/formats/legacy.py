@@ -438,8 +438,8 @@ def convert_legacy(src: str | os.PathLike, dst: str | os.PathLike, *,
     old = next((t for t in model.tensors if t.layout is not None), None)
     if old is not None:
         raise FormatError(f"tensor {old.source_name!r} is in the old block layout {old.layout}, "
-                          "which GGUF cannot hold; convert the original weights instead, or a "
-                          "ggjt v3 file", offset=old.info_offset,
+                          "which GGUF cannot hold; re-quantize the model from its original "
+                          "weights", offset=old.info_offset,
                           expected="today's block layouts (ggjt v3, or F32/F16 tensors)", path=model.path)
     n_head = model.legacy["n_head"]
     if gqa < 1 or n_head % gqa:

@@ -150,13 +150,14 @@ class BufferedSeeker:
         buf, i, start = self._buf, self._i, self._i
         while len(ends) < count:
             # Walk records until one does not fit in the buffer. unpack_from raises once a
-            # length prefix runs past the end, so the loop itself checks nothing.
+            # length prefix runs past the end (OverflowError if a huge length pushed the
+            # position past what an offset can be), so the loop itself checks nothing.
             shift = region_len - start
             try:
                 for _ in range(count - len(ends)):
                     i += width + unpack(buf, i)[0]
                     append(i + shift)
-            except struct.error:
+            except (struct.error, OverflowError):
                 pass
             if ends and ends[-1] - shift > len(buf):   # the last record's bytes ran past the buffer
                 ends.pop()
