@@ -187,13 +187,13 @@ def inspect_store(as_json: bool) -> int:
 def convert(src: Path, dst: Path, context_length: int, eps: float, gqa: int, name: str | None,
             desc: str | None) -> int:
     """Convert a legacy GGML/GGMF/GGJT llama file SRC to GGUF DST (written atomically)."""
-    from refllm.formats.legacy import convert_legacy
+    from refllm.formats.legacy import convert_legacy, file_label
 
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise _fail(f"refusing to overwrite the input {src}")
     model = convert_legacy(src, dst, context_length=context_length, eps=eps, gqa=gqa, name=name,
                            description=desc)
-    click.echo(f"wrote {dst}: {len(model.tensors)} tensors from {model.container} v{model.version}",
+    click.echo(f"wrote {dst}: {len(model.tensors)} tensors from {file_label(model.container, model.version)}",
                err=True)
     return 0
 

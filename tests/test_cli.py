@@ -180,3 +180,31 @@ def test_pull_list_and_unknown_pack(capsys):
 def test_pull_prints_the_cached_path(smollm2_path, capsys):
     code, out, _ = run(["pull"], capsys)
     assert code == 0 and out.strip() == str(smollm2_path)
+
+
+def test_convert_legacy_and_inspect_it(tmp_path, capsys):
+    from legacy_files import V3_QUANT, tiny_llama
+    src, dst = tmp_path / "old.bin", tmp_path / "new.gguf"
+    src.write_bytes(tiny_llama("ggjt", 3, quant=V3_QUANT).data)
+    code, out, err = run(["inspect", "blob", src, "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["layout"]["container"] == "ggjt" and report["legacy"]["n_head"] == 4
+    code, _, err = run(["convert", src, dst, "--eps", "1e-5", "--gqa", "2"], capsys)
+    assert code == 0 and "from ggjt v3" in err
+    code, out, _ = run(["inspect", "blob", dst, "--key", "llama.attention.head_count_kv"], capsys)
+    assert out == "2\n"
+    code, _, err = run(["convert", dst, tmp_path / "again.gguf"], capsys)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_convert_refuses_old_layouts_and_its_own_input(tmp_path, capsys):
+    from legacy_files import Q4_0, tiny_llama
+    src = tmp_path / "old.bin"
+    src.write_bytes(tiny_llama("ggjt", 1, quant={"output.weight": (Q4_0, (32, 20))}).data)
+    code, out, _ = run(["inspect", "blob", src], capsys)
+    assert code == 0 and "layout" in out and "ggjt v1" in out
+    code, _, err = run(["convert", src, tmp_path / "new.gguf"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "output.weight" in err
+    assert not (tmp_path / "new.gguf").exists()
+    code, _, err = run(["convert", src, src], capsys)
+    assert code == 2 and "refusing to overwrite the input" in err

@@ -15,8 +15,8 @@ import numpy as np
 from refllm.formats import ollama
 from refllm.formats.checks import check_tensor_table
 from refllm.formats.model import ModelFile
-from refllm.formats.summary import (bits_per_weight, default_ctx, memory_estimate, model_summary,
-                                    tokenizer_summary, type_histogram)
+from refllm.formats.summary import (default_ctx, memory_estimate, model_summary, tokenizer_summary,
+                                    type_histogram)
 from refllm.formats.values import NestedArray, StringArray, ValueType, type_signature
 
 SCHEMA = "refllm.inspect/1"
@@ -52,10 +52,11 @@ def _metadata_rows(model: ModelFile, limit: int | None) -> list[dict[str, Any]]:
 
 
 def _tensor_rows(model: ModelFile) -> list[dict[str, Any]]:
+    # Bits per weight come from the bytes actually stored, so an old legacy layout shows its own size.
     return [{"name": t.name, "type": t.type_name, "type_id": t.ggml_type, "ne": list(t.ne),
              "shape": list(t.shape), "elements": t.n_elements, "bytes": t.nbytes,
-             "bits_per_weight": bits_per_weight(t.ggml_type), "offset": t.offset,
-             "layout": t.layout, "source_name": t.source_name}
+             "bits_per_weight": None if t.nbytes is None else round(8.0 * t.nbytes / t.n_elements, 4),
+             "offset": t.offset, "layout": t.layout, "source_name": t.source_name}
             for t in model.tensors]
 
 
@@ -216,13 +217,14 @@ def render_text(report: dict[str, Any]) -> Iterator[str]:
     if report["tensors"] is not None:
         yield ""
         yield "TENSORS"
+        layouts = any(t["layout"] for t in report["tensors"])   # legacy files in an old block layout
         rows = [[t["name"], t["type"], "×".join(map(str, t["ne"])), "×".join(map(str, t["shape"])),
                  "?" if t["bytes"] is None else f"{t['bytes']:,}",
                  "?" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.2f}",
-                 f"{t['offset']:,}"] + ([t["layout"]] if t["layout"] else [])
+                 f"{t['offset']:,}"] + ([t["layout"] or ""] if layouts else [])
                 for t in report["tensors"]]
-        yield from _table(["name", "type", "ne (ggml)", "shape (numpy)", "bytes", "bpw", "offset"],
-                          rows, right={4, 5, 6})
+        yield from _table(["name", "type", "ne (ggml)", "shape (numpy)", "bytes", "bpw", "offset"]
+                          + (["layout"] if layouts else []), rows, right={4, 5, 6})
 
     yield ""
     yield "TYPES"

@@ -18,6 +18,7 @@ from typing import BinaryIO
 from refllm.formats.errors import TruncatedError
 
 DEFAULT_BUFFER = 1 << 20   # 1 MiB: a few refills cover the largest vocabularies
+_FIRST_FILL = 4096         # the first read after a seek: a seek usually skips to a small record
 _MAX_CHUNK = 64 << 20      # never ask a pipe for more than this at once
 
 
@@ -45,6 +46,7 @@ class BufferedSeeker:
     def __init__(self, raw: BinaryIO, buffer_size: int = DEFAULT_BUFFER):
         self._raw = raw
         self._buffer_size = buffer_size
+        self._fill = min(_FIRST_FILL, buffer_size)   # next refill size: doubles up to buffer_size
         self._buf = b""      # bytes read from raw and not yet all consumed
         self._i = 0          # index in _buf of the next byte to hand out
         try:
@@ -71,6 +73,7 @@ class BufferedSeeker:
             raise ValueError(f"negative seek position {target}")
         self._raw.seek(target)
         self._buf, self._i, self._base = b"", 0, target
+        self._fill = min(_FIRST_FILL, self._buffer_size)
         return target
 
     def remaining(self) -> int | None:
@@ -97,7 +100,8 @@ class BufferedSeeker:
         self._base += self._i
         self._buf, self._i = b"", 0
         while have < n:
-            want = min(max(n - have, self._buffer_size), _MAX_CHUNK)
+            want = min(max(n - have, self._fill), _MAX_CHUNK)
+            self._fill = min(2 * self._fill, self._buffer_size)
             chunk = self._raw.read(want)
             if not chunk:
                 self._buf = b"".join(parts)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from refllm.formats.ggml_types import GGML_TYPES, file_type_name
+from refllm.formats.ggml_types import file_type_name
 from refllm.formats.model import ModelFile
 
 # tokenizer.ggml.<name>_token_id keys llama.cpp reads ("seperator" is llama.cpp's spelling).
@@ -131,8 +131,3 @@ def default_ctx(model: ModelFile) -> int:
     """The context `inspect` estimates memory for when none is given: the trained length, capped at 4096."""
     trained = model.arch_value("context_length")
     return min(int(trained), 4096) if trained else 4096
-
-
-def bits_per_weight(ggml_type_id: int) -> float | None:
-    row = GGML_TYPES.get(ggml_type_id)
-    return None if row is None else row.bits_per_weight
