@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     except RefllmError as e:
         click.echo(f"refllm: error: {' '.join(str(e).split())}", err=True)
         code = 2
+    except OSError as e:                     # a file that cannot be read or written
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"refllm: error: {e.strerror or e}{where}", err=True)
+        code = 2
     except KeyboardInterrupt:
         code = 130
     sys.exit(code or 0)

@@ -208,3 +208,11 @@ def test_convert_refuses_old_layouts_and_its_own_input(tmp_path, capsys):
     assert not (tmp_path / "new.gguf").exists()
     code, _, err = run(["convert", src, src], capsys)
     assert code == 2 and "refusing to overwrite the input" in err
+
+
+def test_os_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    monkeypatch.setenv("REFLLM_HOME", str(not_a_dir))
+    code, _, err = run(["pull"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Not a directory" in err and "Traceback" not in err

@@ -202,8 +202,9 @@ def render_text(report: dict[str, Any]) -> Iterator[str]:
         specials = ", ".join(f"{k} {v['id']} {_escape(repr(v['text']), 24)}"
                              for k, v in tok["special_tokens"].items())
         yield f"  special: {specials or 'none'}"
-        yield (f"  add_bos {tok['add_bos']}, add_eos {tok['add_eos']}, add_space_prefix "
-               f"{tok['add_space_prefix']}, chat template {'yes' if tok['chat_template'] else 'no'}")
+        flag = lambda v: "unset" if v is None else str(v).lower()  # noqa: E731
+        yield (f"  add_bos {flag(tok['add_bos'])}, add_eos {flag(tok['add_eos'])}, add_space_prefix "
+               f"{flag(tok['add_space_prefix'])}, chat template {'yes' if tok['chat_template'] else 'no'}")
 
     m = report["model"]
     yield ""

@@ -376,19 +376,15 @@ def read_legacy(seeker: BufferedSeeker, path: str | None = None) -> ModelFile:
     the file holds. Structural checks (overlaps, alignment, ...) are left to refllm.formats.checks.
     """
     r = _Reader(seeker, path)
-    try:
-        container, version = r.header()
-        hparams_at = seeker.tell()
-        hparams = r.hparams()
-        vocab_at = seeker.tell()
-        # n_vocab is the first hparam, so its offset is hparams_at.
-        texts, scores = r.vocab(hparams["n_vocab"], hparams_at, with_scores=container != "ggml")
-        tensors = []
-        while r.more():
-            tensors.append(r.tensor(len(tensors), container, version))
-    except FormatError as e:
-        e.path = e.path or path      # the seeker's own errors do not know the path
-        raise
+    container, version = r.header()
+    hparams_at = seeker.tell()
+    hparams = r.hparams()
+    vocab_at = seeker.tell()
+    # n_vocab is the first hparam, so its offset is hparams_at.
+    texts, scores = r.vocab(hparams["n_vocab"], hparams_at, with_scores=container != "ggml")
+    tensors = []
+    while r.more():
+        tensors.append(r.tensor(len(tensors), container, version))
 
     converted = [convert_token(token_id, text) for token_id, text in enumerate(texts)]
     legacy = {**hparams, "n_ff": _n_ff(hparams["n_embd"], hparams["n_mult"], tensors)}
