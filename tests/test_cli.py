@@ -216,3 +216,29 @@ def test_os_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("REFLLM_HOME", str(not_a_dir))
     code, _, err = run(["pull"], capsys)
     assert code == 2 and err.count("\n") == 1 and "Not a directory" in err and "Traceback" not in err
+
+
+SUMMARY_KEYS = ["general.architecture", "general.file_type", "llama.context_length", "llama.embedding_length",
+                "llama.feed_forward_length", "llama.block_count", "llama.attention.head_count",
+                "llama.attention.head_count_kv", "llama.attention.key_length", "llama.attention.value_length",
+                "llama.rope.freq_base", "llama.vocab_size", "tokenizer.ggml.model", "tokenizer.ggml.tokens",
+                "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.add_bos_token",
+                "tokenizer.chat_template"]
+ODD_VALUES = [(8, "text"), (6, 1.5), (7, True), (12, float("nan")), (5, -3),
+              (9, (4, [0, 2**31])), (9, (8, ["a"])), (9, (9, [(4, [1])])), (9, (4, []))]
+
+
+@pytest.mark.parametrize("key", SUMMARY_KEYS)
+def test_inspect_survives_any_type_for_the_keys_it_summarises(tmp_path, capsys, key):
+    """A valid file may give any key any type; the summaries must not trip over it."""
+    from gguf_bytes import STRING, build_gguf
+    for vtype, value in ODD_VALUES:
+        kvs = [("general.architecture", STRING, "llama"), ("llama.block_count", 4, 2),
+               ("tokenizer.ggml.tokens", 9, (STRING, ["a", "b"]))]
+        kvs = [kv for kv in kvs if kv[0] != key] + [(key, vtype, value)]
+        path = tmp_path / "odd.gguf"
+        path.write_bytes(bytes(build_gguf(kvs, [("t", 0, (4,), bytes(16))]).data))
+        for args in ([], ["--json"]):
+            code, out, err = run(["inspect", "blob", path, *args], capsys)
+            assert code == 0 and err == "", (key, vtype, value, err)
+        json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} is not strict JSON"))

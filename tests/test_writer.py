@@ -192,3 +192,13 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(ValueError, match="gave 8 bytes"):
         w.write(out)
     assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.gguf"]
+
+
+def test_names_that_are_not_utf8_round_trip(tmp_path):
+    from gguf_bytes import STRING, build_gguf
+    src = tmp_path / "src.gguf"
+    src.write_bytes(bytes(build_gguf([(b"key\xff", STRING, b"v\xfe")],
+                                     [(b"t\x80", 0, (4,), bytes(16))]).data))
+    out = tmp_path / "out.gguf"
+    copy_model(refllm.open(src)).write(out)
+    assert out.read_bytes() == src.read_bytes()

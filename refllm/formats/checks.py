@@ -19,6 +19,9 @@ from __future__ import annotations
 from refllm.formats.ggml_types import GGML_TYPES
 from refllm.formats.model import ModelFile, Problem
 
+CHECKS = ("unknown-type", "removed-type", "row-size", "duplicate-name", "misaligned", "truncated",
+          "overlap", "gap")
+
 
 def _align_up(x: int, a: int) -> int:
     return -(-x // a) * a

@@ -13,20 +13,20 @@ from typing import Any, Iterator
 import numpy as np
 
 from refllm.formats import ollama
-from refllm.formats.checks import check_tensor_table
+from refllm.formats.checks import CHECKS
 from refllm.formats.model import ModelFile
 from refllm.formats.summary import (default_ctx, memory_estimate, model_summary, tokenizer_summary,
                                     type_histogram)
 from refllm.formats.values import NestedArray, StringArray, ValueType, type_signature
 
 SCHEMA = "refllm.inspect/1"
-CHECK_NAMES = ["unknown-type", "removed-type", "row-size", "duplicate-name", "misaligned",
-               "truncated", "overlap", "gap"]
 
 
 def json_value(value: Any, limit: int | None) -> Any:
-    """A metadata value as JSON: arrays become lists (the first `limit` items when limit is set),
+    """A value as strict JSON: arrays become lists (the first `limit` items when limit is set),
     non-finite floats become the strings "NaN", "Infinity" and "-Infinity"."""
+    if isinstance(value, dict):
+        return {k: json_value(v, limit) for k, v in value.items()}
     if isinstance(value, (np.ndarray, StringArray, NestedArray, list)):
         items = value[:limit] if limit is not None else value
         if isinstance(items, np.ndarray):
@@ -90,11 +90,11 @@ def _ollama_section(target: ollama.Target) -> dict[str, Any] | None:
 def build_report(model: ModelFile, target: ollama.Target | None = None, *, ctx: int | None = None,
                  array_limit: int | None = 8, tensors: bool = True,
                  verify: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything `inspect blob` shows, as JSON-ready data (schema refllm.inspect/1)."""
-    problems = model.problems if model.problems else check_tensor_table(model)
+    """Everything `inspect blob` shows, as strict-JSON-ready data (schema refllm.inspect/1)."""
+    problems = model.problems          # found by the structural checks when the model was read
     failed = {p.check for p in problems}
     tensor_bytes = sum(t.nbytes or 0 for t in model.tensors)
-    return {
+    return json_value({
         "schema": SCHEMA,
         "target": None if target is None else {"kind": target.kind, "path": str(target.path),
                                                "digest": target.digest},
@@ -111,11 +111,11 @@ def build_report(model: ModelFile, target: ollama.Target | None = None, *, ctx: 
         "tensors": _tensor_rows(model) if tensors else None,
         "types": type_histogram(model),
         "memory": memory_estimate(model, ctx or default_ctx(model)),
-        "checks": [{"check": name, "ok": name not in failed} for name in CHECK_NAMES],
+        "checks": [{"check": name, "ok": name not in failed} for name in CHECKS],
         "problems": [{"check": p.check, "message": p.message, "offset": p.offset, "tensor": p.tensor,
                       "fatal": p.fatal, "expected": p.expected} for p in problems],
         "verify": verify,
-    }
+    }, None)
 
 
 # -- text ------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def render_text(report: dict[str, Any]) -> Iterator[str]:
 
     yield ""
     failed = [c["check"] for c in report["checks"] if not c["ok"]]
-    yield "CHECKS " + ("all passed: " + ", ".join(CHECK_NAMES) if not failed else
+    yield "CHECKS " + ("all passed: " + ", ".join(CHECKS) if not failed else
                        "FAILED: " + ", ".join(failed))
     for p in report["problems"]:
         at = f"byte {p['offset']}: " if p["offset"] is not None else ""

@@ -19,9 +19,9 @@ from refllm.formats.model import ModelFile
 from refllm.formats.seeker import BufferedSeeker
 
 _LFS_POINTER = b"version https://git-lfs"
-_NOT_MODELS = [  # (prefix, what it is)
-    (b"PK\x03\x04", "a zip archive (a wheel or a zipped model?)"),
-    (b"<!DOCTYPE", "an HTML page (a failed download?)"),
+_NOT_MODELS = [  # (lower-cased prefix, what it is)
+    (b"pk\x03\x04", "a zip archive (a wheel or a zipped model?)"),
+    (b"<!doctype", "an HTML page (a failed download?)"),
     (b"<html", "an HTML page (a failed download?)"),
     (b"{", "a JSON document (an ollama manifest or config?)"),
 ]
@@ -38,7 +38,7 @@ def _sniff(head: bytes, path: str | None) -> None:
                               "`git lfs pull` or download the file itself", offset=0,
                               expected="a GGUF or GGML magic", path=path)
     for prefix, what in _NOT_MODELS:
-        if head.startswith(prefix):
+        if head.lstrip().lower().startswith(prefix):
             raise FormatError(f"this is {what}, not a model file", offset=0,
                               expected="a GGUF or GGML magic", path=path)
     if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 32:

@@ -150,9 +150,11 @@ def array_element_type(value) -> ValueType:
 
 
 def type_signature(vtype: ValueType, value) -> str:
-    """A short display type: 'u32', 'str', '[str × 262144]', '[[...] × 2]'."""
+    """A short display type: 'u32', 'str', '[str × 262144]', or '[arr × 2]' for arrays of arrays."""
     if vtype != ValueType.ARRAY:
         return SHORT_NAMES[vtype]
-    elem = array_element_type(value) if len(value) or not isinstance(value, list) else None
-    inner = SHORT_NAMES[elem] if elem is not None and elem != ValueType.ARRAY else "arr"
-    return f"[{inner} × {len(value)}]"
+    try:
+        elem = array_element_type(value)
+    except ValueError:          # an empty plain list says nothing about its elements
+        elem = ValueType.ARRAY
+    return f"[{SHORT_NAMES[elem]} × {len(value)}]"

@@ -118,14 +118,16 @@ class GGUFWriter:
             raise ValueError(f"metadata key {key!r} added twice")
         vtype = ValueType(vtype) if vtype is not None else infer_value_type(value)
         if key == "general.alignment":
-            if vtype != ValueType.UINT32 or not value or value & (value - 1):
+            if vtype != ValueType.UINT32 or not isinstance(value, (int, np.integer)) or value <= 0 \
+                    or value & (value - 1):
                 raise ValueError(f"general.alignment must be a UINT32 power of two, not {value!r}")
             self._alignment = int(value)
         try:
             body = encode_value(vtype, value, elem_type)
         except ValueError as e:
             raise ValueError(f"metadata key {key!r}: {e}") from None
-        self._kvs[key] = _U64.pack(len(key.encode())) + key.encode() + _U32.pack(vtype) + body
+        raw_key = key.encode(ENCODING, ERRORS)
+        self._kvs[key] = _U64.pack(len(raw_key)) + raw_key + _U32.pack(vtype) + body
 
     def add_tensor(self, name: str, ggml_type_: int | str, shape: tuple[int, ...], data: TensorData) -> None:
         row = ggml_type(ggml_type_)
@@ -153,7 +155,7 @@ class GGUFWriter:
 
         infos, rel = [], 0
         for t in self._tensors.values():
-            name = t.name.encode()
+            name = t.name.encode(ENCODING, ERRORS)
             infos.append(b"".join([_U64.pack(len(name)), name, _U32.pack(len(t.ne)),
                                    *(_U64.pack(d) for d in t.ne), _U32.pack(t.type_id), _U64.pack(rel)]))
             rel += t.nbytes + pad(t.nbytes)
