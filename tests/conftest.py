@@ -26,3 +26,13 @@ def real_model_path(request):
 @pytest.fixture(scope="session")
 def vocab_dir():
     return fetch.ensure_pack("llama-vocab", quiet=True)
+
+
+REAL_MODEL_FIXTURES = {"smollm2_path", "gemma3_path", "real_model_path", "vocab_dir"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that needs fetched material, so `-m "not real_models"` runs offline."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_models)

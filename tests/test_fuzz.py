@@ -47,10 +47,9 @@ class Header(tuple):
         return f"<header of {len(self[0])} bytes>"
 
 
-@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
-def header(request):
-    from refllm import fetch
-    path = fetch.ensure_pack(request.param, quiet=True)
+@pytest.fixture(scope="session")
+def header(real_model_path):
+    path = real_model_path
     model = refllm.open(path)
     with open(path, "rb") as f:
         head = f.read(model.data_offset + 4096)
