@@ -4,11 +4,13 @@
     model = refllm.open("model.gguf")      # header decoded and checked, tensor data mmapped
     model.metadata["general.architecture"]
     model.tensors[0].name, model.tensor_bytes("token_embd.weight")
+    refllm.dequantize(model.tensor_bytes(t.name), t.ggml_type, t.shape)   # exact float32 values
 """
 
 from refllm.errors import RefllmError
 from refllm.formats import FormatError, ModelFile, TensorInfo
 from refllm.formats import open_model as open  # noqa: A001  (refllm.open is the public name)
+from refllm.kernels import DequantError, dequantize
 
 __version__ = "0.1.0"
-__all__ = ["open", "FormatError", "ModelFile", "TensorInfo", "RefllmError", "__version__"]
+__all__ = ["open", "dequantize", "DequantError", "FormatError", "ModelFile", "TensorInfo", "RefllmError", "__version__"]

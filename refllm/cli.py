@@ -196,6 +196,50 @@ def convert(src: Path, dst: Path, context_length: int, eps: float, gqa: int, nam
 
 # -- entry point -----------------------------------------------------------------------------
 
+# -- dequant ---------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("model")
+@click.argument("tensor")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the values, as a .npy file (float32, the tensor's numpy shape).")
+@click.option("--backend", type=click.Choice(["numpy", "numba", "cuda"]), default="numba",
+              show_default=True, help="Which decoder to run; all three give the same bits.")
+def dequant(model: str, tensor: str, output: str, backend: str) -> int:
+    """Write the exact float32 values of TENSOR in MODEL (a path, a blob digest or an ollama
+    model name) to OUTPUT as .npy, decoded as ggml decodes them."""
+    import difflib
+
+    import numpy as np
+
+    from refllm.formats import open_model
+    from refllm.formats.files import atomic_output
+    from refllm.formats.ollama import resolve_target
+    from refllm.kernels import dequantize
+
+    opened = open_model(resolve_target(model).path)
+    info = next((t for t in opened.tensors if t.name == tensor), None)
+    if info is None:
+        near = difflib.get_close_matches(tensor, [t.name for t in opened.tensors], n=3)
+        raise RefllmError(f"no tensor {tensor!r} among the {len(opened.tensors)} tensors of {model}"
+                          + (f"; did you mean {', '.join(near)}?" if near else ""))
+    if info.layout is not None:
+        raise RefllmError(f"tensor {tensor!r} is stored in the old {info.layout} block layout, "
+                          "which no decoder reads; requantize the model")
+    started = time.perf_counter()
+    values = dequantize(opened.tensor_bytes(info.name), info.ggml_type, info.shape, backend,
+                        byteorder=opened.byteorder)
+    if backend == "cuda":
+        values = values.get()
+    seconds = time.perf_counter() - started
+    with atomic_output(output) as f:
+        np.save(f, values, allow_pickle=False)
+    click.echo(f"{info.name}: {info.type_name} {tuple(info.shape)} -> {output} "
+               f"({values.nbytes / 1e6:.1f} MB float32, decoded in {seconds:.2f} s on {backend})",
+               err=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn user errors into one line on stderr and exit code 2."""
     try:

@@ -59,9 +59,12 @@ class Emulator:
             src = build_dir / f"emu-{digest}.cpp"
             src.write_text(text)
             tmp = lib.with_suffix(".tmp")
-            subprocess.run([compiler(), "-std=c++11", "-O1", "-ffp-contract=off", "-fno-fast-math",
-                            "-shared", "-fPIC", "-o", str(tmp), str(src)],
-                           check=True, capture_output=True, text=True)
+            done = subprocess.run([compiler(), "-std=c++11", "-O1", "-ffp-contract=off",
+                                   "-fno-fast-math", "-shared", "-fPIC", "-o", str(tmp), str(src)],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"g++ could not compile the CUDA source ({src}):\n"
+                                   + done.stderr[-4000:])
             tmp.replace(lib)
         self._lib = ctypes.CDLL(str(lib))
 

@@ -79,7 +79,7 @@ _BACKEND_PACKAGE = {"numpy": "reference", "numba": "cpu", "cuda": "cuda"}
 
 
 def dequantize(raw, ggml_type: int | str, shape=None, backend: str = "numpy", *,
-               byteorder: str = "<"):
+               byteorder: str = "<", out=None):
     """Decode the bytes of a tensor into float32 values, exactly as ggml does.
 
     raw:       the tensor's bytes (bytes, memoryview or any uint8 array; a CuPy array for cuda)
@@ -88,8 +88,11 @@ def dequantize(raw, ggml_type: int | str, shape=None, backend: str = "numpy", *,
                its last dimension must be a whole number of blocks
     backend:   "numpy" (reference), "numba" (CPU) or "cuda" (returns a CuPy array)
     byteorder: "<" or ">": the byte order of plain multi-byte types (F16, F32, I32...) as stored
+    out:       optional C-contiguous float32 array of as many elements (a CuPy array for cuda)
+               to fill instead of allocating one; decoding many tensors into one buffer saves
+               the allocation and its page faults
 
-    Returns a float32 array of `shape`. Raises DequantError (a ValueError) naming what was
+    Returns a float32 array of `shape` (`out`, reshaped, when given). Raises DequantError (a ValueError) naming what was
     expected when the type is unknown or removed, the byte count is not a whole number of
     blocks, or the shape does not match.
     """
@@ -101,18 +104,35 @@ def dequantize(raw, ggml_type: int | str, shape=None, backend: str = "numpy", *,
     blocks = _as_blocks(raw, row, backend)
     shape = _check_shape(shape, row, blocks.shape[0])
     if byteorder == ">" and row.name in PLAIN_DTYPES and row.block_bytes > 1:
-        blocks = blocks[:, ::-1]
+        blocks = blocks[:, ::-1].copy()
+    if out is not None:
+        out = _check_out(out, blocks.shape[0] * row.block_elems, backend)
     if backend == "numpy":
         with np.errstate(all="ignore"):           # inf * 0 -> NaN is part of the format
             values = decoder("numpy", row.name)(blocks)
+        if out is not None:
+            out.reshape(values.shape)[...] = values
+            values = out
     elif backend == "numba":
-        values = np.empty((blocks.shape[0], row.block_elems), dtype=np.float32)
+        values = np.empty((blocks.shape[0], row.block_elems), np.float32) if out is None else out
         if blocks.shape[0]:
-            decoder("numba", row.name)(np.ascontiguousarray(blocks), values)
+            decoder("numba", row.name)(np.ascontiguousarray(blocks),
+                                       values.reshape(blocks.shape[0], row.block_elems))
     else:
         from refllm.kernels.cuda import run_dequant
-        values = run_dequant(row, blocks)
+        values = run_dequant(row, blocks, out)
     return values.reshape(shape)
+
+
+def _check_out(out, n_elems: int, backend: str):
+    on_gpu = type(out).__module__.startswith("cupy")
+    if on_gpu != (backend == "cuda"):
+        raise DequantError(f"out must be a {'CuPy' if backend == 'cuda' else 'NumPy'} array "
+                           f"for the {backend} backend")
+    if out.dtype != np.float32 or out.size != n_elems or not out.flags.c_contiguous:
+        raise DequantError(f"out must be a C-contiguous float32 array of {n_elems} elements, not "
+                           f"{out.dtype} {tuple(out.shape)}")
+    return out
 
 
 def _as_blocks(raw, row: GGMLType, backend: str):

@@ -40,3 +40,15 @@ KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10,
 
 CUDA_TABLES["kvalues_mxfp4"] = ("signed char", KVALUES_MXFP4)
 CUDA_TABLES["kvalues_iq4nl"] = ("signed char", KVALUES_IQ4NL)
+
+# The IQ grids and their sign table (refllm/kernels/iq_grids.py), packed as ggml packs them:
+# one row = the bytes of one integer, byte j = weight j of a group of 8 (or 4, IQ3).
+from refllm.kernels import iq_grids  # noqa: E402
+
+CUDA_TABLES["ksigns_iq2xs"] = ("unsigned char", iq_grids.KSIGNS_IQ2XS)
+CUDA_TABLES["iq2xxs_grid"] = ("unsigned long long", iq_grids.IQ2XXS_GRID)
+CUDA_TABLES["iq2xs_grid"] = ("unsigned long long", iq_grids.IQ2XS_GRID)
+CUDA_TABLES["iq2s_grid"] = ("unsigned long long", iq_grids.IQ2S_GRID)
+CUDA_TABLES["iq3xxs_grid"] = ("unsigned int", iq_grids.IQ3XXS_GRID)
+CUDA_TABLES["iq3s_grid"] = ("unsigned int", iq_grids.IQ3S_GRID)
+CUDA_TABLES["iq1s_grid"] = ("unsigned long long", iq_grids.IQ1S_GRID)

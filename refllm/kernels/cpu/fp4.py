@@ -30,20 +30,22 @@ def _ue4m3_half(x):
 
 @njit(parallel=True, cache=True)
 def mxfp4(blocks, out):
+    half = out.shape[1] // 2                             # 16
     for i in prange(blocks.shape[0]):
         d = _e8m0_half(blocks[i, 0])
-        for j in range(16):
+        for j in range(half):
             byte = blocks[i, 1 + j]
             out[i, j] = d * np.float32(KVALUES_MXFP4[byte & 0x0F])
-            out[i, j + 16] = d * np.float32(KVALUES_MXFP4[byte >> 4])
+            out[i, j + half] = d * np.float32(KVALUES_MXFP4[byte >> 4])
 
 
 @njit(parallel=True, cache=True)
 def nvfp4(blocks, out):
+    eighth = out.shape[1] // 8                           # 8
     for i in prange(blocks.shape[0]):
         for s in range(4):
             d = _ue4m3_half(blocks[i, s])
-            for j in range(8):
+            for j in range(eighth):
                 byte = blocks[i, 4 + 8 * s + j]
                 out[i, 16 * s + j] = d * np.float32(KVALUES_MXFP4[byte & 0x0F])
                 out[i, 16 * s + j + 8] = d * np.float32(KVALUES_MXFP4[byte >> 4])

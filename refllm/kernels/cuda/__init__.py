@@ -45,14 +45,16 @@ def gpu_status() -> tuple[bool, str]:
     return True, cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
 
 
-def run_dequant(row: GGMLType, blocks):
-    """Decode (n_blocks, block_bytes) uint8 blocks (NumPy or CuPy) on the GPU.
+def run_dequant(row: GGMLType, blocks, out=None):
+    """Decode (n_blocks, block_bytes) uint8 blocks (NumPy or CuPy) on the GPU, into `out`
+    (a C-contiguous CuPy float32 array of n_blocks * block_elems) or a new array.
 
-    Returns a CuPy float32 array (n_blocks, block_elems), left on the device.
+    Returns the CuPy float32 array, left on the device.
     """
     cp = _cupy()
     src = cp.ascontiguousarray(cp.asarray(blocks))
-    out = cp.empty((src.shape[0], row.block_elems), dtype=cp.float32)
+    if out is None:
+        out = cp.empty((src.shape[0], row.block_elems), dtype=cp.float32)
     n = out.size
     if n:
         kernel = _module().get_function(kernel_name(row.name))
