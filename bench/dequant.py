@@ -1,7 +1,7 @@
 """Dequantization speed: every type on every backend, against gguf-py in the same run.
 
     OPENBLAS_NUM_THREADS=1 python bench/dequant.py [--elems 16777216] [--runs 5] [--types Q4_K,Q6_K]
-    python bench/dequant.py --gpu [--gpu-elems 268435456]     # the CUDA backend, on a GPU
+    python bench/dequant.py --gpu [--gpu-elems 268435456]     # CUDA: Q4_K, Q6_K, Q8_0 on a GPU
     python bench/dequant.py --first-call                      # Numba's JIT, cold and cached
 
 Prints Markdown tables for bench/RESULTS.md. Each figure is the median of --runs runs on one
@@ -28,7 +28,7 @@ from refllm.kernels.dequant import decoder, dequantize, supported_types
 
 GGUF_PY_LACKS = {"Q8_1", "Q8_K", "Q1_0", "Q2_0"}
 ASTYPE = {"F64": "<f8", "I8": "i1", "I16": "<i2", "I32": "<i4", "I64": "<i8"}   # gguf-py: typed views
-GOAL_TYPES = ("Q8_0", "Q4_0", "Q4_K", "Q6_K")
+GPU_GOAL_TYPES = ("Q4_K", "Q6_K", "Q8_0")        # the issue's GPU goal: >= 50% of bandwidth
 
 
 def median_seconds(fn, runs: int) -> float:
@@ -211,7 +211,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.first_call:
         return first_call_table()
-    types = args.types.split(",") if args.types else supported_types()
+    if args.types:
+        types = args.types.split(",")
+    else:
+        types = list(GPU_GOAL_TYPES) if args.gpu else supported_types()
     if args.gpu:
         gpu_tables(types, args.gpu_elems, args.runs)
     else:

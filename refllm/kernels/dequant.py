@@ -21,7 +21,8 @@ from math import prod
 import numpy as np
 
 from refllm.errors import RefllmError
-from refllm.formats.ggml_types import GGML_TYPES, GGMLType, ggml_type
+from refllm.formats import ggml_types
+from refllm.formats.ggml_types import GGML_TYPES, GGMLType
 
 BACKENDS = ("numpy", "numba", "cuda")
 
@@ -40,13 +41,6 @@ FAMILY: dict[str, str] = {
     "MXFP4": "fp4", "NVFP4": "fp4",
 }
 
-# Plain (one element per "block") types and their little-endian numpy dtypes. A big-endian
-# GGUF file stores these byte-swapped; quantized blocks are byte strings and never are.
-PLAIN_DTYPES: dict[str, str] = {
-    "F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8",
-    "I8": "i1", "I16": "<i2", "I32": "<i4", "I64": "<i8",
-}
-
 
 class DequantError(RefllmError, ValueError):
     """Bad input to `dequantize`: the message says what was expected."""
@@ -60,7 +54,7 @@ def supported_types() -> list[str]:
 def decoder_type(key: int | str) -> GGMLType:
     """The table row for a type id or name that has decoders; DequantError otherwise."""
     try:
-        row = ggml_type(key)
+        row = ggml_types.ggml_type(key)
     except (KeyError, ValueError, TypeError) as exc:
         raise DequantError(str(exc).strip('"')) from None
     if row.removed:
@@ -69,13 +63,13 @@ def decoder_type(key: int | str) -> GGMLType:
     return row
 
 
+_BACKEND_PACKAGE = {"numpy": "reference", "numba": "cpu"}
+
+
 def decoder(backend: str, type_name: str):
-    """The decoder function of one backend for one type (see the module docstring)."""
+    """The NumPy or Numba decoder function for one type (see the module docstring)."""
     module = importlib.import_module(f"refllm.kernels.{_BACKEND_PACKAGE[backend]}.{FAMILY[type_name]}")
     return getattr(module, type_name.lower())
-
-
-_BACKEND_PACKAGE = {"numpy": "reference", "numba": "cpu", "cuda": "cuda"}
 
 
 def dequantize(raw, ggml_type: int | str, shape=None, backend: str = "numpy", *,
@@ -92,9 +86,9 @@ def dequantize(raw, ggml_type: int | str, shape=None, backend: str = "numpy", *,
                to fill instead of allocating one; decoding many tensors into one buffer saves
                the allocation and its page faults
 
-    Returns a float32 array of `shape` (`out`, reshaped, when given). Raises DequantError (a ValueError) naming what was
-    expected when the type is unknown or removed, the byte count is not a whole number of
-    blocks, or the shape does not match.
+    Returns a float32 array of `shape` (`out`, reshaped, when given). Raises DequantError
+    (a ValueError) naming what was expected when the type is unknown or removed, the byte
+    count is not a whole number of blocks, or the shape or `out` does not match.
     """
     if backend not in BACKENDS:
         raise DequantError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -103,11 +97,15 @@ def dequantize(raw, ggml_type: int | str, shape=None, backend: str = "numpy", *,
     row = decoder_type(ggml_type)
     blocks = _as_blocks(raw, row, backend)
     shape = _check_shape(shape, row, blocks.shape[0])
-    if byteorder == ">" and row.name in PLAIN_DTYPES and row.block_bytes > 1:
+    if byteorder == ">" and FAMILY[row.name] == "plain":
+        # A big-endian GGUF stores plain values byte-swapped; quantized blocks are byte
+        # strings and never are.
         blocks = blocks[:, ::-1].copy()
     if out is not None:
         out = _check_out(out, blocks.shape[0] * row.block_elems, backend)
-    if backend == "numpy":
+    if backend != "cuda" and blocks.shape[0] == 0:
+        values = np.empty((0, row.block_elems), np.float32) if out is None else out
+    elif backend == "numpy":
         with np.errstate(all="ignore"):           # inf * 0 -> NaN is part of the format
             values = decoder("numpy", row.name)(blocks)
         if out is not None:
@@ -115,9 +113,8 @@ def dequantize(raw, ggml_type: int | str, shape=None, backend: str = "numpy", *,
             values = out
     elif backend == "numba":
         values = np.empty((blocks.shape[0], row.block_elems), np.float32) if out is None else out
-        if blocks.shape[0]:
-            decoder("numba", row.name)(np.ascontiguousarray(blocks),
-                                       values.reshape(blocks.shape[0], row.block_elems))
+        decoder("numba", row.name)(np.ascontiguousarray(blocks),
+                                   values.reshape(blocks.shape[0], row.block_elems))
     else:
         from refllm.kernels.cuda import run_dequant
         values = run_dequant(row, blocks, out)
@@ -138,7 +135,7 @@ def _check_out(out, n_elems: int, backend: str):
 def _as_blocks(raw, row: GGMLType, backend: str):
     """raw as a (n_blocks, block_bytes) uint8 array, without copying when possible."""
     if backend == "cuda" and type(raw).__module__.startswith("cupy"):
-        flat = raw.reshape(-1).view("uint8") if raw.dtype.itemsize else raw
+        flat = raw.reshape(-1).view("uint8")     # a CuPy array stays on the device
     elif isinstance(raw, np.ndarray):
         flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
     else:

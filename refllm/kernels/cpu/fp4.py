@@ -24,7 +24,8 @@ def _ue4m3_half(x):
     if exp == 0:
         raw = man * np.float32(2.0 ** -9)
     else:
-        raw = (np.float32(1.0) + man / np.float32(8.0)) * np.float32(2.0 ** (exp - 7))
+        two_to_exp = f32_from_bits(np.uint32(exp - 7 + 127) << 23)   # 2^(exp-7), exactly
+        raw = (np.float32(1.0) + man / np.float32(8.0)) * two_to_exp
     return raw * np.float32(0.5)
 
 
