@@ -147,6 +147,26 @@ def test_cuda_source_emulated_on_cpu_equals_reference(name, emulator):
     assert_bit_exact(got.reshape(-1), dequantize(raw, name), name)
 
 
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    """Where the CUDA toolkit is installed, the source NVRTC will get compiles, has a kernel per
+    type, and (compiled with the same --fmad=false) contains no fused multiply-add."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not installed: the CUDA source cannot be compiled here")
+    import subprocess
+    from refllm.kernels import cuda
+    source = tmp_path / "dequant.cu"
+    source.write_text(cuda.source())
+    ptx = tmp_path / "dequant.ptx"
+    done = subprocess.run([nvcc, "--ptx", "-arch=sm_80", *cuda.COMPILE_OPTIONS, "-o", str(ptx),
+                           str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = ptx.read_text()
+    for name in TYPES:
+        assert f".entry {cuda.kernel_name(name)}(" in text, name
+    assert "fma.rn.f32" not in text
+
+
 # -- the GPU itself: skipped with the reason where CuPy or a CUDA device is missing -----------
 
 def _gpu_or_skip():
