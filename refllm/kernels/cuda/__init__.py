@@ -15,7 +15,6 @@ from importlib import resources
 from refllm.errors import RefllmError
 from refllm.formats.ggml_types import GGMLType
 
-FAMILY_FILES = ("plain", "legacy", "kquants", "iquants", "ternary", "fp4")
 COMPILE_OPTIONS = ("--fmad=false", "--std=c++11")
 THREADS_PER_BLOCK = 256
 
@@ -26,9 +25,11 @@ class CudaUnavailable(RefllmError):
 
 def source() -> str:
     """The complete CUDA C++ source of every decoder."""
+    from refllm.kernels.dequant import FAMILY
     from refllm.kernels.tables import cuda_declarations
     parts = [_read("common.cuh"), cuda_declarations()]
-    parts += [_read(f"{family}.cu") for family in FAMILY_FILES if _exists(f"{family}.cu")]
+    # One file per family, in the table's order (iquants.cu uses legacy.cu's nibble()).
+    parts += [_read(f"{family}.cu") for family in dict.fromkeys(FAMILY.values())]
     return "\n".join(parts)
 
 
@@ -86,6 +87,3 @@ def _cupy():
 def _read(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text()
 
-
-def _exists(name: str) -> bool:
-    return resources.files(__package__).joinpath(name).is_file()
