@@ -52,6 +52,7 @@ def main() -> None:
             "made_by": "golden/tokens/make_golden.py",
             "command": "python golden/tokens/make_golden.py " + " ".join(Path(a).name for a in sys.argv[1:]),
             "llama_cpp_python": llama_cpp.__version__,
+            "llama_cpp": "ggml-org/llama.cpp@0c1e57098 (vendored in llama-cpp-python 0.3.36, per its CHANGELOG)",
             "python": platform.python_version(),
             "date": datetime.date.today().isoformat(),
             "settings": "Llama(model_path, vocab_only=True); tokenize(text.encode('utf-8'), "
