@@ -66,16 +66,19 @@ class BpeSession:
         self.pre_tokenizer = pre
         self.byte_encode = pre.byte_encode
         self.whole_newlines = pre.pre_type == "GEMMA4"      # llama.cpp's gemma4 fix (PR 21343)
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._cache: dict[str, tuple[int, ...]] = {}           # word -> ids
+        self._split_caches = [{} for _ in pre.regexes[1:]]      # fragment -> words, per regex
 
     def tokenize(self, text: str, out: list[int]) -> None:
         """Append the ids of `text` to `out`."""
         cache = self._cache
-        for word in self.pre_tokenizer.split(text):
+        if len(cache) >= self.CACHE_LIMIT:
+            cache.clear()
+            for split_cache in self._split_caches:
+                split_cache.clear()
+        for word in self.pre_tokenizer.split(text, self._split_caches):
             ids = cache.get(word)
             if ids is None:
-                if len(cache) >= self.CACHE_LIMIT:
-                    cache.clear()
                 ids = cache[word] = self._word_ids(word)
             out.extend(ids)
 

@@ -74,8 +74,12 @@ class PreTokenizer:
         return REGEXES[self.pre_type]
 
     @cached_property
-    def compiled(self) -> tuple[regex.Pattern, ...]:
-        return tuple(regex.compile(r) for r in self.regexes)
+    def splitters(self) -> tuple[regex.Pattern, ...]:
+        """The regexes, each wrapped in a group so that `split` keeps the matches with the gaps."""
+        compiled = tuple(regex.compile(f"({r})") for r in self.regexes)
+        # an empty match would cut where llama.cpp does not; none of the table's regexes has one
+        assert not any(p.match("") for p in compiled), self.pre_type
+        return compiled
 
     @cached_property
     def whitespace_view(self) -> bool:
@@ -88,26 +92,31 @@ class PreTokenizer:
         """
         return any("\\p{" not in r and regex.search(r"\\u|[^\x00-\x7f]", r) for r in self.regexes)
 
-    def split(self, text: str) -> list[str]:
-        """Cut `text` into words: every regex in turn cuts every fragment into matches and gaps."""
+    def split(self, text: str, caches: list[dict] | None = None) -> list[str]:
+        """Cut `text` into words: every regex in turn cuts every fragment into matches and gaps.
+
+        `caches` (one dict per regex after the first, kept by the caller) remembers how each
+        fragment was cut: fragments repeat a lot.
+        """
         view = text.translate(_NON_ASCII_SPACE_TO_VT) if self.whitespace_view else text
-        spans = [(0, len(text))] if text else []
-        for pattern in self.compiled:
-            cut: list[tuple[int, int]] = []
-            for start, end in spans:
-                pos = start
-                for m in pattern.finditer(view, start, end):
-                    s, e = m.span()
-                    if s == e:                  # std::regex_iterator never yields these here
-                        continue
-                    if s > pos:
-                        cut.append((pos, s))
-                    cut.append((s, e))
-                    pos = e
-                if pos < end:
-                    cut.append((pos, end))
-            spans = cut
-        return [text[s:e] for s, e in spans]
+        first, *rest = self.splitters
+        pieces = list(filter(None, first.split(view)))
+        for k, pattern in enumerate(rest):
+            cache = caches[k] if caches is not None else {}
+            cut: list[str] = []
+            for piece in pieces:
+                words = cache.get(piece)
+                if words is None:
+                    words = cache[piece] = list(filter(None, pattern.split(piece)))
+                cut += words
+            pieces = cut
+        if view is text:
+            return pieces
+        out, pos = [], 0            # the same cuts, in the original text
+        for piece in pieces:
+            out.append(text[pos:pos + len(piece)])
+            pos += len(piece)
+        return out
 
 
 # llama.cpp's whitespace set (unicode_set_whitespace) beyond ASCII -> U+000B

@@ -20,8 +20,8 @@ import re
 from refllm.engine.vocab import TokenAttr, Vocab
 
 C_SPACE = " \t\n\v\f\r"
-ALWAYS = TokenAttr.USER_DEFINED
-PARSE_ONLY = TokenAttr.CONTROL | TokenAttr.UNKNOWN
+PARSE_ONLY = int(TokenAttr.CONTROL | TokenAttr.UNKNOWN)     # cut out only with parse_special
+LSTRIP, RSTRIP = int(TokenAttr.LSTRIP), int(TokenAttr.RSTRIP)
 
 
 class SpecialTokenSplitter:
@@ -37,10 +37,10 @@ class SpecialTokenSplitter:
         if not text:
             return []
         pieces: list[str | int] = [text]
-        texts, attrs = self.vocab.texts, self.vocab.attrs
+        attrs = self.vocab.attrs
         for token in self._present(text, parse_special):
-            special = texts[token]
-            lstrip, rstrip = attrs[token] & TokenAttr.LSTRIP, attrs[token] & TokenAttr.RSTRIP
+            special = self.vocab.text(token)
+            lstrip, rstrip = attrs[token] & LSTRIP, attrs[token] & RSTRIP
             cut: list[str | int] = []
             for piece in pieces:
                 if isinstance(piece, int) or special not in piece:
@@ -71,11 +71,11 @@ class SpecialTokenSplitter:
         """(a regex matching the longest special text at a position, text -> token ids), for
         the tokens that this mode cuts out; built on first use."""
         if parse_special not in self._finders:
-            attrs, texts = self.vocab.attrs, self.vocab.texts
+            vocab = self.vocab
             by_text: dict[str, list[int]] = {}
-            for token in self.vocab.special_tokens:
-                if parse_special or not attrs[token] & PARSE_ONLY:
-                    by_text.setdefault(texts[token], []).append(token)
+            for token in vocab.special_tokens:
+                if parse_special or not vocab.attrs[token] & PARSE_ONLY:
+                    by_text.setdefault(vocab.text(token), []).append(token)
             pattern = re.compile(trie_regex(by_text), re.DOTALL) if by_text else None
             self._finders[parse_special] = (pattern, by_text)
         return self._finders[parse_special]

@@ -52,9 +52,10 @@ class SpmSession:
     def cutter(self) -> re.Pattern:
         """A zero-width pattern matching before every ▁ that no token straddles (built on first use)."""
         if self._cutter is None:
-            # every character that some token holds right before a ▁
+            # every character that some token holds right before a ▁ (the separator NUL comes
+            # in too, which only forbids cuts after a NUL in the text: harmless)
             joined = "\x00".join(self.vocab.texts)
-            before = set(re.findall(f"(.)(?={SPACE})", joined, re.DOTALL))
+            before = {joined[m.start() - 1] for m in re.finditer(SPACE, joined) if m.start()}
             guard = f"(?<![{''.join(re.escape(c) for c in sorted(before))}])" if before else ""
             self._cutter = re.compile(f"{guard}(?={SPACE})")
         return self._cutter

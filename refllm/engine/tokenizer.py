@@ -38,8 +38,9 @@ from refllm.engine.vocab import TokenAttr, TokenizerError, Vocab
 from refllm.engine.wpm import WpmSession
 
 SESSIONS = {"spm": SpmSession, "bpe": BpeSession, "wpm": WpmSession, "ugm": UgmSession}
-HIDDEN = TokenAttr.UNKNOWN | TokenAttr.CONTROL          # pieces shown only with special=True
-VERBATIM = HIDDEN | TokenAttr.USER_DEFINED              # pieces that are their text, as is
+HIDDEN = int(TokenAttr.UNKNOWN | TokenAttr.CONTROL)     # pieces shown only with special=True
+VERBATIM = HIDDEN | int(TokenAttr.USER_DEFINED)         # pieces that are their text, as is
+NORMAL, BYTE = int(TokenAttr.NORMAL), int(TokenAttr.BYTE)
 HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -138,12 +139,12 @@ class Tokenizer:
         attr = vocab.attrs[token]
         if attr & VERBATIM:
             return vocab.text_bytes(token)
-        if attr & TokenAttr.NORMAL:
+        if attr & NORMAL:
             if vocab.kind == "bpe" and not vocab.escape_whitespaces:
                 return decode_gpt2_text(vocab.text_bytes(token))
             return vocab.text_bytes(token).replace(SPACE.encode(), b" ")
-        if attr & TokenAttr.BYTE:         # "<0xXX>"; llama.cpp's strtol reads junk as 0
-            digits = vocab.texts[token][3:5]
+        if attr & BYTE:                   # "<0xXX>"; llama.cpp's strtol reads junk as 0
+            digits = vocab.text(token)[3:5]
             return bytes([int(digits, 16) if len(digits) == 2 and all(c in HEX for c in digits) else 0])
         return b""                       # UNUSED, UNDEFINED: llama.cpp gives nothing
 

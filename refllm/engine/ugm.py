@@ -98,15 +98,15 @@ class UgmSession:
         self.vocab = vocab
         self.charsmap = CharsMap(vocab.precompiled_charsmap)
         attrs, scores = vocab.attrs, vocab.scores
-        matchable = TokenAttr.NORMAL | TokenAttr.USER_DEFINED | TokenAttr.UNUSED
+        matchable = int(TokenAttr.NORMAL | TokenAttr.USER_DEFINED | TokenAttr.UNUSED)
         self.matcher: dict[bytes, int] = {vocab.text_bytes(i): i for i in range(len(vocab))
                                           if attrs[i] & matchable}
         self.longest_token = max(map(len, self.matcher), default=0)
-        user_defined = [vocab.text_bytes(i) for i in range(len(vocab)) if attrs[i] & TokenAttr.USER_DEFINED]
+        user_defined = [vocab.text_bytes(i) for i in range(len(vocab)) if attrs[i] & int(TokenAttr.USER_DEFINED)]
         # every prefix of a user-defined token: llama.cpp's trie walk stops at the longest one
         self.user_prefixes = {t[:k] for t in user_defined for k in range(1, len(t) + 1)}
         self.longest_user = max(map(len, user_defined), default=0)
-        normal = [scores[i] for i in range(len(vocab)) if attrs[i] & TokenAttr.NORMAL]
+        normal = [scores[i] for i in range(len(vocab)) if attrs[i] & int(TokenAttr.NORMAL)]
         min_score = np.float32(min(normal)) if normal else np.float32(np.finfo(np.float32).max)
         self.unknown_score = float(min_score - UNKNOWN_PENALTY)     # float32 arithmetic, as llama.cpp
 
@@ -117,7 +117,7 @@ class UgmSession:
         if n == 0:
             return
         vocab, unk = self.vocab, self.vocab.unk_id
-        user_defined = TokenAttr.USER_DEFINED
+        user_defined = int(TokenAttr.USER_DEFINED)
         best_token = [unk] * (n + 1)
         best_start = [0] * (n + 1)
         best_score = [-np.finfo(np.float64).max] * (n + 1)

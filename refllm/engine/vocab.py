@@ -135,23 +135,21 @@ ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
 class Vocab:
     """A model's vocabulary and tokenizer settings, as llama.cpp holds them after loading.
 
-    texts[i] is token i's text (empty texts read as "[EMPTY_i]", as in llama.cpp); token_to_id maps
-    a text to its id (the last one, for duplicated texts); scores[i] is a float; attrs[i] a
-    TokenAttr bit set. Special ids are None where the model has none.
+    scores[i] is a float; attrs[i] a TokenAttr bit set (as an int). Special ids are None where
+    the model has none. `texts` and `token_to_id` are built on first use (a few hundred
+    thousand strings), so that reading a vocabulary stays fast.
     """
 
     model: str                      # tokenizer.ggml.model
     kind: str                       # "spm", "bpe", "wpm" or "ugm"
     pre: str                        # the effective pre-tokenizer name ("default" when absent)
-    tokens: StringArray             # the raw strings, for their bytes
-    texts: list[str]
-    token_to_id: dict[str, int]
+    tokens: StringArray             # tokenizer.ggml.tokens, as stored
     scores: list[float]
     attrs: list[int]
     merges: StringArray | None      # BPE only: tokenizer.ggml.merges, in rank order
     special_ids: dict[str, int | None]
     eog_ids: frozenset[int]
-    special_tokens: list[int]       # ids the partition splits out, longest text first
+    special_tokens: list[int]       # ids the partition cuts out, longest text first
     add_space_prefix: bool = False
     add_bos: bool = False
     add_eos: bool = False
@@ -164,7 +162,6 @@ class Vocab:
     lowercase: bool = True          # WPM normalizer
     strip_accents: bool = True      # WPM normalizer
     precompiled_charsmap: bytes = b""   # UGM normalizer
-    metadata_name: str = ""         # general.name, for messages
 
     # -- construction --------------------------------------------------------------------------
 
@@ -212,20 +209,16 @@ class Vocab:
         if tokens is None:
             raise TokenizerError("no tokenizer.ggml.tokens in this model: there is no vocabulary")
         n = len(tokens)
-        texts = list(tokens)
-        for i in (i for i, t in enumerate(texts) if not t):
-            texts[i] = f"[EMPTY_{i}]"
-        token_to_id = dict(zip(texts, range(n)))
         scores = _numeric_array(md, "tokenizer.ggml.scores", n, (np.float32, np.int32))
-        scores_list = scores.astype(np.float64).tolist() if scores is not None else [0.0] * n
+        scores_list = scores[:n].astype(np.float64).tolist() if scores is not None else [0.0] * n
         types = _numeric_array(md, "tokenizer.ggml.token_type", n, (np.int32,))
-        if types is None:
-            attrs = [int(TokenAttr.NORMAL)] * n
-        else:
+        attrs = np.full(n, int(TokenAttr.NORMAL), np.int32)
+        if types is not None:
             table = np.zeros(256, np.int32)
             for t, a in ATTR_OF_TYPE.items():
                 table[t] = a
-            attrs = np.where((types[:n] >= 0) & (types[:n] < 256), table[np.clip(types[:n], 0, 255)], 0).tolist()
+            types = types[:n]
+            attrs = np.where((types >= 0) & (types < 256), table[np.clip(types, 0, 255)], 0).astype(np.int32)
 
         for role in ROLES:                                                  # step 5
             if ids[role] is not None and ids[role] >= n:
@@ -247,34 +240,50 @@ class Vocab:
         strip_accents = _get(md, "tokenizer.ggml.normalizer.strip_accents", bool)
         strip_accents = lowercase if strip_accents is None else strip_accents
 
-        eog = _detect_by_text(texts, token_to_id, attrs, ids)               # step 7
+        named = _find_texts(tokens, NAMED_TEXTS)                            # step 7
+        eog = _detect_by_text(tokens, named, attrs, ids)
+        special = np.flatnonzero(attrs & int(SPECIAL_ATTRS)).tolist()
         # longest text (in bytes) first; llama.cpp's std::sort leaves ties in no set order, refllm
         # keeps them by id
-        special_tokens = sorted((i for i, a in enumerate(attrs) if a & SPECIAL_ATTRS),
-                                key=lambda i: (-len(tokens.raw(i) or texts[i].encode()), i))
-        _fix_attrs_by_name(md, pre_key, token_to_id, attrs, special_tokens)
+        special_tokens = sorted(special, key=lambda i: (-len(_text_bytes(tokens, i)), i))
+        _fix_attrs_by_name(md, pre_key, named, attrs, special_tokens)
 
         charsmap = md.get("tokenizer.ggml.precompiled_charsmap") if mtype.kind == "ugm" else None
         return cls(
-            model=model, kind=mtype.kind, pre=pre, tokens=tokens, texts=texts, token_to_id=token_to_id,
-            scores=scores_list, attrs=attrs, merges=merges, special_ids=ids, eog_ids=frozenset(eog),
-            special_tokens=special_tokens, lowercase=lowercase, strip_accents=strip_accents,
-            precompiled_charsmap=_charsmap_bytes(charsmap),
-            metadata_name=str(md.get("general.name", "")), **flags)
+            model=model, kind=mtype.kind, pre=pre, tokens=tokens, scores=scores_list, attrs=attrs.tolist(),
+            merges=merges, special_ids=ids, eog_ids=frozenset(eog), special_tokens=special_tokens,
+            lowercase=lowercase, strip_accents=strip_accents, precompiled_charsmap=_charsmap_bytes(charsmap),
+            **flags)
 
     # -- lookups -------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.tokens)
 
     @property
     def n_tokens(self) -> int:
-        return len(self.texts)
+        return len(self.tokens)
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """Every token's text; an empty one reads "[EMPTY_i]", as in llama.cpp."""
+        texts = list(self.tokens)
+        for i in [i for i, t in enumerate(texts) if not t]:
+            texts[i] = f"[EMPTY_{i}]"
+        return texts
+
+    @cached_property
+    def token_to_id(self) -> dict[str, int]:
+        """Text -> id; a text held by several tokens maps to the last, as in llama.cpp."""
+        return dict(zip(self.texts, range(len(self.texts))))
+
+    def text(self, token_id: int) -> str:
+        """Token `token_id`'s text (without decoding the whole vocabulary)."""
+        return self.tokens[token_id] or f"[EMPTY_{token_id}]"
 
     def text_bytes(self, token_id: int) -> bytes:
         """Token `token_id`'s text as stored (invalid UTF-8 kept), or "[EMPTY_i]" for empty ones."""
-        raw = self.tokens.raw(token_id)
-        return raw if raw else self.texts[token_id].encode()
+        return _text_bytes(self.tokens, token_id)
 
     def is_eog(self, token_id: int) -> bool:
         """Whether the token ends generation (llama_vocab_is_eog)."""
@@ -296,7 +305,7 @@ class Vocab:
     @cached_property
     def max_token_len(self) -> int:
         """The longest token, in bytes (WPM bounds its longest-match search with it)."""
-        return max((len(t.encode("utf-8", "surrogateescape")) for t in self.texts), default=0)
+        return max(map(len, self.tokens.raw_items()), default=0)
 
 
 # bos_id, eos_id, ..., fim_sep_id: the special ids by role, None where the model has none
@@ -356,10 +365,21 @@ def _charsmap_bytes(value) -> bytes:
     raise TokenizerError("tokenizer.ggml.precompiled_charsmap should be an array of bytes")
 
 
-def _detect_by_text(texts: list[str], token_to_id: dict[str, int], attrs: list[int],
+def _text_bytes(tokens: StringArray, i: int) -> bytes:
+    return tokens.raw(i) or f"[EMPTY_{i}]".encode()
+
+
+def _find_texts(tokens: StringArray, wanted: tuple[str, ...]) -> dict[str, int]:
+    """text -> id of the last token with that text, for the `wanted` texts present."""
+    by_bytes = {t.encode(): t for t in wanted}
+    hits = list(map(by_bytes.get, tokens.raw_items()))
+    return {hits[i]: i for i in range(len(hits)) if hits[i] is not None}
+
+
+def _detect_by_text(tokens: StringArray, named: dict[str, int], attrs: np.ndarray,
                     ids: dict[str, int | None]) -> set[int]:
     """Fill unset EOT/EOM/FIM ids from token texts, mark CONTROL and UNUSED as llama.cpp does,
-    and return the end-of-generation set.
+    and return the end-of-generation set. `named` maps the texts below to their ids.
 
     llama.cpp walks its hash map, so when several texts of one role are present it takes the
     first in hash order; refllm takes the lowest id.
@@ -367,25 +387,25 @@ def _detect_by_text(texts: list[str], token_to_id: dict[str, int], attrs: list[i
     control, unused = int(TokenAttr.CONTROL), int(TokenAttr.UNUSED)
     for role, candidates in AUTO_ROLES.items():
         if ids[role] is None:
-            found = [token_to_id[t] for t in candidates if t in token_to_id]
+            found = [named[t] for t in candidates if t in named]
             if found:
                 ids[role] = min(found)
                 attrs[ids[role]] |= control
-    for i, a in enumerate(attrs):
-        if a & control and not a & unused and "unused" in texts[i]:
-            attrs[i] = a | unused
+    for i in np.flatnonzero((attrs & control) & ~(attrs & unused)).tolist():
+        if b"unused" in tokens.raw(i):
+            attrs[i] |= unused
 
     eog = {ids[r] for r in ("fim_pad", "fim_rep", "fim_sep") if ids[r] is not None}
     for text in EOG_TEXTS:
-        if text in token_to_id:
-            eog.add(token_to_id[text])
-            attrs[token_to_id[text]] |= control
+        if text in named:
+            eog.add(named[text])
+            attrs[named[text]] |= control
     for text in ALWAYS_RENDERED:
-        if text in token_to_id:
-            attrs[token_to_id[text]] = int(TokenAttr.USER_DEFINED)
+        if text in named:
+            attrs[named[text]] = int(TokenAttr.USER_DEFINED)
     eog |= {ids[r] for r in ("eos", "eot", "eom") if ids[r] is not None}
 
-    eog_texts = {texts[i]: i for i in eog}
+    eog_texts = {_text_bytes(tokens, i).decode("utf-8", "replace"): i for i in eog}
     # o200k_harmony and solar-open: "<|end|>" ends a message, not generation
     if "<|end|>" in eog_texts and (("<|return|>" in eog_texts and "<|call|>" in eog_texts) or
                                    ("<|calls|>" in eog_texts and "<|flush|>" in eog_texts)):
@@ -398,8 +418,8 @@ def _detect_by_text(texts: list[str], token_to_id: dict[str, int], attrs: list[i
     return eog
 
 
-def _fix_attrs_by_name(md: Mapping[str, Any], pre_key: str, token_to_id: dict[str, int],
-                       attrs: list[int], special_tokens: list[int]) -> None:
+def _fix_attrs_by_name(md: Mapping[str, Any], pre_key: str, named: dict[str, int],
+                       attrs: np.ndarray, special_tokens: list[int]) -> None:
     """LSTRIP/RSTRIP set by model name, tokenizer and architecture, as llama.cpp does after
     building its special-token list."""
     name = str(md.get("general.name", "")).lower()
@@ -407,16 +427,21 @@ def _fix_attrs_by_name(md: Mapping[str, Any], pre_key: str, token_to_id: dict[st
     lstrip, rstrip = int(TokenAttr.LSTRIP), int(TokenAttr.RSTRIP)
     if any(s in pre_key for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or \
             any(s in arch for s in ("nomic-bert-moe", "jina-bert-v3")):
-        if "<mask>" in token_to_id:
-            attrs[token_to_id["<mask>"]] |= lstrip
+        if "<mask>" in named:
+            attrs[named["<mask>"]] |= lstrip
     elif "phi-3" in name or "phi3" in name:
-        for i in special_tokens:
-            attrs[i] |= rstrip
-        if "</s>" in token_to_id:
-            attrs[token_to_id["</s>"]] |= rstrip
+        attrs[special_tokens] |= rstrip
+        if "</s>" in named:
+            attrs[named["</s>"]] |= rstrip
         for text in ("<unk>", "<s>", "<|endoftext|>"):
-            if text in token_to_id:       # llama.cpp fails to load without them; refllm skips
-                attrs[token_to_id[text]] &= ~rstrip
+            if text in named:       # llama.cpp fails to load without them; refllm skips
+                attrs[named[text]] &= ~rstrip
     elif "modern-bert" in name:
-        if "[MASK]" in token_to_id:
-            attrs[token_to_id["[MASK]"]] |= lstrip
+        if "[MASK]" in named:
+            attrs[named["[MASK]"]] |= lstrip
+
+
+# Every text the loader looks a token up by.
+NAMED_TEXTS = tuple(dict.fromkeys(
+    [t for texts in AUTO_ROLES.values() for t in texts] + list(EOG_TEXTS) + list(ALWAYS_RENDERED)
+    + ["<mask>", "[MASK]", "</s>", "<unk>", "<s>", "<|endoftext|>"]))
