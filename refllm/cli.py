@@ -240,6 +240,57 @@ def dequant(model: str, tensor: str, output: str, backend: str) -> int:
     return 0
 
 
+# -- tokenize --------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("model")
+@click.argument("text", required=False)
+@click.option("--no-bos", is_flag=True, help="Add no BOS/EOS tokens, whatever the model asks for.")
+@click.option("--parse-special", is_flag=True,
+              help="Read special-token text such as <|im_start|> as that token.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"ids": [...], "pieces": [...]}.')
+def tokenize(model: str, text: str | None, no_bos: bool, parse_special: bool, as_json: bool) -> int:
+    """Print the token ids llama.cpp gives for TEXT with MODEL's tokenizer, and their pieces.
+
+    MODEL is a path, a blob digest or an ollama model name. TEXT is read from stdin when it is
+    - or left out.
+    """
+    from refllm.engine.tokenizer import Tokenizer
+    from refllm.formats import open_model
+    from refllm.formats.ollama import resolve_target
+
+    if text is None or text == "-":
+        text = click.get_binary_stream("stdin").read().decode("utf-8", "replace")
+    tokenizer = Tokenizer.from_model(open_model(resolve_target(model).path))
+    ids = tokenizer.tokenize(text, add_special=not no_bos, parse_special=parse_special)
+    pieces = [tokenizer.token_to_piece(i, special=True) for i in ids]
+    if as_json:
+        # a piece can be part of a character: its stray bytes read \\xNN
+        texts = [p.decode("utf-8", "backslashreplace") for p in pieces]
+        click.echo(json.dumps({"ids": ids, "pieces": texts}, ensure_ascii=False))
+        return 0
+    width = max((len(str(i)) for i in ids), default=2)
+    click.echo(f"{'id':>{width}}  piece")
+    for token, piece in zip(ids, pieces):
+        click.echo(f"{token:>{width}}  {_show_piece(piece)}")
+    click.echo(f"{len(ids)} tokens", err=True)
+    return 0
+
+
+def _show_piece(piece: bytes) -> str:
+    """A token's bytes quoted for a terminal: escapes for controls, quotes and backslashes,
+    and \\xNN for bytes that are only part of a character."""
+    shown = []
+    for ch in piece.decode("utf-8", "surrogateescape"):
+        if "\udc80" <= ch <= "\udcff":                # a byte of an unfinished character
+            shown.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch == "\\" or ch == "'" or not (ch.isprintable() or ch == " "):
+            shown.append(repr(ch)[1:-1] if ch != "'" else "\\'")
+        else:
+            shown.append(ch)
+    return "'" + "".join(shown) + "'"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn user errors into one line on stderr and exit code 2."""
     try:
