@@ -115,7 +115,15 @@ def trie_regex(words) -> str:
         node[""] = {}                       # end of a word
 
     def pattern(node: dict) -> str:
-        branches = [re.escape(ch) + pattern(child) for ch, child in node.items() if ch]
+        branches = []
+        for ch, child in node.items():
+            if not ch:
+                continue
+            run = ch
+            while len(child) == 1 and "" not in child:      # a chain without choices: one literal
+                (ch, child), = child.items()
+                run += ch
+            branches.append(re.escape(run) + pattern(child))
         if not branches:
             return ""
         body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
