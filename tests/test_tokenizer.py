@@ -216,7 +216,7 @@ RANDOM_VOCABS = ["smollm2", "gemma3", "llama-spm", "gemma-4", "deepseek-llm", "b
 
 
 @pytest.fixture(scope="module")
-def any_tokenizer(request, vocab_dir, smollm2_path, gemma3_path):
+def any_tokenizer(vocab_dir, smollm2_path, gemma3_path):
     paths = {"smollm2": smollm2_path, "gemma3": gemma3_path}
 
     def get(name: str) -> Tokenizer:
