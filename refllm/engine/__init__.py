@@ -1,0 +1,13 @@
+"""The model side of refllm: tokenizers and chat templates, as llama.cpp builds them from GGUF
+metadata.
+
+    from refllm.engine import Tokenizer, ChatTemplate
+    tok = Tokenizer.from_model(refllm.open("model.gguf"))
+    ids = tok.tokenize("Hello", add_special=True, parse_special=False)   # llama.cpp's ids
+"""
+
+from refllm.engine.chat_template import ChatTemplate, ChatTemplateError
+from refllm.engine.tokenizer import StreamDecoder, Tokenizer
+from refllm.engine.vocab import TokenizerError
+
+__all__ = ["Tokenizer", "StreamDecoder", "TokenizerError", "ChatTemplate", "ChatTemplateError"]
