@@ -260,7 +260,12 @@ def tokenize(model: str, text: str | None, no_bos: bool, parse_special: bool, as
     from refllm.formats.ollama import resolve_target
 
     if text is None or text == "-":
-        text = click.get_binary_stream("stdin").read().decode("utf-8", "replace")
+        data = sys.stdin.buffer.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RefllmError(f"stdin: at byte {e.start}: {data[e.start:e.start + 1]!r} is not UTF-8 "
+                              "(expected UTF-8 text)") from None
     tokenizer = Tokenizer.from_model(open_model(resolve_target(model).path))
     ids = tokenizer.tokenize(text, add_special=not no_bos, parse_special=parse_special)
     pieces = [tokenizer.token_to_piece(i, special=True) for i in ids]

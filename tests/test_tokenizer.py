@@ -345,6 +345,8 @@ def test_cli_tokenize(smollm2_path, gemma3_path, capsys, monkeypatch):
     assert lines[4].split() == ["478", r"'\xf0'"]              # a byte of an unfinished character
     code, out, _ = run(["tokenize", gemma3_path, "--no-bos", "--json"], capsys, "Hi".encode(), monkeypatch)
     assert code == 0 and json.loads(out)["ids"] == [10979]
+    code, out, err = run(["tokenize", gemma3_path], capsys, b"Hi \xff", monkeypatch)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "at byte 3" in err
 
 
 def test_cli_bad_vocabulary_is_one_line_exit_2(tmp_path, capsys):
