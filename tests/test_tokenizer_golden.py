@@ -41,3 +41,12 @@ def test_ids_equal_llama_cpp(golden_model, key, parse_special):
     tokenizer, cases = golden_model
     expected = cases[key][f"parse_special={parse_special}"]
     assert tokenizer.tokenize(CORPUS[key], add_special=True, parse_special=parse_special) == expected
+
+
+@pytest.mark.parametrize("parse_special", [False, True])
+def test_corpus_round_trips(golden_model, parse_special):
+    """Every corpus text comes back from its ids (special-token text too, when it was parsed)."""
+    tokenizer, _ = golden_model
+    for key, text in CORPUS.items():
+        ids = tokenizer.tokenize(text, add_special=True, parse_special=parse_special)
+        assert tokenizer.detokenize(ids, remove_special=True, unparse_special=parse_special) == text, key
