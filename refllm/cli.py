@@ -282,6 +282,207 @@ def tokenize(model: str, text: str | None, no_bos: bool, parse_special: bool, as
     return 0
 
 
+# -- generate, logits, compare ----------------------------------------------------------------
+
+def _open_for_running(model: str | None, threads: int | None):
+    """Open MODEL (a path, a blob digest, an ollama name; None: the pulled SmolLM2) and set the
+    number of threads the Numba kernels use."""
+    from refllm import fetch
+    from refllm.formats import open_model
+    from refllm.formats.ollama import resolve_target
+
+    if threads is not None:
+        import numba
+        if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise RefllmError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, not {threads}")
+        numba.set_num_threads(threads)
+    path = fetch.ensure_pack(fetch.DEFAULT_MODEL) if model is None else resolve_target(model).path
+    return open_model(path)
+
+
+def _split_model_and_prompt(args: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """generate's [MODEL] [PROMPT]: two arguments are both; one is the PROMPT, unless it names
+    an existing file or a blob digest; PROMPT '-' or none means stdin."""
+    import re
+
+    if len(args) > 2:
+        raise RefllmError(f"expected at most MODEL and PROMPT, got {len(args)} arguments (quote the prompt)")
+    if len(args) == 2:
+        model, prompt = args
+    elif len(args) == 1 and (Path(args[0]).is_file() or re.fullmatch(r"sha256[:-][0-9a-f]{64}", args[0])):
+        model, prompt = args[0], None
+    else:
+        model, prompt = None, (args[0] if args else None)
+    return model, None if prompt == "-" else prompt
+
+
+def _read_stdin_text() -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RefllmError(f"stdin: at byte {e.start}: {data[e.start:e.start + 1]!r} is not UTF-8 "
+                          "(expected UTF-8 text)") from None
+
+
+def _prompt_tokens(tokenizer, metadata, prompt: str, system: str | None, raw: bool) -> list[int]:
+    """The prompt's token ids: through the model's chat template unless `raw` or it has none."""
+    from refllm.engine import ChatTemplate
+
+    vocab = tokenizer.vocab
+    texts = {role: vocab.text(vocab.special_ids[role]) if vocab.special_ids[role] is not None else ""
+             for role in ("bos", "eos")}
+    template = None if raw else ChatTemplate.from_metadata(metadata, bos_token=texts["bos"], eos_token=texts["eos"])
+    if template is None:
+        if system:
+            raise RefllmError("--system needs a chat template, and this model has none (or --raw was given)")
+        return tokenizer.tokenize(prompt, add_special=True, parse_special=False)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    text = template.render(messages, add_generation_prompt=True)
+    # a template that writes the BOS itself must not get a second one from the tokenizer
+    starts_with_bos = bool(texts["bos"]) and vocab.add_bos and text.startswith(texts["bos"])
+    ids = tokenizer.tokenize(text, add_special=not starts_with_bos, parse_special=True)
+    return ids
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1)
+@click.option("--system", help="A system message, for models with a chat template.")
+@click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template.")
+@click.option("-n", "--num-predict", type=int, default=-1, show_default=True, help="Most tokens to generate; -1: no limit.")
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="0 means greedy.")
+@click.option("--top-k", type=int, default=40, show_default=True, help="0 disables.")
+@click.option("--top-p", type=float, default=0.9, show_default=True, help="1 disables.")
+@click.option("--min-p", type=float, default=0.0, show_default=True, help="0 disables.")
+@click.option("--repeat-penalty", type=float, default=1.0, show_default=True)
+@click.option("--repeat-last-n", type=int, default=64, show_default=True, help="0 disables; -1: the whole context.")
+@click.option("--presence-penalty", type=float, default=0.0, show_default=True)
+@click.option("--frequency-penalty", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=-1, show_default=True, help="-1: a random seed.")
+@click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
+@click.option("--ctx", type=int, default=None, help="Context size in tokens  [default: 4096, at most the model's]")
+@click.option("--keep", type=int, default=4, show_default=True, help="Tokens kept at the start when the context shifts; -1: the whole prompt.")
+@click.option("--truncate", is_flag=True, help="Drop the middle of a prompt that does not fit, instead of failing.")
+@click.option("--no-shift", is_flag=True, help="Fail when the context fills, instead of shifting it.")
+@click.option("--numerics", type=click.Choice(["f32"]), default="f32", show_default=True)
+@click.option("--threads", type=int, default=None, help="Threads for the Numba kernels  [default: all cores]")
+@click.option("--verbose", is_flag=True, help="Print ollama's timing statistics to stderr afterwards.")
+def generate(args, system, raw, num_predict, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+             presence_penalty, frequency_penalty, seed, stop, ctx, keep, truncate, no_shift, numerics,
+             threads, verbose) -> int:
+    """Generate text: refllm generate [MODEL] [PROMPT].
+
+    MODEL is a path, a blob digest or an ollama name (default: SmolLM2, pulled on first use).
+    With one argument it is the PROMPT, unless it is an existing file. PROMPT '-' or no PROMPT
+    reads stdin. Chat models get their chat template unless --raw. The text streams as it comes.
+    """
+    from refllm.engine import Tokenizer
+    from refllm.engine.sampling import SamplingOptions
+    from refllm.engine.session import Session
+    from refllm.engine.transformer import Transformer
+
+    started = time.perf_counter()
+    model_name, prompt = _split_model_and_prompt(args)
+    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repeat_last_n=repeat_last_n, repeat_penalty=repeat_penalty,
+                              presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                              seed=seed, num_predict=num_predict, stop=tuple(stop), num_keep=keep)
+    model = _open_for_running(model_name, threads)
+    if prompt is None:
+        prompt = _read_stdin_text()
+    tokenizer = Tokenizer.from_model(model)
+    transformer = Transformer(model, numerics)
+    n_ctx = ctx if ctx is not None else min(4096, transformer.config.n_ctx_train or 4096)
+    if n_ctx < 8:
+        raise RefllmError(f"--ctx must be at least 8 tokens, not {n_ctx}")
+    session = Session(transformer, n_ctx, context_shift=not no_shift)
+    ids = _prompt_tokens(tokenizer, model.metadata, prompt, system, raw)
+    if not ids:
+        raise RefllmError("the prompt is empty (and the model adds no BOS token)")
+    load_duration = time.perf_counter() - started
+    try:
+        for text in session.generate(ids, tokenizer, options, truncate=truncate):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    finally:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    stats = session.stats
+    if stats.truncated_tokens:
+        click.echo(f"refllm: the prompt was truncated: {stats.truncated_tokens} of its {len(ids)} tokens "
+                   f"were dropped to fit a context of {n_ctx}", err=True)
+    if verbose:
+        click.echo(stats.report(load_duration), err=True)
+    return 0
+
+
+def _parse_token_list(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        raise RefllmError(f"--tokens must be comma-separated integers, like 1,2,3; got {text!r}") from None
+    if not ids:
+        raise RefllmError("--tokens is empty (expected comma-separated token ids, like 1,2,3)")
+    return ids
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--prompt", help="Text to tokenize (the model's BOS rules apply unless --no-bos).")
+@click.option("--tokens", "token_list", help="Token ids instead of text: 1,2,3.")
+@click.option("--no-bos", is_flag=True, help="Add no BOS/EOS to --prompt.")
+@click.option("--parse-special", is_flag=True, help="Read special-token text in --prompt as those tokens.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
+@click.option("--numerics", type=click.Choice(["f32"]), default="f32", show_default=True)
+@click.option("--threads", type=int, default=None, help="Threads for the Numba kernels  [default: all cores]")
+def logits(model, prompt, token_list, no_bos, parse_special, output, numerics, threads) -> int:
+    """Write the logits at every position of a prompt to OUTPUT (.npz: tokens int32 [n],
+    logits float32 [n, n_vocab]; row i scores the token after tokens[i])."""
+    import numpy as np
+
+    from refllm.engine import Tokenizer
+    from refllm.engine.compare import save_logits
+    from refllm.engine.session import Session
+    from refllm.engine.transformer import Transformer
+
+    if (prompt is None) == (token_list is None):
+        raise RefllmError("give exactly one of --prompt TEXT and --tokens 1,2,3")
+    opened = _open_for_running(model, threads)
+    transformer = Transformer(opened, numerics)
+    if token_list is not None:
+        ids = _parse_token_list(token_list)
+    else:
+        ids = Tokenizer.from_model(opened).tokenize(prompt, add_special=not no_bos, parse_special=parse_special)
+        if not ids:
+            raise RefllmError("the prompt gives no tokens")
+    session = Session(transformer, n_ctx=len(ids))
+    started = time.perf_counter()
+    values = session.evaluate(ids, all_logits=True)
+    seconds = time.perf_counter() - started
+    save_logits(output, np.asarray(ids, np.int32), values, model=Path(opened.path).name, numerics=numerics)
+    click.echo(f"{len(ids)} tokens -> {output} (logits [{values.shape[0]}, {values.shape[1]}], "
+               f"{seconds:.2f} s)", err=True)
+    return 0
+
+
+@cli.command()
+@click.argument("ref", type=click.Path(dir_okay=False))
+@click.argument("test", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+def compare(ref, test, as_json) -> int:
+    """Compare two logits files (from refllm logits, or any engine writing the same keys) with
+    llama-perplexity's statistics: KLD (mean, max, p99, median), same top-1 %, RMS delta-p,
+    NMSE, max |delta logit|. REF is the reference (e.g. llama.cpp)."""
+    from refllm.engine.compare import check_same_tokens, compare_logits, format_report, load_logits
+
+    ref_tokens, ref_logits = load_logits(ref)
+    test_tokens, test_logits = load_logits(test)
+    check_same_tokens(ref_tokens, test_tokens, ref, test)
+    stats = compare_logits(ref_logits, test_logits, tokens=ref_tokens)
+    click.echo(json.dumps(stats) if as_json else format_report(stats))
+    return 0
+
+
 def _show_piece(piece: bytes) -> str:
     """A token's bytes quoted for a terminal: escapes for controls, quotes and backslashes,
     and \\xNN for bytes that are only part of a character."""

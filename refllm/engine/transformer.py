@@ -59,6 +59,9 @@ class Transformer:
         inv_freq_global = cfg.rope_scale * cfg.rope_base ** -exponents / divisors
         inv_freq_local = cfg.rope_base_swa ** -exponents      # local layers: own base, no scaling
         self.inv_freq = [inv_freq_local if swa else inv_freq_global for swa in cfg.swa_layers]
+        # decode one embedding row now: Numba's start-up (about a second) is then load time,
+        # not the first prompt's time
+        self.weights.token_embd.gather_rows([0])
 
     def new_cache(self, n_ctx: int) -> KVCache:
         """An empty KV cache for n_ctx positions, in this numerics' element type."""

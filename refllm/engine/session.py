@@ -1,0 +1,180 @@
+"""A running model: a Transformer, its KV cache, and the generation loop around them.
+
+    session = Session(Transformer(model), n_ctx=4096)
+    logits = session.evaluate(tokens)            # reuses the cached prefix of `tokens`
+    for text in session.generate(prompt_ids, tokenizer, SamplingOptions(temperature=0)):
+        print(text, end="")
+    session.stats                                # ollama's --verbose figures for that call
+
+Prefix reuse, as ollama and llama-server do it: the cache remembers the tokens behind it; a new
+request keeps the longest common prefix and evaluates only the rest, but always at least its
+last token, so that there are logits to sample from.
+
+When generation fills the context, the cache is shifted as llama.cpp shifts it: keep the first
+n_keep positions, drop half of the rest, and re-rotate the keys that moved. With
+`context_shift=False` a full context is an error instead (ContextFullError).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from refllm.engine.sampling import Sampler, SamplingOptions, StopStrings
+from refllm.engine.tokenizer import Tokenizer
+from refllm.engine.transformer import Transformer
+from refllm.errors import RefllmError
+
+
+class ContextFullError(RefllmError):
+    """The prompt, or the prompt and the reply, do not fit in the context, and neither truncation
+    nor shifting was allowed."""
+
+
+@dataclass
+class GenerationStats:
+    """What `ollama run --verbose` prints (durations in seconds), and what refllm adds to it."""
+    prompt_eval_count: int = 0        # prompt tokens, cached ones included (as ollama counts them)
+    prompt_eval_duration: float = 0.0
+    cached_tokens: int = 0            # prompt tokens whose keys and values came from the cache
+    eval_count: int = 0               # generated tokens
+    eval_duration: float = 0.0
+    total_duration: float = 0.0
+    truncated_tokens: int = 0         # prompt tokens dropped to fit the context
+    context_shifts: int = 0
+    done_reason: str = ""             # "stop" (EOG token or stop string) or "length" (num_predict)
+    seed: int | None = None
+
+    def report(self, load_duration: float = 0.0) -> str:
+        """The figures in ollama's --verbose layout, one per line."""
+        def rate(count: int, seconds: float) -> str:
+            return f"{count / seconds:.2f} tokens/s" if seconds > 0 else "-"
+        lines = [
+            ("total duration", f"{self.total_duration + load_duration:.3f}s"),
+            ("load duration", f"{load_duration:.3f}s"),
+            ("prompt eval count", f"{self.prompt_eval_count} token(s)"),
+            ("prompt eval duration", f"{self.prompt_eval_duration:.3f}s"),
+            ("prompt eval rate", rate(self.prompt_eval_count - self.cached_tokens, self.prompt_eval_duration)),
+            ("cached tokens", f"{self.cached_tokens} token(s)"),
+            ("eval count", f"{self.eval_count} token(s)"),
+            ("eval duration", f"{self.eval_duration:.3f}s"),
+            ("eval rate", rate(self.eval_count, self.eval_duration)),
+        ]
+        if self.truncated_tokens:
+            lines.append(("truncated prompt", f"{self.truncated_tokens} token(s) dropped"))
+        if self.context_shifts:
+            lines.append(("context shifts", str(self.context_shifts)))
+        return "\n".join(f"{name + ':':<22}{value}" for name, value in lines)
+
+
+class Session:
+    """A Transformer with one KV cache that persists across requests."""
+
+    def __init__(self, transformer: Transformer, n_ctx: int, context_shift: bool = True):
+        self.transformer = transformer
+        self.cache = transformer.new_cache(n_ctx)
+        self.context_shift = context_shift
+        self.stats = GenerationStats()
+
+    @property
+    def n_ctx(self) -> int:
+        return self.cache.n_ctx
+
+    def evaluate(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Logits after `tokens`, reusing the cache's longest common prefix with them.
+
+        Returns float32 [1, n_vocab] for the last token, or with all_logits one row for each
+        token that was evaluated (the ones after the reused prefix). Sets `self.cached_tokens`.
+        """
+        tokens = list(tokens)
+        if len(tokens) > self.n_ctx:
+            raise ContextFullError(f"{len(tokens)} tokens do not fit in a context of {self.n_ctx}")
+        reused = self.cache.common_prefix(tokens)
+        reused = min(reused, len(tokens) - 1)       # at least the last token is evaluated
+        self.cache.truncate(reused)
+        self.cached_tokens = reused
+        return self.transformer.forward(tokens[reused:], self.cache, all_logits)
+
+    def fit_prompt(self, prompt: Sequence[int], num_keep: int, truncate: bool) -> list[int]:
+        """The prompt, shortened to leave room to generate when it does not fit and `truncate`
+        allows it, as ollama does: keep its first num_keep tokens and as many of its last ones
+        as leave half of the rest of the context free. Raises ContextFullError otherwise."""
+        prompt = list(prompt)
+        if len(prompt) < self.n_ctx:
+            return prompt
+        if not truncate:
+            raise ContextFullError(f"the prompt is {len(prompt)} tokens and the context holds {self.n_ctx} "
+                                   "(use a larger --ctx, or --truncate to drop the middle of the prompt)")
+        keep = self._n_keep(num_keep, len(prompt))
+        limit = self.n_ctx - max((self.n_ctx - keep) // 2, 1)
+        return prompt[:keep] + prompt[len(prompt) - (limit - keep):]
+
+    def _n_keep(self, num_keep: int, n_prompt: int) -> int:
+        """Positions a shift or a truncation keeps: num_keep (-1: the whole prompt), at most n_ctx - 4."""
+        keep = n_prompt if num_keep < 0 else num_keep
+        return max(0, min(keep, self.n_ctx - 4))
+
+    def generate(self, prompt: Sequence[int], tokenizer: Tokenizer, options: SamplingOptions,
+                 truncate: bool = False) -> Iterator[str]:
+        """Stream the reply to `prompt` (token ids) as text, piece by piece.
+
+        Stops at an end-of-generation token, a stop string (not shown) or num_predict tokens.
+        Text is never cut inside a UTF-8 character or shown while it could still be the start
+        of a stop string. `self.stats` holds the figures of this call when the iterator ends.
+        """
+        started = time.perf_counter()
+        stats = self.stats = GenerationStats()
+        fitted = self.fit_prompt(prompt, options.num_keep, truncate)
+        stats.truncated_tokens = len(prompt) - len(fitted)
+        n_keep = self._n_keep(options.num_keep, len(fitted))
+
+        # prompt: evaluate what the cache does not already hold
+        logits = self.evaluate(fitted)
+        stats.prompt_eval_count, stats.cached_tokens = len(fitted), self.cached_tokens
+        stats.prompt_eval_duration = time.perf_counter() - started
+
+        sampler = Sampler(options, self.transformer.config.n_vocab, self.n_ctx)
+        stats.seed = sampler.seed
+        history = list(fitted)
+        text_stream, stops = tokenizer.stream(), StopStrings(options.stop)
+        decode_started = time.perf_counter()
+        stats.done_reason = "length"
+        while options.num_predict < 0 or stats.eval_count < options.num_predict:
+            # sample the next token; an end-of-generation token ends the reply unseen
+            token = sampler.sample(logits[-1], history)
+            if tokenizer.is_eog(token):
+                stats.done_reason = "stop"
+                break
+            history.append(token)
+            stats.eval_count += 1
+
+            # show its text, unless it completes (or may start) a stop string
+            text, stopped = stops.feed(text_stream.feed(token))
+            if text:
+                yield text
+            if stopped:
+                stats.done_reason = "stop"
+                break
+
+            # make room when the context is full, then evaluate the token
+            if self.cache.n_free == 0:
+                self._shift(n_keep)
+                stats.context_shifts += 1
+            logits = self.transformer.forward([token], self.cache)
+        if not stops.stopped:
+            text, _ = stops.feed(text_stream.flush())
+            text += stops.flush()
+            if text:
+                yield text
+        stats.eval_duration = time.perf_counter() - decode_started
+        stats.total_duration = time.perf_counter() - started
+
+    def _shift(self, n_keep: int) -> None:
+        if not self.context_shift:
+            raise ContextFullError(f"the context of {self.n_ctx} tokens is full (use a larger --ctx, "
+                                   "or allow the context to shift)")
+        n_discard = (self.cache.n_past - n_keep) // 2
+        self.transformer.shift(self.cache, n_keep, n_discard)
