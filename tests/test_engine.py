@@ -1,0 +1,245 @@
+"""The engine on SmolLM2: prefix reuse, context shift, truncation, determinism, and the
+generate / logits / compare commands. Fidelity against llama.cpp is in test_engine_golden.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import refllm
+from refllm.cli import main
+from refllm.engine import Tokenizer
+from refllm.engine.config import ModelConfig, ModelConfigError
+from refllm.engine.sampling import SamplingOptions
+from refllm.engine.session import ContextFullError, Session
+from refllm.engine.transformer import Transformer, rope
+
+GREEDY = SamplingOptions(temperature=0, num_predict=12)
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    model = refllm.open(smollm2_path)
+    return Transformer(model), Tokenizer.from_model(model)
+
+
+def run(args, capsys, stdin: bytes | None = None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+# -- prefix reuse ---------------------------------------------------------------------------------
+
+def test_logits_after_a_prefix_equal_a_fresh_evaluation(smollm2):
+    net, tok = smollm2
+    a = tok.tokenize("The quick brown fox jumps over")
+    b = tok.tokenize(" the lazy dog and runs away.", add_special=False)
+    fresh = Session(net, 128).evaluate(a + b, all_logits=True)           # [len(a + b), n_vocab]
+    session = Session(net, 128)
+    session.evaluate(a)
+    reused = session.evaluate(a + b, all_logits=True)                    # rows of b only
+    assert session.cached_tokens == len(a)
+    assert reused.shape == (len(b), fresh.shape[1])
+    assert np.max(np.abs(reused - fresh[len(a):])) <= 1e-4
+
+
+def test_the_last_token_is_always_recomputed(smollm2):
+    net, tok = smollm2
+    ids = tok.tokenize("Hello there")
+    session = Session(net, 64)
+    first = session.evaluate(ids)
+    again = session.evaluate(ids)
+    assert session.cached_tokens == len(ids) - 1
+    assert np.max(np.abs(first - again)) <= 1e-4       # batch of 2 vs 1: BLAS sums differently
+
+
+def test_a_diverging_request_keeps_only_the_common_prefix(smollm2):
+    net, tok = smollm2
+    session = Session(net, 64)
+    session.evaluate(tok.tokenize("one two three four"))
+    other = tok.tokenize("one two five")
+    session.evaluate(other)
+    assert session.cached_tokens == 2 and session.cache.tokens == other
+
+
+def test_greedy_text_is_the_same_with_and_without_the_cache(smollm2):
+    net, tok = smollm2
+    prompt = tok.tokenize("<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n",
+                          parse_special=True)
+    cold = "".join(Session(net, 256).generate(prompt, tok, GREEDY))
+    warm_session = Session(net, 256)
+    warm_session.evaluate(prompt[:-3])
+    warm = "".join(warm_session.generate(prompt, tok, GREEDY))
+    assert warm_session.stats.cached_tokens == len(prompt) - 3
+    assert warm == cold and len(cold) > 10
+
+
+# -- context: shift, truncation, errors ----------------------------------------------------------
+
+def test_context_shift_keeps_n_keep_and_re_ropes_moved_keys(smollm2):
+    net, tok = smollm2
+    ids = tok.tokenize("a b c d e f g h i j k l m n o p q r s t")
+    session = Session(net, 64)
+    session.evaluate(ids)
+    n_keep, n_discard = 3, 6
+    net.shift(session.cache, n_keep, n_discard)
+    assert session.cache.tokens == ids[:n_keep] + ids[n_keep + n_discard:]
+    # layer 0's keys depend only on the token and its position: after the shift they must be
+    # the keys a fresh evaluation of the remaining tokens gives
+    fresh = Session(net, 64)
+    fresh.evaluate(session.cache.tokens)
+    n = session.cache.n_past
+    np.testing.assert_allclose(session.cache.k[0, :, :n], fresh.cache.k[0, :, :n], atol=2e-4)
+
+
+def test_generation_past_the_context_shifts(smollm2):
+    net, tok = smollm2
+    session = Session(net, 24)
+    prompt = tok.tokenize("Count: one, two, three,")
+    text = "".join(session.generate(prompt, tok, SamplingOptions(temperature=0, num_predict=40)))
+    assert session.stats.context_shifts >= 1 and session.stats.eval_count == 40 and text
+
+
+def test_no_shift_makes_a_full_context_an_error(smollm2):
+    net, tok = smollm2
+    session = Session(net, 24, context_shift=False)
+    prompt = tok.tokenize("Count: one, two, three,")
+    with pytest.raises(ContextFullError, match="full"):
+        "".join(session.generate(prompt, tok, SamplingOptions(temperature=0, num_predict=40)))
+
+
+def test_a_prompt_longer_than_the_context_is_an_error_unless_truncated(smollm2):
+    net, tok = smollm2
+    prompt = tok.tokenize(" ".join(["word"] * 80))
+    with pytest.raises(ContextFullError, match="--truncate"):
+        "".join(Session(net, 32).generate(prompt, tok, GREEDY))
+    session = Session(net, 32)
+    "".join(session.generate(prompt, tok, SamplingOptions(temperature=0, num_predict=4, num_keep=4), truncate=True))
+    kept = len(prompt) - session.stats.truncated_tokens
+    assert session.stats.truncated_tokens > 0 and kept == 32 - (32 - 4) // 2
+    assert session.stats.prompt_eval_count == kept
+
+
+def test_forward_rejects_bad_tokens(smollm2):
+    net, _ = smollm2
+    with pytest.raises(ModelConfigError, match="out of range"):
+        net.forward([net.config.n_vocab], net.new_cache(8))
+    with pytest.raises(ModelConfigError, match="empty"):
+        net.forward([], net.new_cache(8))
+    with pytest.raises(ModelConfigError, match="do not fit"):
+        net.forward([1] * 9, net.new_cache(8))
+
+
+# -- stop conditions and determinism ----------------------------------------------------------------
+
+def test_stop_strings_and_num_predict(smollm2):
+    net, tok = smollm2
+    prompt = tok.tokenize("<|im_start|>user\nCount from 1 to 20, separated by commas.<|im_end|>\n"
+                          "<|im_start|>assistant\n", parse_special=True)
+    full = "".join(Session(net, 256).generate(prompt, tok, SamplingOptions(temperature=0, num_predict=30)))
+    assert "5" in full
+    session = Session(net, 256)
+    cut = "".join(session.generate(prompt, tok, SamplingOptions(temperature=0, num_predict=30, stop=("5",))))
+    assert cut == full[:full.index("5")] and session.stats.done_reason == "stop"
+
+
+def test_the_same_seed_gives_the_same_text_in_new_processes(smollm2_path):
+    def generate() -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "refllm.cli", "generate", smollm2_path, "Tell me a story.",
+             "-n", "16", "--seed", "7", "--temperature", "1.0", "--threads", "1"],
+            capture_output=True, text=True, check=True, timeout=300).stdout
+    first, second = generate(), generate()
+    assert first == second and len(first.strip()) > 0
+
+
+# -- architecture support --------------------------------------------------------------------------
+
+def test_unsupported_architecture_lists_the_supported_ones(smollm2_path):
+    model = refllm.open(smollm2_path)
+    model.metadata["general.architecture"] = "mamba"
+    with pytest.raises(ModelConfigError, match="llama, qwen2, qwen3, gemma3"):
+        ModelConfig.from_model(model)
+
+
+def test_missing_tensors_and_keys_are_named(smollm2_path):
+    model = refllm.open(smollm2_path)
+    model.tensors = [t for t in model.tensors if t.name not in ("blk.3.ffn_up.weight", "blk.7.attn_k.weight")]
+    with pytest.raises(ModelConfigError, match=r"blk\.3\.ffn_up\.weight is missing.*blk\.7\.attn_k\.weight|"
+                                                r"blk\.7\.attn_k\.weight is missing.*blk\.3\.ffn_up\.weight"):
+        ModelConfig.from_model(model)
+    model = refllm.open(smollm2_path)
+    del model.metadata["llama.attention.layer_norm_rms_epsilon"]
+    with pytest.raises(ModelConfigError, match="llama.attention.layer_norm_rms_epsilon is missing"):
+        ModelConfig.from_model(model)
+
+
+def test_rope_by_a_then_b_is_rope_by_a_plus_b():
+    x = np.random.default_rng(0).standard_normal((5, 2, 8)).astype(np.float32)
+    inv_freq = 10000.0 ** -(np.arange(0, 8, 2) / 8)
+    for kind in ("norm", "neox"):
+        twice = rope(rope(x, np.arange(5), inv_freq, kind, 8), np.full(5, 3), inv_freq, kind, 8)
+        once = rope(x, np.arange(5) + 3, inv_freq, kind, 8)
+        np.testing.assert_allclose(twice, once, atol=1e-5)
+        assert not np.allclose(rope(x, np.arange(5), inv_freq, kind, 8)[1:], x[1:])
+
+
+# -- the commands ----------------------------------------------------------------------------------
+
+def test_cli_generate_streams_text_and_prints_statistics(smollm2_path, capsys):
+    code, out, err = run(["generate", smollm2_path, "What is the capital of France?", "--temperature", "0",
+                          "-n", "12", "--verbose"], capsys)
+    assert code == 0 and "Paris" in out
+    for field in ("total duration", "load duration", "prompt eval count", "prompt eval rate",
+                  "eval count", "eval rate", "cached tokens"):
+        assert field in err
+
+
+def test_cli_generate_reads_stdin_and_raw(smollm2_path, capsys, monkeypatch):
+    code, out, _ = run(["generate", smollm2_path, "-", "--raw", "--temperature", "0", "-n", "5"], capsys,
+                       b"The capital of France is", monkeypatch)
+    assert code == 0 and out.strip()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ctx", "4"], "--ctx must be at least 8"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--threads", "0"], "--threads"),
+    (["--ctx", "8", "--no-shift"], "the prompt is"),
+])
+def test_cli_generate_bad_options_are_one_line(smollm2_path, capsys, args, message):
+    code, out, err = run(["generate", smollm2_path, "Hello, how are you today?"] + args, capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_cli_logits_and_compare(smollm2_path, tmp_path, capsys):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    code, _, _ = run(["logits", smollm2_path, "--prompt", "Hello world, this is a test", "-o", a], capsys)
+    assert code == 0
+    code, _, _ = run(["logits", smollm2_path, "--tokens", ",".join(map(str, np.load(a)["tokens"])), "-o", b], capsys)
+    assert code == 0
+    with np.load(a) as fa, np.load(b) as fb:
+        assert fa["logits"].dtype == np.float32 and fa["logits"].shape == (len(fa["tokens"]), 49152)
+        np.testing.assert_array_equal(fa["logits"], fb["logits"])
+    code, out, _ = run(["compare", a, b, "--json"], capsys)
+    stats = json.loads(out)
+    assert code == 0 and stats["kld_mean"] == 0 and stats["same_top1_pct"] == 100
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tokens", "1,x"], "comma-separated"),
+    (["--tokens", "99999999"], "out of range"),
+    (["--prompt", "a", "--tokens", "1"], "exactly one"),
+])
+def test_cli_logits_bad_input(smollm2_path, tmp_path, capsys, args, message):
+    code, out, err = run(["logits", smollm2_path, "-o", tmp_path / "x.npz"] + args, capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err and not (tmp_path / "x.npz").exists()
