@@ -28,13 +28,14 @@ so it covers rows 0..n-2 (see `compare_logits`).
 from __future__ import annotations
 
 import os
-import secrets
 import zipfile
 import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
+
+from refllm.formats.files import atomic_output
 
 from refllm.errors import RefllmError
 
@@ -70,26 +71,12 @@ def save_logits(path: str | os.PathLike, tokens: Any, logits: Any, **provenance:
     tokens, logits = _checked_tokens_and_logits(tokens, logits, name, keep_float16=True)
     extra_keys = {key: _checked_provenance(key, value, name) for key, value in provenance.items()}
 
-    # The temporary file sits in the destination's directory so that os.replace is a rename
-    # within one file system, which is atomic. Mode "x" never overwrites an existing file.
-    directory, base_name = os.path.split(os.path.abspath(name))
-    temp_path = os.path.join(directory, f".{base_name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        temp_file = open(temp_path, "xb")
+        with atomic_output(name) as f:
+            # through a file object: np.savez would add ".npz" to a bare name
+            np.savez(f, tokens=tokens, logits=logits, **extra_keys)
     except OSError as error:
         raise CompareError(f"{name}: cannot write ({_reason(error)})") from None
-    try:
-        with temp_file:
-            # Writing through a file object: np.savez would add ".npz" to a bare name.
-            np.savez(temp_file, tokens=tokens, logits=logits, **extra_keys)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())   # the data is on disk before the rename makes it visible
-        os.replace(temp_path, name)
-    except BaseException as error:
-        os.unlink(temp_path)
-        if isinstance(error, OSError):
-            raise CompareError(f"{name}: cannot write ({_reason(error)})") from None
-        raise
 
 
 def load_logits(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
