@@ -1,0 +1,106 @@
+"""Engine speed: prefilling a 256-token prompt and decoding token by token, for both real
+models, on a given number of threads; optionally llama.cpp on the same tokens and threads.
+
+    OPENBLAS_NUM_THREADS=1 python bench/generate.py --threads 1 [--runs 3] [--decode 32]
+        [--llama-python /tmp/golden-venv/bin/python]
+
+Prefill is one `Transformer.forward` of the 256 tokens into an empty cache (last-token logits,
+as generation needs). Decode is greedy: forward one token, take the argmax, repeat; the rate
+is tokens per second over --decode steps after the prefill. With --llama-python, the same is
+measured with llama-cpp-python in that interpreter (`Llama.eval`, i.e. llama_decode, with
+n_batch 512 and the same thread count). Medians of --runs; prints Markdown for RESULTS.md.
+Set OPENBLAS_NUM_THREADS to the same thread count: numpy's BLAS reads it at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+import refllm
+from refllm import fetch
+from refllm.engine import Tokenizer
+from refllm.engine.transformer import Transformer
+
+ROOT = Path(__file__).resolve().parent.parent
+N_PROMPT = 256
+
+LLAMA_CPP_SCRIPT = r"""
+import json, sys, time, statistics
+import llama_cpp
+path, tokens, threads, runs, n_decode = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+llm = llama_cpp.Llama(path, n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+prefill, decode = [], []
+for _ in range(runs):
+    llm.reset()
+    t = time.perf_counter(); llm.eval(tokens); prefill.append(time.perf_counter() - t)
+    token = int(llm.scores[llm.n_tokens - 1].argmax())
+    t = time.perf_counter()
+    for _ in range(n_decode):
+        llm.eval([token]); token = int(llm.scores[llm.n_tokens - 1].argmax())
+    decode.append(n_decode / (time.perf_counter() - t))
+print(json.dumps({"prefill": statistics.median(prefill), "decode": statistics.median(decode),
+                  "version": llama_cpp.__version__}))
+"""
+
+
+def prompt_tokens(tokenizer: Tokenizer) -> list[int]:
+    """The first 256 tokens of this repository's README (English prose with code)."""
+    ids = tokenizer.tokenize((ROOT / "README.md").read_text(encoding="utf-8"))
+    return ids[:N_PROMPT]
+
+
+def measure_refllm(net: Transformer, tokens: list[int], runs: int, n_decode: int) -> tuple[float, float]:
+    prefill, decode = [], []
+    for _ in range(runs):
+        cache = net.new_cache(len(tokens) + n_decode + 1)
+        t = time.perf_counter()
+        logits = net.forward(tokens, cache)
+        prefill.append(time.perf_counter() - t)
+        token = int(np.argmax(logits[-1]))
+        t = time.perf_counter()
+        for _ in range(n_decode):
+            token = int(np.argmax(net.forward([token], cache)[-1]))
+        decode.append(n_decode / (time.perf_counter() - t))
+    return statistics.median(prefill), statistics.median(decode)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--decode", type=int, default=32)
+    ap.add_argument("--llama-python", help="a Python with llama-cpp-python==0.3.36, to measure llama.cpp too")
+    args = ap.parse_args()
+    numba.set_num_threads(args.threads)
+    print(f"{args.threads} thread(s), {N_PROMPT}-token prompt, {args.decode} greedy decode steps, "
+          f"median of {args.runs}.\n")
+    print("| model | refllm prefill 256 | refllm decode | llama.cpp prefill 256 | llama.cpp decode |")
+    print("|---|---|---|---|---|")
+    for name in ("smollm2", "gemma3"):
+        path = fetch.ensure_pack(name, quiet=True)
+        model = refllm.open(path)
+        tokens = prompt_tokens(Tokenizer.from_model(model))
+        net = Transformer(model)
+        measure_refllm(net, tokens[:8], 1, 2)                     # warm-up: Numba kernels loaded
+        prefill, decode = measure_refllm(net, tokens, args.runs, args.decode)
+        llama = "| - | - |"
+        if args.llama_python:
+            result = subprocess.run([args.llama_python, "-c", LLAMA_CPP_SCRIPT, str(path), json.dumps(tokens),
+                                     str(args.threads), str(args.runs), str(args.decode)],
+                                    capture_output=True, text=True, check=True)
+            ll = json.loads(result.stdout.strip().splitlines()[-1])
+            llama = f"| {ll['prefill']:.2f} s | {ll['decode']:.1f} tok/s |"
+        print(f"| {name} | {prefill:.2f} s | {decode:.1f} tok/s {llama}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
