@@ -212,6 +212,7 @@ def test_cli_generate_reads_stdin_and_raw(smollm2_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--ctx", "4"], "--ctx must be at least 8"),
+    (["--ctx", "100000000"], "trained context 8192"),
     (["--top-p", "1.5"], "top_p"),
     (["--threads", "0"], "--threads"),
     (["--ctx", "8", "--no-shift"], "the prompt is"),

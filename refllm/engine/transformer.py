@@ -64,9 +64,12 @@ class Transformer:
         self.weights.token_embd.gather_rows([0])
 
     def new_cache(self, n_ctx: int) -> KVCache:
-        """An empty KV cache for n_ctx positions, in this numerics' element type."""
-        if n_ctx < 1:
-            raise ModelConfigError(f"the context size must be at least 1, not {n_ctx}")
+        """An empty KV cache for n_ctx positions, in this numerics' element type. n_ctx is at
+        most the context the model was trained for (as ollama caps num_ctx), which also bounds
+        the memory a mistyped size could ask for."""
+        if not 1 <= n_ctx <= self.config.n_ctx_train:
+            raise ModelConfigError(f"the context size must be between 1 and the model's trained context "
+                                   f"{self.config.n_ctx_train}, not {n_ctx}")
         return KVCache(self.config, n_ctx, self.numerics.kv_dtype)
 
     # -- the forward pass ------------------------------------------------------------------------
