@@ -503,3 +503,20 @@ def test_load_missing_file(tmp_path):
     with pytest.raises(CompareError, match=r"absent\.npz: no such file") as caught:
         load_logits(path)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_coarse_kld_is_a_lower_bound_that_tightens_with_k():
+    from refllm.engine.compare import per_position_coarse_kld, per_position_kld
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((6, 50)) * 3
+    test = ref + rng.standard_normal((6, 50)) * 0.3
+    full = per_position_kld(ref, test)
+    lse = np.log(np.exp(ref).sum(axis=1))
+    bounds = []
+    for k in (1, 5, 49, 50):
+        ids = np.argsort(-ref, axis=1)[:, :k]
+        coarse = per_position_coarse_kld(ids, np.take_along_axis(ref, ids, axis=1), lse, test)
+        assert np.all(coarse <= full + 1e-12)
+        bounds.append(coarse.sum())
+    assert bounds == sorted(bounds) and bounds[0] < bounds[-1]
+    np.testing.assert_allclose(bounds[-1], full.sum(), rtol=1e-9)      # all tokens kept: exact

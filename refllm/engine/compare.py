@@ -163,6 +163,29 @@ def per_position_kld(ref_logits: Any, test_logits: Any) -> np.ndarray:
     return kld
 
 
+def per_position_coarse_kld(ref_top_ids: Any, ref_top_logits: Any, ref_logsumexp: Any,
+                            test_logits: Any) -> np.ndarray:
+    """KL(ref || test) of each row when only ref's top-k tokens are known: the k tokens are
+    kept apart and every other token is lumped into one outcome. Lumping outcomes never
+    increases a KL divergence, so this is a lower bound of per_position_kld, and close to it
+    when the top k hold most of ref's probability.
+
+    ref_top_ids: integer [n, k] and ref_top_logits: float [n, k], ref's largest logits;
+    ref_logsumexp: float [n], log(sum(exp(row))) of ref's full rows; test_logits: float
+    [n, n_vocab]. Returns float64 [n].
+    """
+    ids = np.asarray(ref_top_ids)
+    test = np.asarray(test_logits, dtype=np.float64)                               # [n, n_vocab]
+    p_top = np.exp(np.asarray(ref_top_logits, np.float64) - np.asarray(ref_logsumexp, np.float64)[:, None])
+    test_max = test.max(axis=1, keepdims=True)
+    test_lse = np.log(np.exp(test - test_max).sum(axis=1, keepdims=True)) + test_max   # [n, 1]
+    q_top = np.exp(np.take_along_axis(test, ids, axis=1) - test_lse)                   # [n, k]
+    p = np.concatenate([p_top, np.clip(1 - p_top.sum(axis=1, keepdims=True), 0, None)], axis=1)
+    q = np.concatenate([q_top, np.clip(1 - q_top.sum(axis=1, keepdims=True), 1e-300, None)], axis=1)
+    safe_p = np.where(p > 0, p, 1.0)
+    return np.sum(np.where(p > 0, p * (np.log(safe_p) - np.log(q)), 0.0), axis=1)
+
+
 def per_position_delta_p(ref_logits: Any, test_logits: Any, tokens: Any) -> np.ndarray:
     """Δp of each row that has a next token: p_test(tokens[i+1]) - p_ref(tokens[i+1]) at row i,
     the change in the probability of the token that actually came next (positive: test gives
