@@ -9,20 +9,21 @@ as generation needs). Decode is greedy: forward one token, take the argmax, repe
 is tokens per second over --decode steps after the prefill. With --llama-python, the same is
 measured with llama-cpp-python in that interpreter (`Llama.eval`, i.e. llama_decode, with
 n_batch 512 and the same thread count). Medians of --runs; prints Markdown for RESULTS.md.
-Set OPENBLAS_NUM_THREADS to the same thread count: numpy's BLAS reads it at import.
+OPENBLAS_NUM_THREADS must equal --threads: refllm's products run on numpy's BLAS threads (its
+weight decoding is single-threaded), and BLAS reads the variable at import.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
 
 import refllm
@@ -80,7 +81,9 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--llama-python", help="a Python with llama-cpp-python==0.3.36, to measure llama.cpp too")
     args = ap.parse_args()
-    numba.set_num_threads(args.threads)
+    if os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
+        sys.exit(f"set OPENBLAS_NUM_THREADS={args.threads}: refllm's products run on numpy's BLAS threads "
+                 "(its weight decoding is single-threaded), and BLAS reads the variable at import")
     print(f"{args.threads} thread(s), {N_PROMPT}-token prompt, {args.decode} greedy decode steps, "
           f"median of {args.runs}.\n")
     print("| model | refllm prefill 256 | refllm decode | llama.cpp prefill 256 | llama.cpp decode |")

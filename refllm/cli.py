@@ -284,18 +284,12 @@ def tokenize(model: str, text: str | None, no_bos: bool, parse_special: bool, as
 
 # -- generate, logits, compare ----------------------------------------------------------------
 
-def _open_for_running(model: str | None, threads: int | None):
-    """Open MODEL (a path, a blob digest, an ollama name; None: the pulled SmolLM2) and set the
-    number of threads the Numba kernels use."""
+def _open_for_running(model: str | None):
+    """Open MODEL (a path, a blob digest, an ollama name; None: the pulled SmolLM2)."""
     from refllm import fetch
     from refllm.formats import open_model
     from refllm.formats.ollama import resolve_target
 
-    if threads is not None:
-        import numba
-        if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-            raise RefllmError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, not {threads}")
-        numba.set_num_threads(threads)
     path = fetch.ensure_pack(fetch.DEFAULT_MODEL) if model is None else resolve_target(model).path
     return open_model(path)
 
@@ -365,11 +359,10 @@ def _prompt_tokens(tokenizer, metadata, prompt: str, system: str | None, raw: bo
 @click.option("--truncate", is_flag=True, help="Drop the middle of a prompt that does not fit, instead of failing.")
 @click.option("--no-shift", is_flag=True, help="Fail when the context fills, instead of shifting it.")
 @click.option("--numerics", type=click.Choice(["f32"]), default="f32", show_default=True)
-@click.option("--threads", type=int, default=None, help="Threads for the Numba kernels  [default: all cores]")
 @click.option("--verbose", is_flag=True, help="Print ollama's timing statistics to stderr afterwards.")
 def generate(args, system, raw, num_predict, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
              presence_penalty, frequency_penalty, seed, stop, ctx, keep, truncate, no_shift, numerics,
-             threads, verbose) -> int:
+             verbose) -> int:
     """Generate text: refllm generate [MODEL] [PROMPT].
 
     MODEL is a path, a blob digest or an ollama name (default: SmolLM2, pulled on first use).
@@ -387,7 +380,7 @@ def generate(args, system, raw, num_predict, temperature, top_k, top_p, min_p, r
                               repeat_last_n=repeat_last_n, repeat_penalty=repeat_penalty,
                               presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                               seed=seed, num_predict=num_predict, stop=tuple(stop), num_keep=keep)
-    model = _open_for_running(model_name, threads)
+    model = _open_for_running(model_name)
     if prompt is None:
         prompt = _read_stdin_text()
     tokenizer = Tokenizer.from_model(model)
@@ -434,8 +427,7 @@ def _parse_token_list(text: str) -> list[int]:
 @click.option("--parse-special", is_flag=True, help="Read special-token text in --prompt as those tokens.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
 @click.option("--numerics", type=click.Choice(["f32"]), default="f32", show_default=True)
-@click.option("--threads", type=int, default=None, help="Threads for the Numba kernels  [default: all cores]")
-def logits(model, prompt, token_list, no_bos, parse_special, output, numerics, threads) -> int:
+def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -> int:
     """Write the logits at every position of a prompt to OUTPUT (.npz: tokens int32 [n],
     logits float32 [n, n_vocab]; row i scores the token after tokens[i])."""
     import numpy as np
@@ -447,7 +439,7 @@ def logits(model, prompt, token_list, no_bos, parse_special, output, numerics, t
 
     if (prompt is None) == (token_list is None):
         raise RefllmError("give exactly one of --prompt TEXT and --tokens 1,2,3")
-    opened = _open_for_running(model, threads)
+    opened = _open_for_running(model)
     transformer = Transformer(opened, numerics)
     if token_list is not None:
         ids = _parse_token_list(token_list)

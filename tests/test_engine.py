@@ -156,7 +156,7 @@ def test_the_same_seed_gives_the_same_text_in_new_processes(smollm2_path):
     def generate() -> str:
         return subprocess.run(
             [sys.executable, "-m", "refllm.cli", "generate", smollm2_path, "Tell me a story.",
-             "-n", "16", "--seed", "7", "--temperature", "1.0", "--threads", "1"],
+             "-n", "16", "--seed", "7", "--temperature", "1.0"],
             capture_output=True, text=True, check=True, timeout=300).stdout
     first, second = generate(), generate()
     assert first == second and len(first.strip()) > 0
@@ -214,7 +214,7 @@ def test_cli_generate_reads_stdin_and_raw(smollm2_path, capsys, monkeypatch):
     (["--ctx", "4"], "--ctx must be at least 8"),
     (["--ctx", "100000000"], "trained context 8192"),
     (["--top-p", "1.5"], "top_p"),
-    (["--threads", "0"], "--threads"),
+    (["--top-k", "-1"], "top_k"),
     (["--ctx", "8", "--no-shift"], "the prompt is"),
 ])
 def test_cli_generate_bad_options_are_one_line(smollm2_path, capsys, args, message):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
 from refllm.engine.config import ModelConfig, ModelConfigError
@@ -91,12 +92,20 @@ class Transformer:
         if bad:
             raise ModelConfigError(f"token id {bad[0]} is out of range for a vocabulary of {self.config.n_vocab}")
         rows = []
-        for start in range(0, len(tokens), N_BATCH):
-            batch = tokens[start:start + N_BATCH]
-            last_batch = start + N_BATCH >= len(tokens)
-            x = self.hidden_states(batch, cache)                   # [n, n_embd]
-            if all_logits or last_batch:
-                rows.append(self.logits(x if all_logits else x[-1:]))
+        # Weights are decoded ~1 MiB at a time, too little for Numba's parallel loops to pay off
+        # (measured: two threads decode SmolLM2 40% slower than one, and they fight BLAS's
+        # threads), so decoding is single-threaded; the products use BLAS's threads.
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            for start in range(0, len(tokens), N_BATCH):
+                batch = tokens[start:start + N_BATCH]
+                last_batch = start + N_BATCH >= len(tokens)
+                x = self.hidden_states(batch, cache)                   # [n, n_embd]
+                if all_logits or last_batch:
+                    rows.append(self.logits(x if all_logits else x[-1:]))
+        finally:
+            numba.set_num_threads(threads)
         return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
     def hidden_states(self, tokens: list[int], cache: KVCache) -> np.ndarray:
