@@ -244,3 +244,15 @@ def test_cli_logits_and_compare(smollm2_path, tmp_path, capsys):
 def test_cli_logits_bad_input(smollm2_path, tmp_path, capsys, args, message):
     code, out, err = run(["logits", smollm2_path, "-o", tmp_path / "x.npz"] + args, capsys)
     assert code == 2 and err.count("\n") == 1 and message in err and not (tmp_path / "x.npz").exists()
+
+
+def test_cli_compare_refuses_different_tokens_and_bad_files(tmp_path, capsys):
+    from refllm.engine.compare import save_logits
+    logits = np.zeros((3, 10), np.float32)
+    save_logits(tmp_path / "a.npz", np.array([1, 2, 3], np.int32), logits)
+    save_logits(tmp_path / "b.npz", np.array([1, 2, 4], np.int32), logits)
+    code, out, err = run(["compare", tmp_path / "a.npz", tmp_path / "b.npz"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "position 2" in err
+    (tmp_path / "c.npz").write_bytes(b"not a zip file")
+    code, out, err = run(["compare", tmp_path / "a.npz", tmp_path / "c.npz"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "c.npz" in err
