@@ -447,6 +447,9 @@ def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -
         ids = Tokenizer.from_model(opened).tokenize(prompt, add_special=not no_bos, parse_special=parse_special)
         if not ids:
             raise RefllmError("the prompt gives no tokens")
+    if len(ids) > transformer.config.n_ctx_train:
+        raise RefllmError(f"{len(ids)} tokens are more than the {transformer.config.n_ctx_train} "
+                          "the model was trained for")
     session = Session(transformer, n_ctx=len(ids))
     started = time.perf_counter()
     values = session.evaluate(ids, all_logits=True)

@@ -240,6 +240,7 @@ def test_cli_logits_and_compare(smollm2_path, tmp_path, capsys):
     (["--tokens", "1,x"], "comma-separated"),
     (["--tokens", "99999999"], "out of range"),
     (["--prompt", "a", "--tokens", "1"], "exactly one"),
+    (["--tokens", ",".join(["1"] * 8193)], "8193 tokens are more than the 8192"),
 ])
 def test_cli_logits_bad_input(smollm2_path, tmp_path, capsys, args, message):
     code, out, err = run(["logits", smollm2_path, "-o", tmp_path / "x.npz"] + args, capsys)

@@ -77,6 +77,7 @@ class Session:
         self.transformer = transformer
         self.cache = transformer.new_cache(n_ctx)
         self.context_shift = context_shift
+        self.cached_tokens = 0            # of the last evaluate(): positions reused from the cache
         self.stats = GenerationStats()
 
     @property
