@@ -10,7 +10,7 @@
 from refllm.errors import RefllmError
 from refllm.formats import FormatError, ModelFile, TensorInfo
 from refllm.formats import open_model as open  # noqa: A001  (refllm.open is the public name)
-from refllm.kernels import DequantError, dequantize
+from refllm.kernels import DequantError, QuantizeError, dequantize, quantize
 
 __version__ = "0.1.0"
-__all__ = ["open", "dequantize", "DequantError", "FormatError", "ModelFile", "TensorInfo", "RefllmError", "__version__"]
+__all__ = ["open", "dequantize", "DequantError", "quantize", "QuantizeError", "FormatError", "ModelFile", "TensorInfo", "RefllmError", "__version__"]
