@@ -282,6 +282,48 @@ def tokenize(model: str, text: str | None, no_bos: bool, parse_special: bool, as
     return 0
 
 
+# -- quantize --------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("src", metavar="IN")
+@click.argument("dst", metavar="OUT", type=click.Path(dir_okay=False))
+@click.argument("ftype")
+@click.option("--pure", is_flag=True, help="Every quantizable tensor gets FTYPE's type: no mixture rules.")
+@click.option("--output-tensor-type", help="Type of output.weight (and of tied token embeddings).")
+@click.option("--token-embedding-type", help="Type of token_embd.weight.")
+@click.option("--allow-requantize", is_flag=True, help="Accept an input that is already quantized.")
+@click.option("--threads", type=int, default=None, help="Threads for the Numba quantizers  [default: all cores]")
+def quantize(src, dst, ftype, pure, output_tensor_type, token_embedding_type, allow_requantize, threads) -> int:
+    """Quantize IN (a path, a blob digest or an ollama name) to FTYPE and write OUT, byte for
+    byte as llama-quantize does without an importance matrix. FTYPE: Q4_0, Q4_1, Q5_0, Q5_1,
+    Q8_0, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, F16, BF16."""
+    from refllm.formats.ollama import resolve_target
+    from refllm.kernels.quantize_file import FTYPES, quantize_model
+    from refllm.progress import Progress
+
+    ftype = ftype.upper()
+    if ftype not in FTYPES:
+        raise RefllmError(f"unknown FTYPE {ftype!r}; expected one of {', '.join(FTYPES)}")
+    if threads is not None:
+        import numba
+        if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise RefllmError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, not {threads}")
+        numba.set_num_threads(threads)
+    path = resolve_target(src).path
+    if Path(dst).exists() and Path(dst).resolve() == Path(path).resolve():
+        raise RefllmError(f"refusing to overwrite the input {path}")
+    started = time.perf_counter()
+    with Progress(f"quantize {Path(path).name}", Path(path).stat().st_size) as bar:
+        plans = quantize_model(path, dst, ftype, pure=pure,
+                               output_type=output_tensor_type and output_tensor_type.upper(),
+                               token_embedding_type=token_embedding_type and token_embedding_type.upper(),
+                               allow_requantize=allow_requantize, on_bytes=bar.update)
+    changed = sum(p.source_type != p.target_type for p in plans)
+    click.echo(f"{dst}: {ftype}, {changed} of {len(plans)} tensors converted, "
+               f"{Path(dst).stat().st_size / 1e6:.1f} MB in {time.perf_counter() - started:.1f} s", err=True)
+    return 0
+
+
 # -- generate, logits, compare ----------------------------------------------------------------
 
 def _open_for_running(model: str | None):
