@@ -324,6 +324,35 @@ def quantize(src, dst, ftype, pure, output_tensor_type, token_embedding_type, al
     return 0
 
 
+# -- synth -----------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("arch")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .gguf to write.")
+@click.option("--layers", type=int, default=2, show_default=True)
+@click.option("--dim", type=int, default=256, show_default=True, help="Embedding width (n_embd).")
+@click.option("--heads", type=int, default=4, show_default=True)
+@click.option("--kv-heads", type=int, default=2, show_default=True)
+@click.option("--ff", type=int, default=512, show_default=True, help="Feed-forward width.")
+@click.option("--vocab", type=int, default=384, show_default=True)
+@click.option("--type", "weight_type", default=None,
+              help="One type for every weight matrix (F32, F16, Q8_0, Q4_0, Q4_K)  [default: a mix of all five]")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(arch, output, layers, dim, heads, kv_heads, ff, vocab, weight_type, seed) -> int:
+    """Write a random-weight ARCH model (llama, qwen2, qwen3, gemma3) that refllm and llama.cpp
+    both load, with a small working BPE vocabulary. Tensors are drawn while the file is
+    written, so models far larger than memory can be made. The same options give the same bytes."""
+    from refllm.engine.synth import DEFAULT_WEIGHT_TYPES, write_synthetic_model
+
+    types = {name: weight_type.upper() for name in DEFAULT_WEIGHT_TYPES} if weight_type else None
+    started = time.perf_counter()
+    path = write_synthetic_model(output, arch, seed=seed, n_layer=layers, n_embd=dim, n_head=heads,
+                                 n_head_kv=kv_heads, n_ff=ff, n_vocab=vocab, weight_types=types)
+    click.echo(f"{path}: {arch}, {path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - started:.1f} s",
+               err=True)
+    return 0
+
+
 # -- generate, logits, compare ----------------------------------------------------------------
 
 def _open_for_running(model: str | None):

@@ -167,3 +167,22 @@ def test_golden_synthetic_models_rebuild_to_their_sha256(tmp_path):
         args = dict(case["synth"])
         path = write_synthetic_model(tmp_path / case["model"], args.pop("arch"), **args)
         assert sha256(path) == case["sha256"], name
+
+
+def test_cli_synth_writes_a_model_and_rejects_impossible_shapes(tmp_path, capsys):
+    import refllm
+    from refllm.cli import main
+    from refllm.engine.config import ModelConfig
+
+    def run(args):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in args])
+        return e.value.code, capsys.readouterr().err
+
+    code, _ = run(["synth", "qwen3", "-o", tmp_path / "m.gguf", "--layers", "3", "--type", "q8_0", "--seed", "5"])
+    config = ModelConfig.from_model(refllm.open(tmp_path / "m.gguf"))
+    assert code == 0 and config.arch == "qwen3" and config.n_layer == 3
+    assert refllm.open(tmp_path / "m.gguf").tensor("blk.2.ffn_up.weight").type_name == "Q8_0"
+    for args, message in ((["mamba"], "unknown architecture"), (["llama", "--dim", "100"], "head_dim")):
+        code, err = run(["synth", args[0], "-o", tmp_path / "bad.gguf"] + args[1:])
+        assert code == 2 and err.count("\n") == 1 and message in err and not (tmp_path / "bad.gguf").exists()

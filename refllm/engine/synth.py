@@ -192,15 +192,22 @@ def write_synthetic_model(path, arch: str, *, seed: int = 0, n_layer: int = 2, n
     w.add_kv("tokenizer.ggml.merges", merges, ValueType.ARRAY, s)
 
     rng = np.random.Generator(np.random.PCG64(seed))
+
+    def tensor_data(name: str, shape: tuple[int, ...], kind: str):
+        # drawn while the file is written, one tensor at a time and in file order, so a model
+        # far larger than memory can be written and the random stream is the same either way
+        def data():
+            if name == "rope_freqs.weight":
+                yield llama3_rope_divisors(head_dim, rope_base)
+            elif len(shape) == 1:
+                yield _vector(rng, name, shape[0])
+            else:
+                yield _BLOCK_WRITERS[kind](rng, shape, _matrix_std(name, shape, n_embd))
+        return data
+
     for name, shape in tensors:
         kind = _type_of(name, shape, types)
-        if name == "rope_freqs.weight":
-            data = llama3_rope_divisors(head_dim, rope_base)
-        elif len(shape) == 1:
-            data = _vector(rng, name, shape[0])
-        else:
-            data = _BLOCK_WRITERS[kind](rng, shape, _matrix_std(name, shape, n_embd))
-        w.add_tensor(name, kind, shape, data)
+        w.add_tensor(name, kind, shape, tensor_data(name, shape, kind))
     w.write(path)
     return Path(path)
 
