@@ -8,14 +8,12 @@ Q4_1/Q5_1 loop keeps the first of equal minimums, -0.0 or +0.0; gguf-py takes th
 element's sign in the first case and lets np.min pick in the second. So the comparison with
 gguf-py feeds both sides +0.0 for -0.0, and test_signed_zeros_follow_ggml pins ggml's rule.
 
-Set REFLLM_LIBGGML to a libggml-base.so (llama-cpp-python ships one) to also compare with
-libggml itself through ggml_quantize_chunk.
+libggml's own bytes, from golden/quant_kernels (made with llama-cpp-python's libggml by its
+script), are compared in test_quantize_kquants.py.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
 
 import numpy as np
 import pytest
@@ -329,31 +327,3 @@ def test_errors(backend):
     # and the good input goes through, to the row layout of a GGUF tensor
     assert refllm.quantize(good, "q5_1", backend=backend).shape == (2, 48)
     assert refllm.quantize(good[0], "F16", backend=backend).shape == (1, 128)
-
-
-# ---- optional: against libggml itself -------------------------------------------------------
-
-LIBGGML = os.environ.get("REFLLM_LIBGGML")
-
-
-@pytest.fixture(scope="module")
-def libggml():
-    if not LIBGGML:
-        pytest.skip("set REFLLM_LIBGGML to a libggml-base.so to compare with libggml itself")
-    lib = ctypes.CDLL(LIBGGML)
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    return lib
-
-
-@pytest.mark.parametrize("name", TYPES)
-@SETTINGS
-@given(x=rows())
-def test_match_libggml(libggml, name, x):
-    row = ggml_type(name)
-    expected = np.zeros((x.shape[0], x.shape[1] // row.block_elems * row.block_bytes), np.uint8)
-    x = np.ascontiguousarray(x)
-    libggml.ggml_quantize_chunk(row.id, x.ctypes.data, expected.ctypes.data, 0, x.shape[0], x.shape[1], None)
-    for backend in ("numpy", "numba"):
-        assert_same_bytes(refllm.quantize(x, name, backend=backend), expected, name, f"{backend} vs libggml")
