@@ -90,7 +90,8 @@ def block(draw, kinds=KINDS, limit=FLT_MAX):
         tie = draw(st.sampled_from([0, 0x1000, 0x8000]))           # maybe a fp16/bf16 tie
         if tie:
             bits = (bits & ~np.uint32(2 * tie - 1)) | np.uint32(tie)
-        x = bits.view(np.float32).astype(np.float64)
+        with np.errstate(invalid="ignore"):                        # NaN patterns, zeroed below
+            x = bits.view(np.float32).astype(np.float64)
         x[~np.isfinite(x)] = 0.0
     with np.errstate(over="ignore"):
         x = np.clip(x, -limit, limit).astype(np.float32)

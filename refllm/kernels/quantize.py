@@ -87,7 +87,8 @@ def quantize(x, ggml_type: int | str, backend: str = "numba") -> np.ndarray:
         raise QuantizeError(f"row {bad} holds NaN or infinite values; ggml's quantizers need finite input")
     blocks = np.ascontiguousarray(x2).reshape(-1, row_type.block_elems)       # [n_blocks, block_elems]
     if backend == "numpy":
-        raw = quantizer("numpy", row_type.name)(blocks)
+        with np.errstate(all="ignore"):       # C's float arithmetic overflows quietly; so does ours
+            raw = quantizer("numpy", row_type.name)(blocks)
     else:
         raw = np.empty((blocks.shape[0], row_type.block_bytes), np.uint8)
         quantizer("numba", row_type.name)(blocks, raw)
