@@ -85,16 +85,23 @@ def _put_f16(out, i, at, h):
 # ---------------------------------------------------------------------------- the searches
 
 @njit(cache=True, error_model="numpy")
-def _make_qx_quants(x, L, nmax):
-    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL): returns the scale, fills L (0..2nmax-1)."""
-    n = x.shape[0]
+def _signed_absmax(x):
+    """(largest |x[i]|, that x[i] with its sign): the first of equal magnitudes, as C's `>` loop."""
     vmax = F32(0)
     amax = F32(0)
-    for i in range(n):
+    for i in range(x.shape[0]):
         ax = abs(x[i])
         if ax > amax:
             amax = ax
             vmax = x[i]
+    return amax, vmax
+
+
+@njit(cache=True, error_model="numpy")
+def _make_qx_quants(x, L, nmax):
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL): returns the scale, fills L (0..2nmax-1)."""
+    n = x.shape[0]
+    amax, vmax = _signed_absmax(x)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
@@ -133,13 +140,7 @@ def _make_qx_quants(x, L, nmax):
 def _make_q3_quants(x, L, nmax):
     """make_q3_quants(n, nmax, x, L, do_rmse=true): returns the scale, fills L (0..2nmax-1)."""
     n = x.shape[0]
-    vmax = F32(0)
-    amax = F32(0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            vmax = x[i]
+    amax, vmax = _signed_absmax(x)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
