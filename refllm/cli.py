@@ -538,13 +538,18 @@ def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -
 def compare(ref, test, as_json) -> int:
     """Compare two logits files (from refllm logits, or any engine writing the same keys) with
     llama-perplexity's statistics: KLD (mean, max, p99, median), same top-1 %, RMS delta-p,
-    NMSE, max |delta logit|. REF is the reference (e.g. llama.cpp)."""
-    from refllm.engine.compare import check_same_tokens, compare_logits, format_report, load_logits
+    NMSE, max |delta logit|. REF is the reference (e.g. llama.cpp); it may also be one of
+    golden/logits' files, compared at the positions it stores."""
+    from refllm.engine.compare import (check_same_tokens, compare_logits, format_report, load_logits,
+                                       load_reference)
 
-    ref_tokens, ref_logits = load_logits(ref)
+    ref_tokens, ref_rows, positions = load_reference(ref)
     test_tokens, test_logits = load_logits(test)
     check_same_tokens(ref_tokens, test_tokens, ref, test)
-    stats = compare_logits(ref_logits, test_logits, tokens=ref_tokens)
+    if len(positions) == len(ref_tokens):
+        stats = compare_logits(ref_rows, test_logits, tokens=ref_tokens)
+    else:       # a compact reference (golden/logits): only its stored positions, and no delta-p
+        stats = compare_logits(ref_rows, test_logits[positions])
     click.echo(json.dumps(stats) if as_json else format_report(stats))
     return 0
 

@@ -520,3 +520,22 @@ def test_coarse_kld_is_a_lower_bound_that_tightens_with_k():
         bounds.append(coarse.sum())
     assert bounds == sorted(bounds) and bounds[0] < bounds[-1]
     np.testing.assert_allclose(bounds[-1], full.sum(), rtol=1e-9)      # all tokens kept: exact
+
+
+def test_load_reference_reads_logits_files_and_compact_golden_files(tmp_path):
+    from pathlib import Path
+    from refllm.engine.compare import load_reference
+    golden = Path(__file__).resolve().parent.parent / "golden" / "logits" / "synth-qwen2.npz"
+    tokens, rows, positions = load_reference(golden)
+    with np.load(golden) as g:
+        assert tokens.tolist() == g["tokens"].tolist() and positions.tolist() == g["positions"].tolist()
+        np.testing.assert_array_equal(rows, g["rows"].astype(np.float32))
+    save_logits(tmp_path / "full.npz", np.array([1, 2], np.int32), np.zeros((2, 4), np.float32))
+    tokens, rows, positions = load_reference(tmp_path / "full.npz")
+    assert positions.tolist() == [0, 1] and rows.shape == (2, 4)
+    np.savez(tmp_path / "bad.npz", tokens=np.array([1, 2, 3]), positions=np.array([2, 1]), rows=np.zeros((2, 4)))
+    with pytest.raises(CompareError, match="bad.npz: key 'positions'"):
+        load_reference(tmp_path / "bad.npz")
+    np.savez(tmp_path / "none.npz", tokens=np.array([1, 2, 3]))
+    with pytest.raises(CompareError, match="none.npz: has neither"):
+        load_reference(tmp_path / "none.npz")

@@ -257,3 +257,16 @@ def test_cli_compare_refuses_different_tokens_and_bad_files(tmp_path, capsys):
     (tmp_path / "c.npz").write_bytes(b"not a zip file")
     code, out, err = run(["compare", tmp_path / "a.npz", tmp_path / "c.npz"], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1 and "c.npz" in err
+
+
+def test_cli_compare_against_a_compact_golden_file(smollm2_path, tmp_path, capsys):
+    from pathlib import Path
+    golden = Path(__file__).resolve().parent.parent / "golden" / "logits" / "smollm2-chat.npz"
+    with np.load(golden) as g:
+        tokens, n_stored = g["tokens"], len(g["positions"])
+    code, _, _ = run(["logits", smollm2_path, "--tokens", ",".join(map(str, tokens)), "-o", tmp_path / "ours.npz"],
+                     capsys)
+    code, out, _ = run(["compare", golden, tmp_path / "ours.npz", "--json"], capsys)
+    stats = json.loads(out)
+    assert code == 0 and stats["n_positions"] == n_stored and stats["rms_dp_pct"] is None
+    assert 0 < stats["kld_mean"] <= 2e-2

@@ -88,6 +88,39 @@ def load_logits(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     says what was expected; never another exception for a bad file.
     """
     name = os.fspath(path)
+    arrays = _read_npz(name, ("tokens", "logits"))
+    return _checked_tokens_and_logits(arrays["tokens"], arrays["logits"], name, keep_float16=False)
+
+
+def load_reference(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a reference: a logits file (`save_logits`: every position), or one of golden/logits'
+    compact files (keys `tokens`, `positions` and `rows`: llama.cpp's logits at some positions).
+
+    Returns (tokens int32 [n], rows float32 [m, n_vocab], positions int32 [m]): rows[k] holds
+    the logits at position positions[k]. Bad files raise CompareError naming the file.
+    """
+    name = os.fspath(path)
+    arrays = _read_npz(name, ("tokens",), optional=("logits", "positions", "rows"))
+    if "logits" in arrays:
+        tokens, logits = _checked_tokens_and_logits(arrays["tokens"], arrays["logits"], name, keep_float16=False)
+        return tokens, logits, np.arange(len(tokens), dtype=np.int32)
+    if "positions" not in arrays or "rows" not in arrays:
+        raise CompareError(f"{name}: has neither 'logits' nor 'positions' and 'rows' (expected a logits file)")
+    tokens, positions = np.asarray(arrays["tokens"]), np.asarray(arrays["positions"])
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise CompareError(f"{name}: key 'tokens' is {_describe(tokens)} (expected a 1-D integer array of token ids)")
+    if (positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer) or len(positions) == 0
+            or positions.min() < 0 or positions.max() >= len(tokens) or np.any(np.diff(positions) <= 0)):
+        raise CompareError(f"{name}: key 'positions' is {_describe(positions)} (expected positions rising "
+                           f"strictly within [0, {len(tokens)}), one per stored row)")
+    # the stored rows are checked as a logits file of the tokens at their positions
+    _, rows = _checked_tokens_and_logits(tokens[positions], arrays["rows"], name, keep_float16=False)
+    return tokens.astype(np.int32), rows, positions.astype(np.int32)
+
+
+def _read_npz(name: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays `required` (each must be there) and those of `optional` that are there, from
+    the npz file `name`; anything unreadable is a CompareError naming the file."""
     try:
         with open(name, "rb") as file:
             signature = file.read(6)
@@ -110,17 +143,17 @@ def load_logits(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise CompareError(f"{name}: cannot be read as an npz archive ({_reason(error)})") from None
     with archive:
         arrays = {}
-        for key in ("tokens", "logits"):
+        for key in required + tuple(k for k in optional if k in archive.files):
             if key not in archive.files:
                 found = ", ".join(repr(k) for k in archive.files) or "none"
-                raise CompareError(f"{name}: no key {key!r} (expected keys 'tokens' and "
-                                   f"'logits'; found {found})")
+                raise CompareError(f"{name}: no key {key!r} (expected keys "
+                                   f"{', '.join(repr(k) for k in required)}; found {found})")
             try:
                 arrays[key] = archive[key]
             except _READ_ERRORS as error:
                 raise CompareError(f"{name}: key {key!r} cannot be read ({_reason(error)}; "
                                    f"expected a numeric array saved without pickle)") from None
-    return _checked_tokens_and_logits(arrays["tokens"], arrays["logits"], name, keep_float16=False)
+    return arrays
 
 
 def check_same_tokens(ref_tokens: Any, test_tokens: Any, ref_name: str = "ref",
