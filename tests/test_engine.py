@@ -222,6 +222,11 @@ def test_cli_generate_bad_options_are_one_line(smollm2_path, capsys, args, messa
     assert code == 2 and err.count("\n") == 1 and message in err
 
 
+def test_cli_system_needs_a_chat_template(gemma3_path, capsys):
+    code, out, err = run(["generate", gemma3_path, "Hello", "--system", "Be brief."], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--system needs a chat template" in err
+
+
 def test_cli_logits_and_compare(smollm2_path, tmp_path, capsys):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     code, _, _ = run(["logits", smollm2_path, "--prompt", "Hello world, this is a test", "-o", a], capsys)

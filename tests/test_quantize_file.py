@@ -123,7 +123,8 @@ def test_cli_quantize_and_its_errors(tiny_f32, tmp_path, capsys):
     code, _, err = run(["quantize", tiny_f32, tmp_path / "q.gguf", "q8_0"], capsys)
     assert code == 0 and "Q8_0" in err and refllm.open(tmp_path / "q.gguf").tensor("blk.0.ffn_up.weight").type_name == "Q8_0"
     for args, message in ((["Q9_9"], "unknown FTYPE"),
-                          (["Q4_K_M", "--output-tensor-type", "IQ2_XXS"], "output tensor type")):
+                          (["Q4_K_M", "--output-tensor-type", "IQ2_XXS"], "output tensor type"),
+                          (["Q8_0", "--threads", "0"], "--threads")):
         code, out, err = run(["quantize", tiny_f32, tmp_path / "z.gguf"] + args, capsys)
         assert code == 2 and err.count("\n") == 1 and message in err and not (tmp_path / "z.gguf").exists()
     code, _, err = run(["quantize", tiny_f32, tiny_f32, "Q8_0"], capsys)
