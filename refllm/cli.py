@@ -336,7 +336,8 @@ def quantize(src, dst, ftype, pure, output_tensor_type, token_embedding_type, al
 @click.option("--ff", type=int, default=512, show_default=True, help="Feed-forward width.")
 @click.option("--vocab", type=int, default=384, show_default=True)
 @click.option("--type", "weight_type", default=None,
-              help="One type for every weight matrix (F32, F16, Q8_0, Q4_0, Q4_K)  [default: a mix of all five]")
+              help="One type for every weight matrix: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, "
+                   "Q3_K, Q4_K, Q5_K, Q6_K  [default: a mix of F32, F16, Q8_0, Q4_0, Q4_K]")
 @click.option("--seed", type=int, default=0, show_default=True)
 def synth(arch, output, layers, dim, heads, kv_heads, ff, vocab, weight_type, seed) -> int:
     """Write a random-weight ARCH model (llama, qwen2, qwen3, gemma3) that refllm and llama.cpp

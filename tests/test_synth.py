@@ -15,8 +15,9 @@ import pytest
 import refllm
 from refllm.engine import Tokenizer
 from refllm.engine.config import ARCHITECTURES, ModelConfig
-from refllm.engine.synth import (SPECIAL_TOKENS, SynthError, bpe_vocabulary, byte_to_unicode,
-                                 llama3_rope_divisors, write_synthetic_model)
+from refllm.engine.synth import (DEFAULT_WEIGHT_TYPES, FILE_TYPES, MATRIX_TYPES, SPECIAL_TOKENS, SynthError,
+                                 bpe_vocabulary, byte_to_unicode, llama3_rope_divisors, write_synthetic_model)
+from refllm.kernels.quantize import quantizable_types
 from refllm.errors import RefllmError
 
 FIVE_TYPES = {"F32", "F16", "Q8_0", "Q4_0", "Q4_K"}
@@ -134,13 +135,39 @@ def test_weight_types_override(tmp_path):
     assert refllm.open(path).tensor("blk.0.attn_q.weight").type_name == "F32"
 
 
+def test_every_type_refllm_quantizes_can_be_a_matrix():
+    assert set(MATRIX_TYPES) == {"F32", *quantizable_types()} == set(FILE_TYPES)
+
+
+@pytest.mark.parametrize("kind", sorted(set(MATRIX_TYPES) - FIVE_TYPES))
+def test_each_quantized_type_opens_and_decodes(tmp_path, kind):
+    """A model whose matrices are all `kind` (quantized by refllm.quantize) opens strictly, has that
+    type for every matrix and that general.file_type, and decodes to finite values of the spread
+    the module docstring promises; the same seed gives the same bytes."""
+    types = {name: kind for name in DEFAULT_WEIGHT_TYPES}
+    path = write_synthetic_model(tmp_path / "m.gguf", "llama", seed=3, n_layer=1, weight_types=types)
+    model = refllm.open(path)
+    assert model.problems == []
+    assert model.metadata["general.file_type"] == FILE_TYPES[kind]
+    matrices = [t for t in model.tensors if len(t.shape) == 2]
+    assert len(matrices) == 9 and {t.type_name for t in matrices} == {kind}
+    for t in matrices:
+        w = refllm.dequantize(model.tensor_bytes(t.name), t.ggml_type, t.shape)
+        assert w.shape == tuple(t.shape) and np.all(np.isfinite(w)), t.name
+        base = t.name.split(".", 2)[-1] if t.name.startswith("blk.") else t.name
+        want = 3 / np.sqrt(256) if base in ("token_embd.weight", "output.weight") else 1 / np.sqrt(t.shape[-1])
+        assert abs(w.mean()) < 0.1 * want and 0.9 * want < w.std() < 1.1 * want, (t.name, w.std(), want)
+    again = write_synthetic_model(tmp_path / "again.gguf", "llama", seed=3, n_layer=1, weight_types=types)
+    assert sha256(again) == sha256(path)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(arch="mamba"), "unknown architecture"),
     (dict(n_embd=250), "does not divide n_embd"),
     (dict(n_head=4, n_head_kv=3), "does not divide n_head"),
     (dict(n_ff=384), "not a multiple of Q4_K's block of 256"),
     (dict(n_embd=128, n_head=2, n_head_kv=1), "not a multiple of Q4_K's block of 256"),
-    (dict(weight_types={"attn_q.weight": "Q6_K"}), "synthetic models use"),
+    (dict(weight_types={"attn_q.weight": "IQ4_NL"}), "synthetic models use"),
     (dict(weight_types={"attn_norm.weight": "F16"}), "not weight matrices"),
     (dict(rope="yarn"), "unknown rope variant"),
     (dict(arch="qwen2", rope="rope_freqs"), "rope_freqs.weight only for"),

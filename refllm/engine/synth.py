@@ -19,8 +19,12 @@ With tied_output the embeddings are the output matrix too, and a random model th
 predicts its input token again (the token's own embedding is in the residual stream); gemma3,
 whose embeddings are multiplied by sqrt(n_embd), nearly always does, so give it an output.weight.
 
-Quantized tensors are written as random blocks, not by quantizing: random quants, with the fp16
-scales chosen so that the decoded values have about the spread above (see `_BLOCK_WRITERS`).
+A matrix may be of any type refllm quantizes to, or F32 (MATRIX_TYPES). The five types of the
+default mix (F32, F16, Q8_0, Q4_0, Q4_K) are written as random blocks, not by quantizing: random
+quants, with the fp16 scales chosen so that the decoded values have about the spread above (see
+`_BLOCK_WRITERS`; these bytes are fixed, golden files depend on them). Every other type (BF16,
+Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, Q6_K) is written by drawing float32 normal values of that
+spread and encoding them with `refllm.quantize`, llama-quantize's exact bytes (`_QUANTIZED`).
 The same arguments always give the same bytes: every random number comes from one
 numpy Generator(PCG64(seed)), drawn in file order.
 """
@@ -38,6 +42,7 @@ from refllm.engine.config import ARCHITECTURES, LAYER_BIASES, LAYER_TENSORS
 from refllm.errors import RefllmError
 from refllm.formats import GGUFWriter, ValueType
 from refllm.formats.ggml_types import ggml_type
+from refllm.kernels import quantize
 
 
 class SynthError(RefllmError, ValueError):
@@ -73,8 +78,10 @@ DEFAULT_WEIGHT_TYPES: dict[str, str] = {
     "attn_output.weight": "Q8_0", "ffn_gate.weight": "Q4_K", "ffn_up.weight": "Q4_0",
     "ffn_down.weight": "Q4_K",
 }
-# general.file_type for the type holding the most weights (llama_ftype: F32, F16, Q4_0, Q8_0, Q4_K_M).
-FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K": 15}
+# general.file_type for the type holding the most weights: its LLAMA_FTYPE_* (llama.h). A K-quant
+# gets its _M ftype (Q3_K_M, Q4_K_M, Q5_K_M), the one llama-quantize names by that type.
+FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+              "Q2_K": 10, "Q3_K": 12, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "BF16": 32}
 
 # Special tokens, at the end of the vocabulary. The first is BOS and EOS.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -97,7 +104,8 @@ def write_synthetic_model(path, arch: str, *, seed: int = 0, n_layer: int = 2, n
     (gemma3 only) gives a sliding window of n_swa positions to all but the last layer of every
     group of swa_pattern layers. tied_output leaves out output.weight (the embeddings are the
     output matrix). weight_types maps a matrix name ("attn_q.weight", "token_embd.weight", ...)
-    to one of F32, F16, Q8_0, Q4_0, Q4_K, overriding DEFAULT_WEIGHT_TYPES.
+    to one of MATRIX_TYPES (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
+    Q6_K), overriding DEFAULT_WEIGHT_TYPES.
 
     The same arguments give the same bytes. Raises SynthError, saying why, for a shape or
     option llama.cpp could not load: an unknown architecture or rope variant, heads that do
@@ -139,9 +147,9 @@ def write_synthetic_model(path, arch: str, *, seed: int = 0, n_layer: int = 2, n
     if unknown:
         raise SynthError(f"weight_types names {', '.join(sorted(unknown))}, which are not weight matrices "
                          f"(expected some of {', '.join(DEFAULT_WEIGHT_TYPES)})")
-    bad = {name: t for name, t in types.items() if t not in _BLOCK_WRITERS}
+    bad = {name: t for name, t in types.items() if t not in MATRIX_TYPES}
     if bad:
-        raise SynthError(f"weight_types {bad}: synthetic models use {', '.join(_BLOCK_WRITERS)}")
+        raise SynthError(f"weight_types {bad}: synthetic models use {', '.join(MATRIX_TYPES)}")
 
     tensors = _tensor_list(arch, n_layer, sizes, rope, tied_output)   # [(name, numpy shape)]
     for name, shape in tensors:
@@ -202,7 +210,7 @@ def write_synthetic_model(path, arch: str, *, seed: int = 0, n_layer: int = 2, n
             elif len(shape) == 1:
                 yield _vector(rng, name, shape[0])
             else:
-                yield _BLOCK_WRITERS[kind](rng, shape, _matrix_std(name, shape, n_embd))
+                yield _MATRIX_WRITERS[kind](rng, shape, _matrix_std(name, shape, n_embd))
         return data
 
     for name, shape in tensors:
@@ -336,7 +344,26 @@ def _q4_k(rng, shape, std):
     return np.concatenate([d.view(np.uint8), dmin.view(np.uint8), packed, qs], axis=1)   # (n, 144)
 
 
+# The random-block writers of the default mix. They are not refllm.quantize: their quants are
+# drawn at random, not rounded from values (and F16 rounds float64 values straight to fp16), so
+# they give other bytes; they stay, since golden files record the sha256 of models made with them.
 _BLOCK_WRITERS = {"F32": _plain("<f4"), "F16": _plain("<f2"), "Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_K": _q4_k}
+
+
+def _quantized(kind: str):
+    """A writer for `kind`: float32 N(0, std^2) values, as llama-quantize would encode them."""
+    def write(rng, shape, std):
+        x = (std * rng.standard_normal(shape)).astype(np.float32)          # (rows, cols)
+        return quantize(x, kind)                                            # (rows, row_bytes)
+    write.__doc__ = f"{kind}: float32 N(0, std^2) values encoded by refllm.quantize."
+    return write
+
+
+# The types written by quantizing random values (every type refllm.quantize writes, but those above).
+_QUANTIZED = ("BF16", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K", "Q6_K")
+_MATRIX_WRITERS = {**_BLOCK_WRITERS, **{kind: _quantized(kind) for kind in _QUANTIZED}}
+# The types a weight matrix may have, in ggml type-id order.
+MATRIX_TYPES: tuple[str, ...] = tuple(sorted(_MATRIX_WRITERS, key=lambda k: ggml_type(k).id))
 
 
 # -- the tokenizer ------------------------------------------------------------------------------
