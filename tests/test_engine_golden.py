@@ -1,5 +1,6 @@
 """refllm's logits against llama.cpp's (golden/logits, made by golden/logits/make_golden.py with
-llama-cpp-python 0.3.36: batched, f16 KV cache, flash attention off).
+llama-cpp-python 0.3.36: batched, f16 KV cache, flash attention off; the *-nb1 cases token by
+token, n_batch 1, and refllm evaluates those token by token too).
 
 The floors, from the issue: llama.cpp moves by mean KLD 2e-3 to 9e-3 against itself (n_batch 1,
 or an f32 KV cache; provenance.json records it per case), so refllm's float32 reference must
@@ -17,7 +18,7 @@ import pytest
 
 import refllm
 from refllm.engine.compare import per_position_coarse_kld, per_position_kld
-from refllm.engine.session import Session
+from refllm.engine.session import Session, prompt_logits
 from refllm.engine.synth import write_synthetic_model
 from refllm.engine.transformer import Transformer
 from refllm.formats.files import sha256_file
@@ -25,6 +26,7 @@ from refllm.formats.files import sha256_file
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "logits"
 PROVENANCE = json.loads((GOLDEN / "provenance.json").read_text(encoding="utf-8"))
 CASES = sorted(PROVENANCE["cases"])
+SPEC = json.loads((GOLDEN / "cases.json").read_text(encoding="utf-8"))["cases"]
 REAL_FIXTURES = {"smollm2": "smollm2_path", "gemma3": "gemma3_path"}
 
 MAX_MEAN_KLD = 2e-2
@@ -42,21 +44,21 @@ def case_model_path(request, tmp_path_factory, name: str) -> str:
         args = dict(case["synth"])
         path = write_synthetic_model(tmp_path_factory.mktemp("synth") / f"{name}.gguf", args.pop("arch"), **args)
     else:
-        model = json.loads((GOLDEN / "cases.json").read_text(encoding="utf-8"))["cases"][name]["model"]
-        path = request.getfixturevalue(REAL_FIXTURES[model])
+        path = request.getfixturevalue(REAL_FIXTURES[SPEC[name]["model"]])
     assert sha256_file(path) == case["sha256"], f"{name}: not the model file the golden logits came from"
     return str(path)
 
 
 @pytest.fixture(params=CASES)
 def golden_case(request, tmp_path_factory):
-    """(case name, llama.cpp's stored logits, refllm's logits [n, n_vocab] for the same ids)."""
+    """(case name, llama.cpp's stored logits, refllm's logits [n, n_vocab] for the same ids,
+    evaluated as llama.cpp did: in one batch, or n_batch at a time where the case names one)."""
     name = request.param
     golden = dict(np.load(GOLDEN / f"{name}.npz"))
     if name not in _logits:
         model = refllm.open(case_model_path(request, tmp_path_factory, name))
         tokens = golden["tokens"].tolist()
-        _logits[name] = Session(Transformer(model), n_ctx=len(tokens)).evaluate(tokens, all_logits=True)
+        _logits[name] = prompt_logits(Transformer(model), tokens, n_batch=SPEC[name].get("n_batch"))
     return name, golden, _logits[name]
 
 
@@ -90,10 +92,31 @@ def test_same_top1_wherever_llama_cpp_is_sure(golden_case):
     assert differ.size == 0, f"{name}: top-1 differs at positions {differ.tolist()} (margins {margin[differ]})"
 
 
+def test_prompt_logits_token_by_token_agree_with_one_batch(tmp_path):
+    """prompt_logits in one batch is Session.evaluate on an empty cache; fed n_batch at a time
+    (1: token by token, as golden/logits' *-nb1 cases) it gives the same logits but for float32
+    rounding."""
+    net = Transformer(refllm.open(write_synthetic_model(tmp_path / "m.gguf", "qwen3", seed=9)))
+    tokens = [381, 7, 300, 12, 12, 99, 150, 3, 42, 201, 5]
+    batched = prompt_logits(net, tokens)
+    assert np.array_equal(batched, Session(net, n_ctx=len(tokens)).evaluate(tokens, all_logits=True))
+    for n_batch in (1, 4):
+        split = prompt_logits(net, tokens, n_batch=n_batch)
+        assert split.shape == batched.shape
+        np.testing.assert_allclose(split, batched, rtol=0, atol=1e-4 * np.abs(batched).max())
+    with pytest.raises(ValueError, match="n_batch"):
+        prompt_logits(net, tokens, n_batch=0)
+
+
 def test_golden_files_are_what_provenance_says():
     for name in CASES:
         entry = PROVENANCE["cases"][name]
         assert sha256_file(GOLDEN / f"{name}.npz") == entry["npz_sha256"], name
+        # made with the case's n_batch (entries without one ran with llama_args' n_batch)
+        n_batch = entry.get("n_batch", PROVENANCE["llama_args"]["n_batch"])
+        assert n_batch == SPEC[name].get("n_batch", PROVENANCE["llama_args"]["n_batch"]), name
         with np.load(GOLDEN / f"{name}.npz") as golden:
             assert golden["tokens"].shape == (entry["n_tokens"],)
             assert golden["rows"].shape == (entry["stored_positions"], entry["n_vocab"])
+            if "same_ids_as" in SPEC[name]:
+                assert golden["tokens"].tolist() == SPEC[SPEC[name]["same_ids_as"]]["ids"], name

@@ -5,9 +5,10 @@ Run with refllm's own Python (the golden script never imports refllm; it reads t
     python golden/logits/write_synth.py DIR
 
 For each case with a "synth" entry it writes DIR/<case>.gguf with
-`refllm.engine.synth.write_synthetic_model(path, **synth)` and prints its sha256. The files are
-not committed: make_golden.py records each sha256 and its arguments in provenance.json, and
-tests/test_synth.py rebuilds them and checks the sha256.
+`refllm.engine.synth.write_synthetic_model(path, **synth)` and prints its sha256. An n_batch 1
+case (<case>-nb1) has its batched sibling's synth args, so its file has the same bytes under its
+own name. The files are not committed: make_golden.py records each sha256 and its arguments in
+provenance.json, and tests/test_synth.py rebuilds them and checks the sha256.
 """
 
 from __future__ import annotations

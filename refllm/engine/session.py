@@ -5,6 +5,7 @@
     for text in session.generate(prompt_ids, tokenizer, SamplingOptions(temperature=0)):
         print(text, end="")
     session.stats                                # ollama's --verbose figures for that call
+    rows = prompt_logits(transformer, tokens, n_batch=1)   # every position, token by token
 
 Prefix reuse, as ollama and llama-server do it: the cache remembers the tokens behind it; a new
 request keeps the longest common prefix and evaluates only the rest, but always at least its
@@ -68,6 +69,25 @@ class GenerationStats:
         if self.context_shifts:
             lines.append(("context shifts", str(self.context_shifts)))
         return "\n".join(f"{name + ':':<22}{value}" for name, value in lines)
+
+
+def prompt_logits(transformer: Transformer, tokens: Sequence[int], n_batch: int | None = None) -> np.ndarray:
+    """The logits at every position of `tokens`, evaluated in a fresh cache: float32
+    [n, n_vocab], row i scoring the token after tokens[i].
+
+    n_batch None evaluates them in one `forward` call, as batched as the transformer goes (what
+    `Session.evaluate(tokens, all_logits=True)` does on an empty cache). n_batch k feeds them k
+    at a time, each call attending to the keys and values the earlier ones left in the cache,
+    as llama.cpp does with n_batch = n_ubatch = k; n_batch 1 is token by token, the path every
+    generated token takes (and the golden/logits cases made with "n_batch": 1).
+    """
+    tokens = list(tokens)
+    if n_batch is not None and n_batch < 1:
+        raise ValueError(f"n_batch must be at least 1, not {n_batch}")
+    cache = transformer.new_cache(len(tokens))
+    step = n_batch or len(tokens)
+    rows = [transformer.forward(tokens[i:i + step], cache, all_logits=True) for i in range(0, len(tokens), step)]
+    return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
 
 class Session:
