@@ -1,0 +1,156 @@
+"""Numba twin of refllm/kernels/reference/ggml_repack.py: llama.cpp's AVX2 repack kernels for
+Q4_0 and Q4_K (q4_0_8x8, q4_K_8x8), the same float32 operations in the same order, so the
+same bits.
+
+Each weight row is read straight from its bytes, one block at a time: the block's quants are
+unpacked once into a small int16 buffer (for Q4_K already times their sub-block scale, at
+most 63 * 15), every activation row is dotted with it (exact int32 sums), and the sums are
+folded into that row's float32 accumulators in the kernels' order (the reference's
+docstring). No float32 copy of the matrix is made. Single-threaded, like the engine.
+
+What makes it fast (as in cpu/int_dot.py): loop trip counts taken from array shapes, so
+that LLVM's loop vectorizer (not the full unroller) gets the integer loops and emits
+vpmaddwd; every int32 product and sum cast back to int32 (Numba types int32 * int32 as
+int64); fp16 scales read through a lookup table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from refllm.kernels.reference.ggml_repack import INTERLEAVED_ROWS, REPACK_BLOCKS, check_shape, gemm_rows
+from refllm.kernels.x86 import fma32
+
+I32 = np.int32
+F32 = np.float32
+
+# fp16 bits -> float32 for every half (exact); Numba freezes it into each kernel as a constant.
+FP16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype("<u2").view("<f2").astype(np.float32)
+
+
+@njit(inline="always", cache=True)
+def _f16(w, r, b, at):
+    """The little-endian fp16 at byte `at` of block (r, b), as float32."""
+    return FP16_TO_F32[I32(w[r, b, at]) | I32(I32(w[r, b, at + 1]) << I32(8))]
+
+
+def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> np.ndarray:
+    """y float32 [n, rows], bit-identical to the reference's mul_mat (same arguments, same
+    fallback to the legacy family for a Q4_0 matrix whose row count is not a multiple of 8,
+    same ValueError for such a Q4_K one)."""
+    rows, k = shape
+    raw = np.asarray(raw, np.uint8).reshape(-1)
+    if weight_type == "Q4_0" and rows % INTERLEAVED_ROWS:
+        from refllm.kernels.cpu import ggml_legacy
+        return ggml_legacy.mul_mat(raw, weight_type, shape, act)
+    check_shape(weight_type, shape)
+    block, block_bytes = REPACK_BLOCKS[weight_type]
+    nb = k // block
+    n = act.q.shape[0]
+    out = np.empty((n, rows), F32)
+    if n == 0 or rows == 0:
+        return out
+    blocks = np.ascontiguousarray(raw).reshape(rows, nb, block_bytes)
+    d_a = np.ascontiguousarray(act.d, F32)
+    if weight_type == "Q4_0":
+        a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 32)
+        q4_0_8x8_q8_0(blocks, a, d_a, out)
+    else:
+        a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 4, 64)
+        bsum32 = act.bsums.astype(I32).reshape(n, nb, 8, 2).sum(axis=-1, dtype=I32)
+        q4_k_8x8_q8_k(blocks, a, d_a, np.ascontiguousarray(bsum32), gemm_rows(n), out)
+    return out
+
+
+@njit(cache=True)
+def q4_0_8x8_q8_0(blocks, a, d_a, out):
+    """out [n, rows] = the Q4_0 repack products (gemv and gemm: the same lanes): per block,
+    acc = fma(float(isum), d_w * d_a, acc).
+    blocks uint8 [rows, nb, 18] (block_q4_0: d fp16 at 0, qs[16] at 2; byte j holds weight j
+    in its low nibble and weight j + 16 in its high one); a int16 [n, nb, 32] (the Q8_0
+    quants); d_a float32 [n, nb]."""
+    rows, nb, _ = blocks.shape
+    n = a.shape[0]
+    w = np.empty(32, np.int16)
+    half = w.shape[0] // 2
+    acc = np.empty(n, F32)
+    for r in range(rows):
+        acc[:] = 0
+        for b in range(nb):
+            for j in range(half):
+                byte = I32(blocks[r, b, 2 + j])
+                w[j] = np.int16(I32(byte & I32(0x0F)) - I32(8))
+                w[half + j] = np.int16(I32(byte >> I32(4)) - I32(8))
+            d_w = _f16(blocks, r, b, 0)
+            for t in range(n):
+                isum = I32(0)
+                for i in range(w.shape[0]):
+                    isum = I32(isum + I32(I32(w[i]) * I32(a[t, b, i])))
+                scale = F32(d_w * d_a[t, b])                     # fp16 * fp16: exact
+                acc[t] = fma32(F32(isum), scale, acc[t])
+        for t in range(n):
+            out[t, r] = acc[t]
+
+
+@njit(cache=True)
+def q4_k_8x8_q8_k(blocks, a, d_a, bsum32, n_gemm, out):
+    """out [n, rows] = the Q4_K repack products: activation rows t < n_gemm as
+    ggml_gemm_q4_K_8x8_q8_K (an fma pair per two sub-blocks), the rest as
+    ggml_gemv_q4_K_8x8_q8_K (one per super-block); y = acc - accm.
+
+    blocks uint8 [rows, nb, 144] (block_q4_K: d at 0, dmin at 2, scales[12] at 4, qs[128] at
+    16; qs byte 32c + l holds weight 64c + l (low nibble) and 64c + 32 + l (high)); a int16
+    [n, nb, 4, 64] (the Q8_K quants by pair of sub-blocks); d_a float32 [n, nb]; bsum32 int32
+    [n, nb, 8] (the quants' sums per sub-block of 32)."""
+    rows, nb, _ = blocks.shape
+    n = a.shape[0]
+    qs = np.empty((4, 64), np.int16)                # sc * q, by pair of sub-blocks
+    half = qs.shape[1] // 2
+    sc = np.empty(8, I32)
+    mn = np.empty(8, I32)
+    acc = np.empty(n, F32)
+    accm = np.empty(n, F32)
+    for r in range(rows):
+        acc[:] = 0
+        accm[:] = 0
+        for b in range(nb):
+            d_w = _f16(blocks, r, b, 0)
+            dmin_w = _f16(blocks, r, b, 2)
+            for j in range(4):                          # get_scale_min_k4 of scales[12] at 4
+                s0 = I32(blocks[r, b, 4 + j])
+                m0 = I32(blocks[r, b, 8 + j])
+                hi = I32(blocks[r, b, 12 + j])
+                sc[j] = s0 & I32(63)
+                mn[j] = m0 & I32(63)
+                sc[j + 4] = I32(hi & I32(0x0F)) | I32(I32(s0 >> I32(6)) << I32(4))
+                mn[j + 4] = I32(hi >> I32(4)) | I32(I32(m0 >> I32(6)) << I32(4))
+            for c in range(4):
+                s_lo, s_hi = sc[2 * c], sc[2 * c + 1]
+                for l in range(half):
+                    byte = I32(blocks[r, b, 16 + 32 * c + l])
+                    qs[c, l] = np.int16(I32(byte & I32(0x0F)) * s_lo)
+                    qs[c, half + l] = np.int16(I32(byte >> I32(4)) * s_hi)
+            for t in range(n):
+                da = d_a[t, b]
+                scale = F32(d_w * da)
+                scale_min = F32(dmin_w * da)
+                gemm = t < n_gemm
+                isum_all = I32(0)
+                imin_all = I32(0)
+                for p in range(4):
+                    isum = I32(0)
+                    for i in range(qs.shape[1]):
+                        isum = I32(isum + I32(I32(qs[p, i]) * I32(a[t, b, p, i])))
+                    imin = I32(I32(mn[2 * p] * bsum32[t, b, 2 * p]) + I32(mn[2 * p + 1] * bsum32[t, b, 2 * p + 1]))
+                    if gemm:
+                        acc[t] = fma32(F32(isum), scale, acc[t])
+                        accm[t] = fma32(F32(imin), scale_min, accm[t])
+                    else:
+                        isum_all = I32(isum_all + isum)
+                        imin_all = I32(imin_all + imin)
+                if not gemm:
+                    acc[t] = fma32(F32(isum_all), scale, acc[t])
+                    accm[t] = fma32(F32(imin_all), scale_min, accm[t])
+        for t in range(n):
+            out[t, r] = acc[t] - accm[t]
