@@ -18,6 +18,10 @@ import click
 
 from refllm.errors import RefllmError
 
+# refllm.engine.numerics.NUMERICS's keys, spelled out so that `refllm --help` need not import the
+# engine (tests/test_cli.py checks that the two agree)
+NUMERICS_MODES = ("f32", "ggml")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="refllm")
@@ -430,7 +434,8 @@ def _prompt_tokens(tokenizer, metadata, prompt: str, system: str | None, raw: bo
 @click.option("--keep", type=int, default=4, show_default=True, help="Tokens kept at the start when the context shifts; -1: the whole prompt.")
 @click.option("--truncate", is_flag=True, help="Drop the middle of a prompt that does not fit, instead of failing.")
 @click.option("--no-shift", is_flag=True, help="Fail when the context fills, instead of shifting it.")
-@click.option("--numerics", type=click.Choice(["f32"]), default="f32", show_default=True)
+@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="f32", show_default=True,
+              help="f32: the float32 reference; ggml: llama.cpp's CPU roundings (quantized activations, f16 KV cache)")
 @click.option("--verbose", is_flag=True, help="Print ollama's timing statistics to stderr afterwards.")
 def generate(args, system, raw, num_predict, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
              presence_penalty, frequency_penalty, seed, stop, ctx, keep, truncate, no_shift, numerics,
@@ -498,7 +503,8 @@ def _parse_token_list(text: str) -> list[int]:
 @click.option("--no-bos", is_flag=True, help="Add no BOS/EOS to --prompt.")
 @click.option("--parse-special", is_flag=True, help="Read special-token text in --prompt as those tokens.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
-@click.option("--numerics", type=click.Choice(["f32"]), default="f32", show_default=True)
+@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="f32", show_default=True,
+              help="f32: the float32 reference; ggml: llama.cpp's CPU roundings (quantized activations, f16 KV cache)")
 def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -> int:
     """Write the logits at every position of a prompt to OUTPUT (.npz: tokens int32 [n],
     logits float32 [n, n_vocab]; row i scores the token after tokens[i])."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from refllm.engine import Tokenizer
 from refllm.engine.config import ModelConfig, ModelConfigError
 from refllm.engine.sampling import SamplingOptions
 from refllm.engine.session import ContextFullError, Session
-from refllm.engine.transformer import Transformer, rope
+from refllm.engine.transformer import RopeFrequencies, Transformer, rope
 
 GREEDY = SamplingOptions(temperature=0, num_predict=12)
 
@@ -185,12 +186,25 @@ def test_missing_tensors_and_keys_are_named(smollm2_path):
 
 def test_rope_by_a_then_b_is_rope_by_a_plus_b():
     x = np.random.default_rng(0).standard_normal((5, 2, 8)).astype(np.float32)
-    inv_freq = 10000.0 ** -(np.arange(0, 8, 2) / 8)
+    freqs = RopeFrequencies(10000.0, 1.0, None, 8)
     for kind in ("norm", "neox"):
-        twice = rope(rope(x, np.arange(5), inv_freq, kind, 8), np.full(5, 3), inv_freq, kind, 8)
-        once = rope(x, np.arange(5) + 3, inv_freq, kind, 8)
+        twice = rope(rope(x, np.arange(5), freqs, kind), np.full(5, 3), freqs, kind)
+        once = rope(x, np.arange(5) + 3, freqs, kind)
         np.testing.assert_allclose(twice, once, atol=1e-5)
-        assert not np.allclose(rope(x, np.arange(5), inv_freq, kind, 8)[1:], x[1:])
+        assert not np.allclose(rope(x, np.arange(5), freqs, kind)[1:], x[1:])
+
+
+def test_rope_angles_follow_ggml_float32_recurrence():
+    """ggml's rope cache multiplies theta by theta_scale once per pair, in float32; a float64
+    power differs in the last bits, which shows once q and k are rounded to f16."""
+    freqs = RopeFrequencies(10000.0, 0.5, np.array([1.0, 2.0, 4.0, 8.0], np.float32), 8)
+    cos, _ = freqs.cos_sin(np.array([7]))
+    theta = np.float32(7)
+    expected = []
+    for divisor in (1, 2, 4, 8):
+        expected.append(np.float32(0.5) * (theta / np.float32(divisor)))
+        theta = theta * freqs.theta_scale
+    np.testing.assert_array_equal(cos[0], np.cos(np.array(expected, np.float64)).astype(np.float32))
 
 
 # -- the commands ----------------------------------------------------------------------------------
@@ -241,11 +255,32 @@ def test_cli_logits_and_compare(smollm2_path, tmp_path, capsys):
     assert code == 0 and stats["kld_mean"] == 0 and stats["same_top1_pct"] == 100
 
 
+def test_cli_logits_numerics_ggml_is_the_golden_bits(smollm2_path, tmp_path, capsys):
+    """`refllm logits --numerics ggml` writes llama.cpp's own logits: golden/logits/smollm2-chat's
+    stored top-32 float32 logits, exactly; --numerics f32 writes other (close) ones."""
+    golden = np.load(Path(__file__).parent.parent / "golden" / "logits" / "smollm2-chat.npz")
+    tokens = ",".join(map(str, golden["tokens"][:12]))
+    for mode in ("ggml", "f32"):
+        code, _, _ = run(["logits", smollm2_path, "--tokens", tokens, "--numerics", mode, "-o", tmp_path / f"{mode}.npz"], capsys)
+        assert code == 0
+    with np.load(tmp_path / "ggml.npz") as ggml, np.load(tmp_path / "f32.npz") as f32:
+        ids = golden["topk_ids"][:12]
+        np.testing.assert_array_equal(np.take_along_axis(ggml["logits"], ids, axis=1), golden["topk_logits"][:12])
+        assert not np.array_equal(f32["logits"], ggml["logits"])
+
+
+def test_cli_numerics_choices_are_the_engine_modes():
+    from refllm.cli import NUMERICS_MODES
+    from refllm.engine.numerics import NUMERICS
+    assert NUMERICS_MODES == tuple(NUMERICS)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--tokens", "1,x"], "comma-separated"),
     (["--tokens", "99999999"], "out of range"),
     (["--prompt", "a", "--tokens", "1"], "exactly one"),
     (["--tokens", ",".join(["1"] * 8193)], "8193 tokens are more than the 8192"),
+    (["--tokens", "1", "--numerics", "f64"], "'f64' is not one of 'f32', 'ggml'"),
 ])
 def test_cli_logits_bad_input(smollm2_path, tmp_path, capsys, args, message):
     code, out, err = run(["logits", smollm2_path, "-o", tmp_path / "x.npz"] + args, capsys)

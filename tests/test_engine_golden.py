@@ -2,10 +2,16 @@
 llama-cpp-python 0.3.36: batched, f16 KV cache, flash attention off; the *-nb1 cases token by
 token, n_batch 1, and refllm evaluates those token by token too).
 
-The floors, from the issue: llama.cpp moves by mean KLD 2e-3 to 9e-3 against itself (n_batch 1,
-or an f32 KV cache; provenance.json records it per case), so refllm's float32 reference must
-land within mean KLD 2e-2 and NMSE 2e-2 of it, and pick the same top-1 token wherever
-llama.cpp's top-1 leads its runner-up by at least 1.0 logit.
+Every case runs in both numerics modes:
+
+- f32, the float32 reference. llama.cpp moves by mean KLD 2e-3 to 9e-3 against itself (n_batch
+  1, or an f32 KV cache; provenance.json records it per case), so f32 must land within mean KLD
+  2e-2 and NMSE 2e-2 of it, and pick the same top-1 token wherever llama.cpp's top-1 leads its
+  runner-up by at least 1.0 logit.
+- ggml, which reproduces llama.cpp's CPU arithmetic: within mean KLD 1e-4 and NMSE 1e-5, the
+  same top-1 wherever llama.cpp leads by 0.05, and, where every kernel on the model's path is
+  reproduced (GGML_EXACT), llama.cpp's logits bit for bit: its stored float32 top-32 logits
+  exactly, at every position, and its float16 rows exactly.
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ CASES = sorted(PROVENANCE["cases"])
 SPEC = json.loads((GOLDEN / "cases.json").read_text(encoding="utf-8"))["cases"]
 REAL_FIXTURES = {"smollm2": "smollm2_path", "gemma3": "gemma3_path"}
 
-MAX_MEAN_KLD = 2e-2
-MAX_NMSE = 2e-2
-MIN_MARGIN = 1.0
+# numerics mode -> (max mean KLD, max NMSE, the top-1 margin from which the top-1 must agree)
+FLOORS = {"f32": (2e-2, 2e-2, 1.0), "ggml": (1e-4, 1e-5, 0.05)}
+# the cases whose every kernel --numerics ggml reproduces: their logits must be llama.cpp's bits
+GGML_EXACT = {name for name in CASES if SPEC[name].get("model") == "smollm2"}
 
-_logits: dict[str, np.ndarray] = {}
+_logits: dict[tuple[str, str], np.ndarray] = {}
 
 
 def case_model_path(request, tmp_path_factory, name: str) -> str:
@@ -49,28 +56,30 @@ def case_model_path(request, tmp_path_factory, name: str) -> str:
     return str(path)
 
 
-@pytest.fixture(params=CASES)
+@pytest.fixture(params=[(name, mode) for mode in FLOORS for name in CASES], ids=lambda p: f"{p[0]}-{p[1]}")
 def golden_case(request, tmp_path_factory):
-    """(case name, llama.cpp's stored logits, refllm's logits [n, n_vocab] for the same ids,
-    evaluated as llama.cpp did: in one batch, or n_batch at a time where the case names one)."""
-    name = request.param
+    """(case name, numerics mode, llama.cpp's stored logits, refllm's logits [n, n_vocab] for
+    the same ids, evaluated as llama.cpp did: in one batch, or n_batch at a time where the case
+    names one)."""
+    name, mode = request.param
     golden = dict(np.load(GOLDEN / f"{name}.npz"))
-    if name not in _logits:
+    if (name, mode) not in _logits:
         model = refllm.open(case_model_path(request, tmp_path_factory, name))
         tokens = golden["tokens"].tolist()
-        _logits[name] = prompt_logits(Transformer(model), tokens, n_batch=SPEC[name].get("n_batch"))
-    return name, golden, _logits[name]
+        _logits[name, mode] = prompt_logits(Transformer(model, mode), tokens, n_batch=SPEC[name].get("n_batch"))
+    return name, mode, golden, _logits[name, mode]
 
 
 def test_mean_kld_and_nmse_within_the_floor(golden_case):
-    name, golden, ours = golden_case
+    name, mode, golden, ours = golden_case
+    max_kld, max_nmse, _ = FLOORS[mode]
     positions = golden["positions"]
     ref = golden["rows"].astype(np.float32)                                  # [m, n_vocab]
     test = ours[positions]
     kld = per_position_kld(ref, test).mean()
     nmse = np.sum((test.astype(np.float64) - ref) ** 2) / np.sum((ref - ref.astype(np.float64).mean()) ** 2)
-    assert kld <= MAX_MEAN_KLD, f"{name}: mean KLD {kld:.3e}"
-    assert nmse <= MAX_NMSE, f"{name}: NMSE {nmse:.3e}"
+    assert kld <= max_kld, f"{name} ({mode}): mean KLD {kld:.3e}"
+    assert nmse <= max_nmse, f"{name} ({mode}): NMSE {nmse:.3e}"
 
 
 def test_coarse_kld_at_every_position_within_the_floor(golden_case):
@@ -78,18 +87,33 @@ def test_coarse_kld_at_every_position_within_the_floor(golden_case):
     top-32 logits and its log-sum-exp. Lumping all other tokens into one outcome gives a KLD
     that can only be smaller than the true one (coarse-graining never increases KL), so it must
     be within the floor at every position too."""
-    name, golden, ours = golden_case
+    name, mode, golden, ours = golden_case
     coarse = per_position_coarse_kld(golden["topk_ids"], golden["topk_logits"], golden["logsumexp"], ours)
-    assert coarse.mean() <= MAX_MEAN_KLD, f"{name}: mean coarse KLD {coarse.mean():.3e}"
+    assert coarse.mean() <= FLOORS[mode][0], f"{name} ({mode}): mean coarse KLD {coarse.mean():.3e}"
 
 
 def test_same_top1_wherever_llama_cpp_is_sure(golden_case):
-    name, golden, ours = golden_case
+    name, mode, golden, ours = golden_case
     margin = golden["topk_logits"][:, 0] - golden["topk_logits"][:, 1]      # [n]
-    sure = np.flatnonzero(margin >= MIN_MARGIN)
+    sure = np.flatnonzero(margin >= FLOORS[mode][2])
     differ = sure[ours[sure].argmax(axis=1) != golden["topk_ids"][sure, 0]]
     assert sure.size > 0
-    assert differ.size == 0, f"{name}: top-1 differs at positions {differ.tolist()} (margins {margin[differ]})"
+    assert differ.size == 0, f"{name} ({mode}): top-1 differs at positions {differ.tolist()} (margins {margin[differ]})"
+
+
+def test_ggml_numerics_give_llama_cpp_bits(golden_case):
+    """Where --numerics ggml reproduces every kernel on the model's path, its logits are
+    llama.cpp's own: the stored top-32 float32 logits of every position exactly, and the stored
+    float16 rows exactly once rounded the same way."""
+    name, mode, golden, ours = golden_case
+    if mode != "ggml" or name not in GGML_EXACT:
+        pytest.skip("bit-exact only for --numerics ggml on cases in GGML_EXACT")
+    ids = golden["topk_ids"]
+    top = np.take_along_axis(ours, ids, axis=1)                              # [n, 32]
+    differ = np.flatnonzero(np.any(top != golden["topk_logits"], axis=1))
+    assert differ.size == 0, f"{name}: top-32 logits differ from llama.cpp's at positions {differ.tolist()}"
+    rows = ours[golden["positions"]].astype(np.float16)
+    assert np.array_equal(rows, golden["rows"]), f"{name}: float16 rows differ from llama.cpp's"
 
 
 def test_prompt_logits_token_by_token_agree_with_one_batch(tmp_path):

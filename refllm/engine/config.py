@@ -5,11 +5,14 @@
 pass needs is there with the shape it needs. The differences between the supported
 architectures are one row each of ARCHITECTURES, not code paths of their own:
 
-    arch    rope   q/k norm  post-norms  embeddings x sqrt(n_embd)  FFN        sliding window
-    llama   norm   -         -           -                           SiLU gate  -
-    qwen2   neox   -         -           -                           SiLU gate  -
-    qwen3   neox   yes       -           -                           SiLU gate  -
-    gemma3  neox   yes       yes         yes                         GELU gate  5 of every 6 layers
+    arch    rope   q/k norm  post-norms  embeddings x sqrt(n_embd)  FFN        sliding window  scale
+    llama   norm   -         -           -                           SiLU gate  -               scores
+    qwen2   neox   -         -           -                           SiLU gate  -               scores
+    qwen3   neox   yes       -           -                           SiLU gate  -               scores
+    gemma3  neox   yes       yes         yes                         GELU gate  5 of every 6    q
+
+(scale: llama.cpp multiplies the scores q·k by attn_scale inside its softmax, but gemma3's graph
+scales q before q·k; with an f16 KV cache q is rounded to f16 for q·k, so the order shows.)
 
 Optional tensors are used wherever a file has them, whatever the architecture, as llama.cpp
 does: q/k/v/output biases (qwen2 has q/k/v ones), FFN biases, `output.weight` (absent means
@@ -39,17 +42,18 @@ class ArchSpec:
     embed_scale: bool       # token embeddings multiplied by sqrt(n_embd)
     activation: str         # the gate's activation in the FFN: "silu" or "gelu_tanh"
     sliding_window: bool    # some layers attend only to the last n_swa positions
+    scale_q: bool           # q is multiplied by attn_scale before q·k; else the scores after it
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama":  ArchSpec(rope_type="norm", qk_norm=False, post_norms=False, embed_scale=False,
-                       activation="silu", sliding_window=False),
+                       activation="silu", sliding_window=False, scale_q=False),
     "qwen2":  ArchSpec(rope_type="neox", qk_norm=False, post_norms=False, embed_scale=False,
-                       activation="silu", sliding_window=False),
+                       activation="silu", sliding_window=False, scale_q=False),
     "qwen3":  ArchSpec(rope_type="neox", qk_norm=True, post_norms=False, embed_scale=False,
-                       activation="silu", sliding_window=False),
+                       activation="silu", sliding_window=False, scale_q=False),
     "gemma3": ArchSpec(rope_type="neox", qk_norm=True, post_norms=True, embed_scale=True,
-                       activation="gelu_tanh", sliding_window=True),
+                       activation="gelu_tanh", sliding_window=True, scale_q=True),
 }
 
 # Per-layer tensors, GGUF names: (name, numpy shape in config fields, which ArchSpec flag makes it
@@ -100,7 +104,7 @@ class ModelConfig:
     rope_base_swa: float            # rope base of the sliding-window layers
     n_swa: int                      # sliding window: query p sees keys p - n_swa < k <= p; 0 = none
     swa_layers: tuple[bool, ...]    # per layer: does it use the sliding window?
-    attn_scale: float               # q is multiplied by this before q·k (1/sqrt(head_dim) by default)
+    attn_scale: float               # the scores q·k are scaled by this (1/sqrt(head_dim) by default)
     final_softcap: float            # logits -> c * tanh(logits / c) when > 0
     tied_output: bool               # no output.weight: token_embd.weight is the output matrix
     has_rope_freqs: bool            # rope_freqs.weight divides each dimension's frequency

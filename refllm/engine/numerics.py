@@ -1,10 +1,19 @@
 """The arithmetic of the forward pass, in one place so that it can be swapped.
 
 The forward pass (transformer.py) does its matmuls, stores its keys and values, and applies its
-activations only through a `Numerics`. The default, "f32", is the readable reference: weights
-decoded exactly to float32, float32 activations and a float32 KV cache, NumPy's BLAS for the
-products. A mode that reproduces llama.cpp's own roundings (quantized activations, an f16 KV
-cache, the fp16 GELU table) is another row of NUMERICS, not a change to the forward pass.
+activations only through a `Numerics`. Two rows of NUMERICS:
+
+    f32    the readable reference: weights decoded exactly to float32, float32 activations and
+           a float32 KV cache, NumPy's BLAS for the products.
+    ggml   llama.cpp's CPU backend, rounding for rounding: before each matmul the activations
+           are converted to the weight type's vec_dot_type (Q8_0, Q8_1, Q8_K with x86's
+           rounding, or fp16/bf16; refllm.kernels.vec_dot), the KV cache is f16 (so q and the
+           attention probabilities are rounded to f16 where they meet it, see
+           transformer.attention), and GELU goes through ggml's fp16 table. What is left is
+           float32 summation order.
+
+The steps that both modes share follow ggml's arithmetic already (rms_norm's float64 sum,
+rope's float32 angles, the softmax): they cost nothing and leave one way to compute each.
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ from typing import Callable
 import numpy as np
 
 from refllm.engine.weights import Matrix
+from refllm.formats.ggml_types import type_name
+from refllm.kernels import ggml_matmul, vec_dot, x86
+from refllm.kernels.reference.activations import f16 as round_to_f16
 
 # Rows of a weight matrix decoded at a time: about 1 MiB of float32, so the chunk stays in
 # cache while it is multiplied and no float32 copy of a whole matrix is ever made.
@@ -36,6 +48,22 @@ def matmul_f32(x: np.ndarray, w: Matrix) -> np.ndarray:
     return y
 
 
+def matmul_ggml(x: np.ndarray, w: Matrix) -> np.ndarray:
+    """x [n, in] @ W.T -> [n, out] as llama.cpp's CPU backend computes it: x converted to W's
+    vec_dot_type first (quantized to Q8_0/Q8_1/Q8_K, or rounded to fp16/bf16), then multiplied
+    by W decoded exactly. For Q4_1/Q5_1 weights, the fp16 rounding of each activation block's
+    sum s reaches the result through the weight blocks' minimums m, and is added."""
+    weight_type = type_name(w.ggml_type)
+    if weight_type in ggml_matmul.exact_types() and w.byteorder == "<":
+        return ggml_matmul.mul_mat(x, w.raw, weight_type, w.shape)
+    converted, rows = vec_dot.converted_activations(x, weight_type)
+    y = matmul_f32(converted, w)
+    if vec_dot.vec_dot_type(weight_type) == "Q8_1":
+        minimums = vec_dot.block_minimums(w.raw, weight_type, w.shape[0], w.byteorder)    # [out, blocks]
+        y += vec_dot.q8_1_sum_correction(rows) @ minimums.T
+    return y
+
+
 def silu_f32(x: np.ndarray) -> np.ndarray:
     """x * sigmoid(x), float32."""
     with np.errstate(over="ignore"):        # exp(-x) overflows to inf for x < -88: sigmoid is 0
@@ -50,15 +78,73 @@ def gelu_tanh_f32(x: np.ndarray) -> np.ndarray:
     return np.float32(0.5) * x * (np.float32(1) + np.tanh(SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)))
 
 
+def gelu_tanh_fp16_table() -> np.ndarray:
+    """ggml_table_gelu_f16 as float32 [65536]: for every fp16 bit pattern h, GELU of its value
+    rounded to fp16. ggml_gelu_f32 in float32, in C's order as GCC compiles it for x86 (the
+    inner 1 + a x^2 contracted into a fused multiply-add), with a correctly rounded tanhf:
+        0.5 x (1 + tanh(sqrt(2/pi) x fma(0.044715 x, x, 1)))"""
+    x = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        inner = x86.fma32_array(np.float32(0.044715) * x, x, np.float32(1))
+        t = np.tanh((SQRT_2_OVER_PI * x * inner).astype(np.float64)).astype(np.float32)
+        gelu = np.float32(0.5) * x * (np.float32(1) + t)
+    return round_to_f16(gelu[None, :])[0]
+
+
+_GELU_TABLE: list[np.ndarray] = []
+
+
+def gelu_tanh_ggml(x: np.ndarray) -> np.ndarray:
+    """GELU as ggml_vec_gelu_f32 computes it with GGML_GELU_FP16: 0 for x <= -10, x for
+    x >= 10, else the table entry of x rounded to fp16."""
+    if not _GELU_TABLE:
+        _GELU_TABLE.append(gelu_tanh_fp16_table())
+    with np.errstate(over="ignore"):
+        index = x.astype(np.float16).view(np.uint16)
+    y = _GELU_TABLE[0][index]
+    return np.where(x <= -10, np.float32(0), np.where(x >= 10, x, y)).astype(np.float32)
+
+
+def cache_matmul_f32(rows: np.ndarray, columns: np.ndarray, n_tokens: int) -> np.ndarray:
+    """columns [N, K] @ rows [M, K].T -> [N, M], float32 BLAS."""
+    return columns @ rows.T
+
+
+def cache_matmul_ggml(rows: np.ndarray, columns: np.ndarray, n_tokens: int) -> np.ndarray:
+    """columns [N, K] @ rows [M, K].T -> [N, M] as ggml multiplies an F16 KV cache: tinyBLAS
+    when the batch has two or more tokens, vec_dot_f16 for one. K is padded with zeros to whole
+    32s, as llama.cpp pads the cache length it attends over (to 256) and fills it with zeros:
+    the zeros change no sum, but they decide which kernel runs and where its lanes fall."""
+    pad = -rows.shape[1] % 32
+    if pad:
+        rows = np.pad(rows, ((0, 0), (0, pad)))
+        columns = np.pad(columns, ((0, 0), (0, pad)))
+    return x86.f16_matmul(rows, columns, tinyblas=n_tokens >= 2)
+
+
+def soft_max_f32(scores: np.ndarray, scale, hidden: np.ndarray) -> np.ndarray:
+    """softmax(scores * scale, -inf where hidden) over the last axis, float32 NumPy."""
+    w = np.where(hidden, np.float32(-np.inf), scores * np.float32(scale))
+    w -= w.max(axis=-1, keepdims=True)
+    p = np.exp(w)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
 @dataclass(frozen=True)
 class Numerics:
-    """How the forward pass computes: its matmul, its KV cache element type, its activations."""
+    """How the forward pass computes: its matmul, its KV cache element type and the products
+    with the cache, its softmax, its activations."""
     name: str
     matmul: Callable[[np.ndarray, Matrix], np.ndarray]    # (x [n, in], W [out, in]) -> [n, out]
     kv_dtype: type                                         # keys and values are stored as this
+    cache_matmul: Callable[[np.ndarray, np.ndarray, int], np.ndarray]   # (rows, columns, n_tokens)
+    soft_max: Callable[[np.ndarray, np.float32, np.ndarray], np.ndarray]  # (scores, scale, hidden)
     activations: dict[str, Callable[[np.ndarray], np.ndarray]]
 
 
 NUMERICS: dict[str, Numerics] = {
-    "f32": Numerics("f32", matmul_f32, np.float32, {"silu": silu_f32, "gelu_tanh": gelu_tanh_f32}),
+    "f32": Numerics("f32", matmul_f32, np.float32, cache_matmul_f32, soft_max_f32,
+                    {"silu": silu_f32, "gelu_tanh": gelu_tanh_f32}),
+    "ggml": Numerics("ggml", matmul_ggml, np.float16, cache_matmul_ggml, x86.soft_max,
+                     {"silu": x86.silu, "gelu_tanh": gelu_tanh_ggml}),
 }

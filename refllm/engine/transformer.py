@@ -38,6 +38,7 @@ from refllm.engine.config import ModelConfig, ModelConfigError
 from refllm.engine.kv_cache import KVCache
 from refllm.engine.numerics import NUMERICS, Numerics
 from refllm.engine.weights import Layer, Matrix, ModelWeights
+from refllm.kernels import x86
 
 N_BATCH = 512       # tokens evaluated together; bounds the attention scores' memory, as llama.cpp's n_batch
 
@@ -54,12 +55,11 @@ class Transformer:
         self.weights = ModelWeights.from_model(model, self.config)
         self.numerics: Numerics = NUMERICS[numerics]
         cfg = self.config
-        # rope: each layer rotates dimension pair i by pos * inv_freq[i]  (float64 [n_rot / 2])
-        exponents = np.arange(0, cfg.n_rot, 2, dtype=np.float64) / cfg.n_rot
-        divisors = 1.0 if self.weights.rope_freqs is None else self.weights.rope_freqs.astype(np.float64)
-        inv_freq_global = cfg.rope_scale * cfg.rope_base ** -exponents / divisors
-        inv_freq_local = cfg.rope_base_swa ** -exponents      # local layers: own base, no scaling
-        self.inv_freq = [inv_freq_local if swa else inv_freq_global for swa in cfg.swa_layers]
+        # rope: each layer's base, scale and divisors (gemma3's local layers: own base, no scaling)
+        divisors = self.weights.rope_freqs
+        rope_global = RopeFrequencies(cfg.rope_base, cfg.rope_scale, divisors, cfg.n_rot)
+        rope_local = RopeFrequencies(cfg.rope_base_swa, 1.0, None, cfg.n_rot)
+        self.rope = [rope_local if swa else rope_global for swa in cfg.swa_layers]
         # decode one embedding row now: Numba's start-up (about a second) is then load time,
         # not the first prompt's time
         self.weights.token_embd.gather_rows([0])
@@ -143,8 +143,8 @@ class Transformer:
             k = rms_norm(k, layer.vector("attn_k_norm"), cfg.rms_eps)
 
         # rope: rotate q and k by their positions
-        q = rope(q, positions, self.inv_freq[il], spec.rope_type, cfg.n_rot)
-        k = rope(k, positions, self.inv_freq[il], spec.rope_type, cfg.n_rot)
+        q = rope(q, positions, self.rope[il], spec.rope_type)
+        k = rope(k, positions, self.rope[il], spec.rope_type)
 
         # store k and v; attend over every cached position up to the last of this batch
         cache.store(il, int(positions[0]), k, v)
@@ -152,7 +152,10 @@ class Transformer:
         keys = cache.k[il, :, :end]                                              # [n_kv, end, head_dim]
         values = cache.v[il, :, :end]                                            # [n_kv, end, head_dim_v]
         window = cfg.n_swa if cfg.swa_layers[il] else 0
-        a = attention(q * np.float32(cfg.attn_scale), keys, values, positions, window)   # [n, n_head * head_dim_v]
+        scale = np.float32(cfg.attn_scale)
+        if spec.scale_q:
+            q, scale = q * scale, np.float32(1)
+        a = attention(q, keys, values, positions, window, scale, self.numerics)  # [n, n_head * head_dim_v]
 
         # output projection (gemma3: post-attention norm), residual
         a = self.linear(a, layer, "attn_output")
@@ -196,63 +199,99 @@ class Transformer:
         delta = np.full(n_moved, -n_discard)
         for il in range(self.config.n_layer):
             moved = cache.k[il, :, n_keep:n_keep + n_moved].transpose(1, 0, 2)   # [n_moved, n_kv, head_dim]
-            rotated = rope(moved.astype(np.float32), delta, self.inv_freq[il], self.config.spec.rope_type,
-                           self.config.n_rot)
+            rotated = rope(moved.astype(np.float32), delta, self.rope[il], self.config.spec.rope_type)
             cache.k[il, :, n_keep:n_keep + n_moved] = rotated.transpose(1, 0, 2)
 
 
 # -- the steps ----------------------------------------------------------------------------------
 
+F32 = np.float32
+
+
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x / sqrt(mean(x^2) + eps) * weight, over the last axis (float32; the mean in float64)."""
-    mean_square = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
-    return (x * (1.0 / np.sqrt(mean_square + eps)).astype(np.float32)) * weight
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis, as ggml computes it: the squares
+    in float32 summed in float64, the mean and 1/sqrtf(mean + eps) in float32."""
+    mean_square = (np.sum(np.square(x).astype(np.float64), axis=-1, keepdims=True) / x.shape[-1]).astype(F32)
+    scale = F32(1) / np.sqrt(mean_square + F32(eps))
+    return (x * scale) * weight
 
 
-def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, rope_type: str, n_rot: int) -> np.ndarray:
+class RopeFrequencies:
+    """One layer's rope angles, computed as ggml's rope cache computes them (ops.cpp,
+    ggml_rope_cache_init): in float32, the angle of pair i is
+        theta_i = pos * theta_scale^i      (a running product, rounded at every step)
+        angle_i = freq_scale * (theta_i / divisor_i),  theta_scale = powf(base, -2 / n_rot)
+    Keeping ggml's float32 rounding matters little (1e-6 of an angle), but it costs nothing."""
+
+    def __init__(self, base: float, freq_scale: float, divisors: np.ndarray | None, n_rot: int):
+        self.n_rot = n_rot
+        exponent = F32(-2.0) / F32(n_rot)
+        self.theta_scale = F32(np.float64(F32(base)) ** np.float64(exponent))     # powf, correctly rounded
+        self.freq_scale = F32(freq_scale)
+        self.divisors = None if divisors is None else divisors.astype(F32)
+
+    def cos_sin(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin of every angle: float32 [n, n_rot / 2] each (the C library's cosf/sinf)."""
+        angles = np.empty((len(positions), self.n_rot // 2), F32)
+        theta = positions.astype(F32)                                              # [n]
+        for i in range(self.n_rot // 2):
+            extrapolated = theta if self.divisors is None else theta / self.divisors[i]
+            angles[:, i] = self.freq_scale * extrapolated
+            theta = theta * self.theta_scale
+        return x86.cos_sin(angles)
+
+
+def rope(x: np.ndarray, positions: np.ndarray, freqs: RopeFrequencies, rope_type: str) -> np.ndarray:
     """Rotate each head of x [n, heads, head_dim] by its token's position.
 
-    Pair i of the first n_rot dimensions turns by the angle positions * inv_freq[i]. "norm"
-    (llama) pairs neighbours (x[2i], x[2i+1]); "neox" pairs the halves (x[i], x[i + n_rot/2]).
+    Pair i of the first n_rot dimensions turns by its angle at the token's position (freqs).
+    "norm" (llama) pairs neighbours (x[2i], x[2i+1]); "neox" pairs the halves (x[i], x[i + n_rot/2]).
     """
-    angles = positions[:, None].astype(np.float64) * inv_freq[None, :]          # [n, n_rot / 2]
-    cos = np.cos(angles).astype(np.float32)[:, None, :]                          # [n, 1, n_rot / 2]
-    sin = np.sin(angles).astype(np.float32)[:, None, :]
+    n_rot = freqs.n_rot
+    cos, sin = freqs.cos_sin(positions)
+    cos, sin = cos[:, None, :], sin[:, None, :]                                  # [n, 1, n_rot / 2]
     if rope_type == "norm":
         first, second = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
     else:
         first, second = x[..., :n_rot // 2], x[..., n_rot // 2:n_rot]
     out = x.copy()
+    rotated_first, rotated_second = x86.rotate(first, second, cos, sin)
     if rope_type == "norm":
-        out[..., 0:n_rot:2] = first * cos - second * sin
-        out[..., 1:n_rot:2] = first * sin + second * cos
+        out[..., 0:n_rot:2], out[..., 1:n_rot:2] = rotated_first, rotated_second
     else:
-        out[..., :n_rot // 2] = first * cos - second * sin
-        out[..., n_rot // 2:n_rot] = first * sin + second * cos
+        out[..., :n_rot // 2], out[..., n_rot // 2:n_rot] = rotated_first, rotated_second
     return out
 
 
-def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray, window: int) -> np.ndarray:
-    """Causal multi-head attention with grouped KV heads.
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray, window: int,
+              scale: np.float32, numerics: Numerics) -> np.ndarray:
+    """Causal multi-head attention with grouped KV heads, as ggml's non-flash path computes it.
 
-    q [n, n_head, d] (already scaled), keys [n_kv, T, d], values [n_kv, T, dv] for positions
-    0..T-1. Query head h reads KV head h // (n_head / n_kv). A query at position p sees keys at
-    positions k <= p, and with a window w > 0 only those with p - k < w. Returns [n, n_head * dv].
+    q [n, n_head, d] float32; keys [n_kv, T, d] and values [n_kv, T, dv] for positions 0..T-1,
+    in the KV cache's element type. Query head h reads KV head h // (n_head / n_kv). A query at
+    position p sees keys at positions k <= p, and with a window w > 0 only those with
+    p - k < w. Returns float32 [n, n_head * dv].
+
+    Like ggml, the cache is multiplied by its operand converted to the cache's type: q is
+    rounded to it for q·k and the probabilities are rounded to it for probs·v (f16 for an f16
+    cache, no change for float32). The products and the softmax (scores * scale + mask) are
+    the numerics' own.
     """
     n, n_head, d = q.shape
     n_kv, n_keys, dv = values.shape
     group = n_head // n_kv
-    # scores [n_kv, group * n, T]: the group's query heads stacked so each KV head is one matmul
-    q_grouped = q.transpose(1, 0, 2).reshape(n_kv, group * n, d)
-    scores = (q_grouped @ keys.transpose(0, 2, 1)).reshape(n_kv, group, n, n_keys)
     key_pos = np.arange(n_keys)
     hidden = key_pos[None, :] > positions[:, None]                               # [n, T] future keys
     if window > 0:
         hidden |= positions[:, None] - key_pos[None, :] >= window
-    scores[..., hidden] = -np.inf
-    # softmax over the keys (every query sees at least itself, so no row is all -inf)
-    scores -= scores.max(axis=-1, keepdims=True)
-    probs = np.exp(scores)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    out = probs.reshape(n_kv, group * n, n_keys) @ values                        # [n_kv, group * n, dv]
-    return out.reshape(n_head, n, dv).transpose(1, 0, 2).reshape(n, n_head * dv)
+    out = np.empty((n_head, n, dv), F32)
+    for g in range(n_kv):
+        # the group's query heads stacked: one product per KV head  [group * n, d]
+        q_group = q[:, g * group:(g + 1) * group].transpose(1, 0, 2).reshape(group * n, d)
+        q_group = q_group.astype(keys.dtype).astype(F32, copy=False)
+        scores = numerics.cache_matmul(keys[g].astype(F32, copy=False), q_group, n)   # [group * n, T]
+        probs = numerics.soft_max(scores.reshape(group, n, n_keys), scale, hidden)     # [group, n, T]
+        probs = probs.reshape(group * n, n_keys).astype(values.dtype).astype(F32, copy=False)
+        v_rows = np.ascontiguousarray(values[g].T, dtype=F32)                          # [dv, T]
+        out[g * group:(g + 1) * group] = numerics.cache_matmul(v_rows, probs, n).reshape(group, n, dv)
+    return out.transpose(1, 0, 2).reshape(n, n_head * dv)

@@ -1,0 +1,288 @@
+"""ggml's x86 float arithmetic (AVX2, FMA, F16C), reproduced operation for operation.
+
+With quantized activations a forward pass is chaotic: a one-ulp difference in a matmul's
+output flips, now and then, the rounding of an activation to Q8 or f16 one layer later, and
+the flips grow (measured on SmolLM2: changing only the float32 summation order of the matmuls
+moves the logits by a mean KLD of 6e-3, as much as leaving out every rounding). Reproducing
+llama.cpp's logits therefore means reproducing its float32 operations in its order: the
+8-lane accumulators of its SIMD loops, their fused multiply-adds, the way each kernel
+reduces its lanes, and its polynomial exp. This module holds those pieces:
+
+    fma32            _mm256_fmadd_ps on one lane: a * b + c rounded once
+    hsum8            hsum_float_8 (and tinyBLAS's hsum): ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))
+    expf             ggml_v_expf (vec.h), the AVX2 exp ggml's softmax and SiLU use (NumPy;
+                     expf_scalar is its Numba twin)
+    silu             ggml_v_silu: x / (1 + expf(-x))
+    soft_max         ggml_compute_forward_soft_max_f32 on rows: scale, mask, exp, float64 sum
+    f16_matmul       the dot products of an F16 mul_mat (the KV cache against q or the
+                     probabilities): tinyBLAS for two or more columns, ggml_vec_dot_f16 for one
+    cos_sin, rotate  rope: the C library's cosf/sinf, and the rotation's fused multiply-adds
+
+fma32 computes a * b exactly in float64 and rounds a * b + c to float64 and then to float32.
+That is a true fused multiply-add except when the float64 rounding lands exactly on a
+float32 tie, which needs c and a * b about 2^29 apart; it has not been seen to matter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+F32 = np.float32
+U32 = np.uint32
+
+
+@numba.njit(inline="always")
+def fma32(a, b, c):
+    """float32 a * b + c with one rounding (see the module docstring)."""
+    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+
+
+@numba.njit(inline="always")
+def hsum8(acc):
+    """The sum of 8 float32 lanes in hsum_float_8's order."""
+    t0 = np.float32(acc[4] + acc[0])
+    t1 = np.float32(acc[5] + acc[1])
+    t2 = np.float32(acc[6] + acc[2])
+    t3 = np.float32(acc[7] + acc[3])
+    return np.float32(np.float32(t0 + t2) + np.float32(t1 + t3))
+
+
+def fma32_array(a, b, c):
+    """fma32 element-wise on float32 arrays (NumPy)."""
+    return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.asarray(c, np.float64)).astype(F32)
+
+
+def hsum8_array(acc):
+    """hsum8 over the last axis (8 lanes) of a float32 array (NumPy)."""
+    t = acc[..., 4:8] + acc[..., 0:4]                        # t_k = l_{k+4} + l_k
+    return (t[..., 0] + t[..., 2]) + (t[..., 1] + t[..., 3])
+
+
+# -- exp and SiLU -------------------------------------------------------------------------------
+
+_EXP_CONSTANTS = {name: F32(float.fromhex(h)) for name, h in {
+    "shift": "0x1.8p23", "log2e": "0x1.715476p+0", "ln2_hi": "0x1.62e4p-1", "ln2_lo": "0x1.7f7d1cp-20",
+    "c5": "0x1.0e4020p-7", "c4": "0x1.573e2ep-5", "c3": "0x1.555e66p-3", "c2": "0x1.fffdb6p-2",
+    "c1": "0x1.ffffecp-1"}.items()}
+
+
+def expf(x: np.ndarray) -> np.ndarray:
+    """exp of float32 x as ggml_v_expf computes it (AVX2 + FMA), element by element.
+
+    n = round(x * log2(e)) by the shift trick; b = x - n ln2 in two fused steps; a degree-5
+    polynomial j ~ e^b - 1; the result is k + k j with k = 2^n built from the exponent bits.
+    For |n| > 126 the scale is split in two factors (s1 s2) so that it neither overflows nor
+    underflows early, and for |n| > 192 the result is s1 * s1 (0 or inf).
+    """
+    c = _EXP_CONSTANTS
+    x = np.asarray(x, F32)
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        z = fma32_array(x, c["log2e"], c["shift"])
+        n = z - c["shift"]
+        b = fma32_array(-n, c["ln2_lo"], fma32_array(-n, c["ln2_hi"], x))        # fnmadd: -(a b) + c
+        e = z.view(U32) << U32(23)
+        k = (e + F32(1).view(U32)).view(F32)
+        u = b * b
+        j = fma32_array(fma32_array(fma32_array(c["c5"], b, c["c4"]), u, fma32_array(c["c3"], b, c["c2"])),
+                        u, c["c1"] * b)
+        normal = fma32_array(k, j, k)
+        if not np.any(np.abs(n) > 126):
+            return normal
+        g = np.where(n <= 0, U32(0x82000000), U32(0))
+        s1 = (g + U32(0x7F000000)).view(F32)
+        s2 = (e - g).view(F32)
+        scaled = fma32_array(s2, j, s2) * s1
+        return np.where(np.abs(n) > 192, s1 * s1, np.where(np.abs(n) > 126, scaled, normal)).astype(F32)
+
+
+_SHIFT, _LOG2E, _LN2_HI, _LN2_LO = (_EXP_CONSTANTS[k] for k in ("shift", "log2e", "ln2_hi", "ln2_lo"))
+_C5, _C4, _C3, _C2, _C1 = (_EXP_CONSTANTS[k] for k in ("c5", "c4", "c3", "c2", "c1"))
+
+
+@numba.njit(inline="always", error_model="numpy")
+def expf_scalar(x):
+    """expf's Numba twin, one float32 at a time: the same operations, the same bits."""
+    z = fma32(x, _LOG2E, _SHIFT)
+    n = np.float32(z - _SHIFT)
+    b = fma32(-n, _LN2_LO, fma32(-n, _LN2_HI, x))
+    e = np.uint32(np.float32(z).view(np.uint32) << np.uint32(23))
+    k = np.uint32(e + np.uint32(0x3F800000)).view(np.float32)
+    u = np.float32(b * b)
+    j = fma32(fma32(fma32(_C5, b, _C4), u, fma32(_C3, b, _C2)), u, np.float32(_C1 * b))
+    if abs(n) <= 126:
+        return fma32(k, j, k)
+    g = np.uint32(0x82000000) if n <= 0 else np.uint32(0)
+    s1 = np.uint32(g + np.uint32(0x7F000000)).view(np.float32)
+    if abs(n) > 192:
+        return np.float32(s1 * s1)
+    s2 = np.uint32(e - g).view(np.float32)
+    return np.float32(fma32(s2, j, s2) * s1)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _silu(x, out):
+    flat_x, flat_out = x.ravel(), out.ravel()
+    for i in range(flat_x.size):
+        v = flat_x[i]
+        flat_out[i] = np.float32(v / np.float32(np.float32(1) + expf_scalar(np.float32(np.float32(0) - v))))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """SiLU of float32 x as ggml_v_silu computes it: x / (1 + expf(-x)) (Numba)."""
+    x = np.ascontiguousarray(x, F32)
+    out = np.empty_like(x)
+    _silu(x, out)
+    return out
+
+
+def silu_reference(x: np.ndarray) -> np.ndarray:
+    """silu in NumPy, on expf: the reference the Numba silu must equal."""
+    x = np.asarray(x, F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return x / (F32(1) + expf(F32(0) - x))
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _soft_max_rows(w, out):
+    """w float32 [rows, T] (scaled and masked, T whole 8s) -> out: ggml_vec_soft_max_f32 then
+    the scale by float32(1 / sum)."""
+    lanes = np.empty(8, np.float32)
+    for r in range(w.shape[0]):
+        top = w[r, 0]
+        for i in range(1, w.shape[1]):
+            if w[r, i] > top:
+                top = w[r, i]
+        total = 0.0
+        for base in range(0, w.shape[1], 8):
+            for t in range(8):
+                v = expf_scalar(np.float32(w[r, base + t] - top))
+                out[r, base + t] = v
+                lanes[t] = v
+            total += np.float64(hsum8(lanes))
+        inverse = np.float32(1.0 / total)
+        for i in range(w.shape[1]):
+            out[r, i] = np.float32(out[r, i] * inverse)
+
+
+def soft_max(scores: np.ndarray, scale, hidden: np.ndarray, backend: str = "numba") -> np.ndarray:
+    """ggml_soft_max_ext on float32 rows (last axis): w = scores * scale, -inf where `hidden`
+    (broadcast against scores), then expf(w - max) times float32(1 / sum). The sum adds each
+    8 lanes with hsum8 and the 8-lane sums in float64 (ggml_vec_soft_max_f32); the rows are
+    padded with -inf to whole 8s, as llama.cpp's padded KV length makes them. backend "numpy"
+    is the readable reference the Numba kernel must equal."""
+    w = scores * F32(scale)
+    w = np.where(hidden, F32(-np.inf), w).astype(F32)
+    pad = -w.shape[-1] % 8
+    if pad:
+        w = np.concatenate([w, np.full(w.shape[:-1] + (pad,), -np.inf, F32)], axis=-1)
+    if backend == "numba":
+        rows = np.ascontiguousarray(w.reshape(-1, w.shape[-1]))
+        p = np.empty_like(rows)
+        _soft_max_rows(rows, p)
+        p = p.reshape(w.shape)
+        return p[..., :scores.shape[-1]] if pad else p
+    e = expf(w - w.max(axis=-1, keepdims=True))
+    lanes = e.reshape(e.shape[:-1] + (-1, 8))
+    total = hsum8_array(lanes).astype(np.float64).sum(axis=-1, keepdims=True)
+    p = e * (1.0 / total).astype(F32)
+    return p[..., :scores.shape[-1]] if pad else p
+
+
+# -- F16 mul_mat: the KV cache against q or the probabilities -----------------------------------
+
+@numba.njit(cache=True)
+def f16_dot_tinyblas(a_t, b, out):
+    """out[i, j] = b[i] . a[j] as tinyBLAS (F16 x F16, AVX2) computes it: lane l of 8 adds the
+    products of elements l, l+8, l+16, ... with fused multiply-adds, then hsum8.
+    a_t float32 [K, M] (a transposed, so that the loop over M vectorizes) and b float32 [N, K]
+    hold fp16 values; K is a multiple of 8; out [N, M]."""
+    k, m = a_t.shape
+    acc = np.empty((8, m), np.float32)
+    for i in range(b.shape[0]):
+        acc[:, :] = 0
+        for l in range(0, k, 8):
+            for t in range(8):
+                bv = np.float64(b[i, l + t])
+                for j in range(m):
+                    acc[t, j] = np.float32(np.float64(a_t[l + t, j]) * bv + np.float64(acc[t, j]))
+        for j in range(m):
+            t0 = np.float32(acc[4, j] + acc[0, j])
+            t1 = np.float32(acc[5, j] + acc[1, j])
+            t2 = np.float32(acc[6, j] + acc[2, j])
+            t3 = np.float32(acc[7, j] + acc[3, j])
+            out[i, j] = np.float32(np.float32(t0 + t2) + np.float32(t1 + t3))
+
+
+@numba.njit(cache=True)
+def f16_dot_vec(a, b, out):
+    """out[i, j] = b[i] . a[j] as ggml_vec_dot_f16 computes it (AVX2): four 8-lane
+    accumulators over each 32 elements, reduced as (x0 + x2) + (x1 + x3), lanes summed as
+    ((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7)); elements past the last whole 32 are added in
+    float64. a float32 [M, K] and b float32 [N, K] hold fp16 values; out [N, M]."""
+    n_rows, k = a.shape
+    whole = k - k % 32
+    acc = np.zeros((4, 8), np.float32)
+    for i in range(b.shape[0]):
+        for j in range(n_rows):
+            acc[:, :] = 0
+            for base in range(0, whole, 32):
+                for r in range(4):
+                    for t in range(8):
+                        e = base + 8 * r + t
+                        acc[r, t] = fma32(a[j, e], b[i, e], acc[r, t])
+            for t in range(8):
+                acc[0, t] = np.float32(acc[0, t] + acc[2, t])
+                acc[1, t] = np.float32(acc[1, t] + acc[3, t])
+                acc[0, t] = np.float32(acc[0, t] + acc[1, t])
+            t0 = np.float32(acc[0, 0] + acc[0, 4])
+            t1 = np.float32(acc[0, 1] + acc[0, 5])
+            t2 = np.float32(acc[0, 2] + acc[0, 6])
+            t3 = np.float32(acc[0, 3] + acc[0, 7])
+            total = np.float64(np.float32(np.float32(t0 + t1) + np.float32(t2 + t3)))
+            for e in range(whole, k):
+                total += np.float64(np.float32(a[j, e] * b[i, e]))
+            out[i, j] = np.float32(total)
+
+
+def f16_matmul(a: np.ndarray, b: np.ndarray, tinyblas: bool) -> np.ndarray:
+    """b @ a.T for an F16 mul_mat whose src0 rows are a [M, K] and whose src1 columns are
+    b [N, K] (float32 arrays holding fp16 values), by tinyBLAS (ggml-cpu takes it when the
+    batch has two or more tokens and K is whole 8s) or else by vec_dot_f16. Returns float32
+    [N, M]."""
+    a = np.ascontiguousarray(a, F32)
+    b = np.ascontiguousarray(b, F32)
+    out = np.empty((b.shape[0], a.shape[0]), F32)
+    if tinyblas and a.shape[1] % 8 == 0:
+        f16_dot_tinyblas(np.ascontiguousarray(a.T), b, out)
+    else:
+        f16_dot_vec(a, b, out)
+    return out
+
+
+# -- rope ---------------------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def _cos_sin(angles, cos, sin):
+    for i in range(angles.shape[0]):
+        for j in range(angles.shape[1]):
+            cos[i, j] = math.cos(angles[i, j])          # float32: the C library's cosf and sinf
+            sin[i, j] = math.sin(angles[i, j])
+
+
+def cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cosf and sinf of float32 angles [n, m], from the C library as ggml's rope cache calls
+    them (they are not always correctly rounded, so float64 cos rounded to float32 differs)."""
+    angles = np.ascontiguousarray(angles, F32)
+    cos, sin = np.empty_like(angles), np.empty_like(angles)
+    _cos_sin(angles, cos, sin)
+    return cos, sin
+
+
+def rotate(x0: np.ndarray, x1: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One rope rotation of the pairs (x0, x1) as ggml's rotate_pairs compiles on x86 (GCC
+    contracts each a*b -/+ c*d into a fused multiply-add):
+        x0 cos - x1 sin = fma(x0, cos, -(x1 sin)),   x0 sin + x1 cos = fma(x0, sin, x1 cos)"""
+    return fma32_array(x0, cos, -(x1 * sin)), fma32_array(x0, sin, x1 * cos)
