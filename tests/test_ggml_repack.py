@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import refllm
+from refllm.kernels import ggml_matmul
 from refllm.kernels.cpu import ggml_repack as cpu
 from refllm.kernels.reference import activations
 from refllm.kernels.reference import ggml_repack as reference
@@ -135,3 +136,13 @@ def test_bit_exact_against_llama_cpp(golden_models, kind, backend):
             assert np.array_equal(y.view(np.uint32), dst.view(np.uint32)), (mode, key, int((y != dst).sum()))
             checked += 1
     assert checked == 8
+
+
+def test_only_mul_mat_weights_with_rows_in_eights_are_repacked():
+    """llama.cpp repacks Q4_0/Q4_K matrices loaded for MUL_MAT whose rows are whole 8s; others
+    (token_embd, read by GET_ROWS even when it is the output matrix; odd row counts) keep
+    their layout and go to vec_dot/tinyBLAS (legacy) or, for Q4_K, kernels not reproduced here."""
+    assert ggml_matmul.family("Q4_0", (16, 64)) == "repack"
+    assert ggml_matmul.family("Q4_0", (12, 64)) == "legacy"
+    assert ggml_matmul.family("Q4_0", (16, 64), mul_mat_weight=False) == "legacy"
+    assert ggml_matmul.family("Q4_K", (16, 256)) == "repack"

@@ -54,8 +54,9 @@ def matmul_ggml(x: np.ndarray, w: Matrix) -> np.ndarray:
     by W decoded exactly. For Q4_1/Q5_1 weights, the fp16 rounding of each activation block's
     sum s reaches the result through the weight blocks' minimums m, and is added."""
     weight_type = type_name(w.ggml_type)
-    if weight_type in ggml_matmul.exact_types() and w.byteorder == "<":
-        return ggml_matmul.mul_mat(x, w.raw, weight_type, w.shape)
+    mul_mat_weight = w.name != "token_embd.weight"          # llama.cpp loads it for GET_ROWS
+    if ggml_matmul.family(weight_type, w.shape, mul_mat_weight) and w.byteorder == "<":
+        return ggml_matmul.mul_mat(x, w.raw, weight_type, w.shape, mul_mat_weight=mul_mat_weight)
     converted, rows = vec_dot.converted_activations(x, weight_type)
     y = matmul_f32(converted, w)
     if vec_dot.vec_dot_type(weight_type) == "Q8_1":

@@ -17,13 +17,16 @@ refllm.kernels.vec_dot.converted_activations returns for the type (QuantizedRows
 quantized types, rounded float32 rows for F16/BF16, x itself for F32).
 
     family   types                       x86 paths reproduced
-    legacy   Q4_1, Q5_0, Q5_1, Q8_0      vec_dot (one token) and tinyBLAS (two or more): the
-                                         same float operations
+    legacy   Q4_0, Q4_1, Q5_0, Q5_1,     vec_dot (one token) and tinyBLAS (two or more): the
+             Q8_0                        same float operations
     float    F32, F16, BF16              tinyBLAS (two or more tokens, k whole 8s, rows whole
                                          4s) and ggml_vec_dot_f32/_f16/_bf16 otherwise
-    repack   Q4_0, Q4_K                  repack.cpp's q4_0_8x8 / q4_K_8x8 gemm (rows 0 .. n - n%4) and
-                                         gemv (the last n % 4); rows not whole 8s: Q4_0 as legacy,
-                                         Q4_K ValueError
+    repack   Q4_0, Q4_K in the repack    repack.cpp's q4_0_8x8 / q4_K_8x8 gemm (rows 0 .. n - n%4)
+             buffer                      and gemv (the last n % 4)
+
+llama.cpp repacks a Q4_0 or Q4_K matrix at load (the CPU_REPACK buffer) when its rows are whole
+8s and it is a MUL_MAT weight (token_embd, read by GET_ROWS, is not, even when it is also the
+output matrix); `family` decides.
 
 For any other type `mul_mat` raises KeyError, and the caller falls back on the float32
 identity of refllm/kernels/vec_dot.py (right up to summation order).
@@ -37,26 +40,35 @@ import numpy as np
 
 from refllm.kernels import vec_dot
 
-# weight type -> family. (Q4_0 is repack's: on AVX2 llama.cpp repacks it to q4_0_8x8 and
-# multiplies it with repack.cpp's kernels.)
-FAMILY: dict[str, str] = {"Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy"}
-FAMILY.update({"F32": "float", "F16": "float", "BF16": "float"})
-FAMILY.update({"Q4_0": "repack", "Q4_K": "repack"})
+# weight type -> family, when the matrix is not repacked
+FAMILY: dict[str, str] = {
+    "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy",
+    "F32": "float", "F16": "float", "BF16": "float",
+}
+# the types llama.cpp's AVX2 build repacks (ggml_repack_get_optimal_repack_type), and the row
+# multiple it needs
+REPACKED: dict[str, int] = {"Q4_0": 8, "Q4_K": 8}
 
 _BACKEND_PACKAGE = {"numpy": "reference", "numba": "cpu"}
 
 
-def exact_types() -> tuple[str, ...]:
-    """The weight types `mul_mat` reproduces bit for bit."""
-    return tuple(FAMILY)
+def family(weight_type: str, shape: tuple[int, int], mul_mat_weight: bool = True) -> str | None:
+    """The family whose kernels llama.cpp runs for a `weight_type` matrix of `shape` (rows, k),
+    or None when refllm does not reproduce them. mul_mat_weight: the matrix is loaded as a
+    MUL_MAT weight, so it may be repacked (every weight matrix but token_embd)."""
+    if mul_mat_weight and weight_type in REPACKED and shape[0] % REPACKED[weight_type] == 0:
+        return "repack"
+    return FAMILY.get(weight_type)
 
 
 def mul_mat(x: np.ndarray, raw: np.ndarray, weight_type: str, shape: tuple[int, int],
-            backend: str = "numba") -> np.ndarray:
+            backend: str = "numba", mul_mat_weight: bool = True) -> np.ndarray:
     """x float32 [n, k] times the little-endian `weight_type` matrix `raw` (uint8, shape
     (rows, k)) -> float32 [n, rows], with llama.cpp's activation rounding and its kernels'
-    float32 operations. KeyError for a type not in exact_types()."""
-    family = FAMILY[weight_type]
-    module = importlib.import_module(f"refllm.kernels.{_BACKEND_PACKAGE[backend]}.ggml_{family}")
+    float32 operations (see `family` for mul_mat_weight). KeyError when `family` is None."""
+    family_name = family(weight_type, shape, mul_mat_weight)
+    if family_name is None:
+        raise KeyError(weight_type)
+    module = importlib.import_module(f"refllm.kernels.{_BACKEND_PACKAGE[backend]}.ggml_{family_name}")
     converted, rows = vec_dot.converted_activations(np.ascontiguousarray(x, np.float32), weight_type)
     return module.mul_mat(raw, weight_type, shape, converted if rows is None else rows)
