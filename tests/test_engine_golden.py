@@ -38,7 +38,7 @@ REAL_FIXTURES = {"smollm2": "smollm2_path", "gemma3": "gemma3_path"}
 # numerics mode -> (max mean KLD, max NMSE, the top-1 margin from which the top-1 must agree)
 FLOORS = {"f32": (2e-2, 2e-2, 1.0), "ggml": (1e-4, 1e-5, 0.05)}
 # the cases whose every kernel --numerics ggml reproduces: their logits must be llama.cpp's bits
-GGML_EXACT = {name for name in CASES if SPEC[name].get("model") == "smollm2"}
+GGML_EXACT = {name for name in CASES if SPEC[name].get("model") in ("smollm2", "synth")}
 
 _logits: dict[tuple[str, str], np.ndarray] = {}
 
