@@ -18,9 +18,11 @@ reduces its lanes, and its polynomial exp. This module holds those pieces:
                      probabilities): tinyBLAS for two or more columns, ggml_vec_dot_f16 for one
     cos_sin, rotate  rope: the C library's cosf/sinf, and the rotation's fused multiply-adds
 
-fma32 computes a * b exactly in float64 and rounds a * b + c to float64 and then to float32.
-That is a true fused multiply-add except when the float64 rounding lands exactly on a
-float32 tie, which needs c and a * b about 2^29 apart; it has not been seen to matter.
+In Numba, fma32 is LLVM's llvm.fma.f32: one rounding, an FMA instruction on x86 (or the C
+library's fmaf). NumPy has no fused multiply-add, so fma32_array, the references' version,
+computes a * b exactly in float64 and rounds a * b + c to float64 and then to float32: the
+same except when the float64 rounding lands exactly on a float32 tie, which needs c and a * b
+about 2^29 apart.
 """
 
 from __future__ import annotations
@@ -29,15 +31,31 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 F32 = np.float32
 U32 = np.uint32
 
 
+@intrinsic
+def _llvm_fma_f32(typingctx, a, b, c):
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, f32, f32]), "llvm.fma.f32")
+        return builder.call(fma, args)
+
+    return sig, codegen
+
+
 @numba.njit(inline="always")
 def fma32(a, b, c):
-    """float32 a * b + c with one rounding (see the module docstring)."""
-    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+    """float32 a * b + c with one rounding (llvm.fma.f32)."""
+    return _llvm_fma_f32(np.float32(a), np.float32(b), np.float32(c))
 
 
 @numba.njit(inline="always")
@@ -205,9 +223,9 @@ def f16_dot_tinyblas(a_t, b, out):
         acc[:, :] = 0
         for l in range(0, k, 8):
             for t in range(8):
-                bv = np.float64(b[i, l + t])
+                bv = b[i, l + t]
                 for j in range(m):
-                    acc[t, j] = np.float32(np.float64(a_t[l + t, j]) * bv + np.float64(acc[t, j]))
+                    acc[t, j] = fma32(a_t[l + t, j], bv, acc[t, j])
         for j in range(m):
             t0 = np.float32(acc[4, j] + acc[0, j])
             t1 = np.float32(acc[5, j] + acc[1, j])

@@ -10,6 +10,7 @@ from numba import njit
 
 from refllm.kernels.cpu.fp import load_f16, u32
 from refllm.kernels.reference.ggml_legacy import LEGACY_BLOCKS, legacy_quants
+from refllm.kernels.x86 import fma32
 
 # Weight rows decoded to int8 at a time: about 1 MiB.
 CHUNK_BYTES = 1 << 20
@@ -49,14 +50,14 @@ def legacy_matmul(w_t, d_w, m_w, a, d_a, s_a, has_min, out):
     acc = np.empty((8, rows), np.float32)
     summs = np.empty(rows, np.float32)
     lane = np.empty(rows, np.int32)
-    scale = np.empty(rows, np.float64)
+    scale = np.empty(rows, np.float32)
     for t in range(n):
         acc[:, :] = 0
         summs[:] = 0
         for b in range(k // 32):
             da = d_a[t, b]
             for r in range(rows):
-                scale[r] = np.float64(np.float32(d_w[b, r] * da))
+                scale[r] = np.float32(d_w[b, r] * da)
             if has_min:
                 sa = s_a[t, b]
                 for r in range(rows):
@@ -68,7 +69,7 @@ def legacy_matmul(w_t, d_w, m_w, a, d_a, s_a, has_min, out):
                     lane[r] = (np.int32(w_t[i, r]) * a0 + np.int32(w_t[i + 1, r]) * a1
                                + np.int32(w_t[i + 2, r]) * a2 + np.int32(w_t[i + 3, r]) * a3)
                 for r in range(rows):
-                    acc[j, r] = np.float32(scale[r] * np.float64(np.float32(lane[r])) + np.float64(acc[j, r]))
+                    acc[j, r] = fma32(scale[r], np.float32(lane[r]), acc[j, r])
         for r in range(rows):
             t0 = np.float32(acc[4, r] + acc[0, r])
             t1 = np.float32(acc[5, r] + acc[1, r])
@@ -110,7 +111,7 @@ def legacy_matmul_raw(blocks, qs_at, qh_at, has_min, offset, is_q8_0, a, d_a, s_
                     lane = np.int32(0)
                     for i in range(4 * j, 4 * j + 4):
                         lane += w[i] * np.int32(a[t, 32 * b + i])
-                    acc[j] = np.float32(np.float64(scale) * np.float64(np.float32(lane)) + np.float64(acc[j]))
+                    acc[j] = fma32(scale, np.float32(lane), acc[j])
             t0 = np.float32(acc[4] + acc[0])
             t1 = np.float32(acc[5] + acc[1])
             t2 = np.float32(acc[6] + acc[2])
