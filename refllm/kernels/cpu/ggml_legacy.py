@@ -8,9 +8,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from refllm.kernels.cpu.fp import load_f16, u32
+from refllm.kernels.cpu.fp import u32
 from refllm.kernels.reference.ggml_legacy import LEGACY_BLOCKS, legacy_quants
 from refllm.kernels.x86 import fma32
+
+I32 = np.int32
+F32 = np.float32
+
+# fp16 bits -> float32 for every half (exact); Numba freezes it into each kernel as a constant.
+FP16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype("<u2").view("<f2").astype(np.float32)
 
 # Weight rows decoded to int8 at a time: about 1 MiB.
 CHUNK_BYTES = 1 << 20
@@ -27,7 +33,8 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
     out = np.empty((n, rows), np.float32)
     if n < FEW_TOKENS:
         legacy_matmul_raw(raw.reshape(rows, k // 32, block_bytes), qs_at, -1 if qh_at is None else qh_at,
-                          has_min, offset, weight_type == "Q8_0", act.q, act.d, s_a, out)
+                          has_min, offset, weight_type == "Q8_0", act.q.astype(np.int16).reshape(n, k // 32, 32),
+                          act.d, s_a, out)
         return out
     row_bytes = raw.size // rows
     step = max(8, CHUNK_BYTES // k)
@@ -83,37 +90,46 @@ def legacy_matmul_raw(blocks, qs_at, qh_at, has_min, offset, is_q8_0, a, d_a, s_
     """The same products, one weight row at a time straight from its bytes (for one or a few
     tokens, where decoding the whole matrix first would cost more than the products).
     blocks uint8 [rows, nb, block_bytes] (d at byte 0, m at byte 2 when has_min); the quants
-    are qs (nibbles, or int8 for Q8_0) plus the 5th bits qh when qh_at >= 0, minus offset."""
+    are qs (nibbles, or int8 for Q8_0) plus the 5th bits qh when qh_at >= 0, minus offset;
+    a int16 [n, nb, 32]. (Trip counts come from array shapes so that LLVM vectorizes the
+    integer loops instead of unrolling them.)"""
     rows, nb, _ = blocks.shape
     n = a.shape[0]
-    w = np.empty(32, np.int32)
-    acc = np.empty(8, np.float32)
+    w = np.empty(32, np.int16)
+    half = w.shape[0] // 2
+    products = np.empty(32, I32)
+    lanes = np.empty(8, F32)
+    acc = np.empty((n, 8), F32)
+    summs = np.empty(n, F32)
     for r in range(rows):
-        for t in range(n):
-            acc[:] = 0
-            summs = np.float32(0)
-            for b in range(nb):
-                if is_q8_0:
-                    for i in range(32):
-                        w[i] = np.int32(np.int8(blocks[r, b, qs_at + i]))
-                else:
-                    qh = u32(blocks[r], b, qh_at) if qh_at >= 0 else np.uint32(0)
-                    for i in range(16):
-                        byte = blocks[r, b, qs_at + i]
-                        w[i] = np.int32(byte & 0x0F) | np.int32(((qh >> i) & 1) << 4)
-                        w[i + 16] = np.int32(byte >> 4) | np.int32(((qh >> (i + 16)) & 1) << 4)
-                    for i in range(32):
-                        w[i] -= offset
-                scale = np.float32(load_f16(blocks[r], b, 0) * d_a[t, b])
+        acc[:, :] = 0
+        summs[:] = 0
+        for b in range(nb):
+            if is_q8_0:
+                for i in range(w.shape[0]):
+                    w[i] = np.int16(np.int8(blocks[r, b, qs_at + i]))
+            else:
+                qh = u32(blocks[r], b, qh_at) if qh_at >= 0 else np.uint32(0)
+                for i in range(half):
+                    byte = I32(blocks[r, b, qs_at + i])
+                    w[i] = np.int16(I32(I32(byte & I32(0x0F)) | I32(I32((qh >> i) & 1) << I32(4))) - offset)
+                    w[i + half] = np.int16(I32(I32(byte >> I32(4)) | I32(I32((qh >> (i + half)) & 1) << I32(4))) - offset)
+            d_w = FP16_TO_F32[I32(blocks[r, b, 0]) | I32(I32(blocks[r, b, 1]) << I32(8))]
+            m_w = FP16_TO_F32[I32(blocks[r, b, 2]) | I32(I32(blocks[r, b, 3]) << I32(8))] if has_min else F32(0)
+            for t in range(n):
+                for i in range(products.shape[0]):
+                    products[i] = I32(I32(w[i]) * I32(a[t, b, i]))
+                for j in range(lanes.shape[0]):
+                    lanes[j] = F32(I32(I32(products[4 * j] + products[4 * j + 1])
+                                       + I32(products[4 * j + 2] + products[4 * j + 3])))
+                scale = F32(d_w * d_a[t, b])
+                for j in range(lanes.shape[0]):
+                    acc[t, j] = fma32(scale, lanes[j], acc[t, j])
                 if has_min:
-                    summs = np.float32(summs + load_f16(blocks[r], b, 2) * s_a[t, b])
-                for j in range(8):
-                    lane = np.int32(0)
-                    for i in range(4 * j, 4 * j + 4):
-                        lane += w[i] * np.int32(a[t, 32 * b + i])
-                    acc[j] = fma32(scale, np.float32(lane), acc[j])
-            t0 = np.float32(acc[4] + acc[0])
-            t1 = np.float32(acc[5] + acc[1])
-            t2 = np.float32(acc[6] + acc[2])
-            t3 = np.float32(acc[7] + acc[3])
-            out[t, r] = np.float32(np.float32(np.float32(t0 + t2) + np.float32(t1 + t3)) + summs)
+                    summs[t] = F32(summs[t] + m_w * s_a[t, b])
+        for t in range(n):
+            t0 = F32(acc[t, 4] + acc[t, 0])
+            t1 = F32(acc[t, 5] + acc[t, 1])
+            t2 = F32(acc[t, 6] + acc[t, 2])
+            t3 = F32(acc[t, 7] + acc[t, 3])
+            out[t, r] = F32(F32(F32(t0 + t2) + F32(t1 + t3)) + summs[t])
