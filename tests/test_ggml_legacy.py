@@ -1,0 +1,95 @@
+"""The "legacy" family of refllm.kernels.ggml_matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights):
+llama.cpp's x86 matmul bit for bit.
+
+The NumPy reference (refllm/kernels/reference/ggml_legacy.py) and its Numba twin
+(refllm/kernels/cpu/ggml_legacy.py: a row-by-row kernel for few tokens, a decoded-chunk
+kernel for batches) give the same bits on random matrices, and both give exactly llama.cpp's
+products stored in golden/matmul/<T>.npz: one batch of 32 tokens (tinyBLAS, or vec_dot for
+Q4_1/Q5_1, which tinyBLAS does not take) and token by token (vec_dot). Q4_0's golden products
+ran through repack.cpp (llama.cpp repacks its matrices), so they are test_ggml_repack's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_matmul_golden import load_matmul_golden, rebuild_model
+
+import refllm
+from refllm.kernels.cpu import ggml_legacy as cpu
+from refllm.kernels.reference import ggml_legacy as reference
+from refllm.kernels.vec_dot import converted_activations
+
+BACKENDS = {"numpy": reference, "numba": cpu}
+LEGACY_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+GOLDEN_TYPES = ("Q4_1", "Q5_0", "Q5_1", "Q8_0")
+
+
+def random_case(weight_type: str, rows: int, k: int, n: int, seed: int):
+    """(raw weight bytes, activations): random rows quantized by refllm.quantize, and
+    heavy-tailed activations (one of them all zeros) converted as llama.cpp converts them."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((rows, k)) * rng.uniform(0.01, 2.0, (rows, 1))).astype(np.float32)
+    raw = refllm.quantize(w, weight_type).reshape(-1)
+    x = (rng.standard_t(3, (n, k)) * rng.uniform(0.1, 10.0, (n, 1))).astype(np.float32)
+    x[n // 2] = 0
+    return raw, converted_activations(x, weight_type)[1]
+
+
+@pytest.mark.parametrize("weight_type", LEGACY_TYPES)
+def test_numba_gives_the_reference_bits(weight_type, monkeypatch):
+    """Both Numba kernels (few tokens; and a batch, here over chunks of 8 rows) against the
+    reference."""
+    monkeypatch.setattr(cpu, "CHUNK_BYTES", 1)
+    for seed, (rows, k) in enumerate(((8, 32), (13, 96), (40, 256))):
+        for n in (1, 2, 3, 4, 5, 9):
+            raw, act = random_case(weight_type, rows, k, n, seed)
+            expected = reference.mul_mat(raw, weight_type, (rows, k), act)
+            got = cpu.mul_mat(raw, weight_type, (rows, k), act)
+            assert expected.shape == (n, rows)
+            assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), (rows, k, n)
+
+
+@pytest.mark.parametrize("weight_type", LEGACY_TYPES)
+def test_every_token_is_its_own_dot_product(weight_type):
+    """vec_dot and tinyBLAS do the same float operations per output: a batch gives each
+    token's one-token result."""
+    raw, act = random_case(weight_type, 16, 128, 6, 11)
+    batch = cpu.mul_mat(raw, weight_type, (16, 128), act)
+    for t in range(6):
+        one = type(act)(*(None if f is None else f[t:t + 1] for f in act))
+        assert np.array_equal(cpu.mul_mat(raw, weight_type, (16, 128), one), batch[t:t + 1])
+
+
+@pytest.fixture(scope="module")
+def golden_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("legacy-golden")
+    return {kind: refllm.open(rebuild_model(kind, root)) for kind in GOLDEN_TYPES}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", GOLDEN_TYPES)
+def test_bit_exact_against_llama_cpp(golden_models, kind, backend):
+    """Every stored product of golden/matmul/<kind>.npz (and the Q8_0 output matrix), batched
+    and token by token, on llama.cpp's own input, equals llama.cpp's output."""
+    module = BACKENDS[backend]
+    golden = load_matmul_golden(kind)
+    model = golden_models[kind]
+    checked = 0
+    for mode, run in golden.runs.items():
+        for key, arrays in run.items():
+            if key.startswith("kq"):
+                continue
+            raw = np.asarray(model.tensor_bytes(key))
+            src1, dst = arrays["src1"], arrays["dst"]
+            shape = (dst.shape[1], src1.shape[1])
+            weight_type = kind if key != "output.weight" else "Q8_0"
+            convert = lambda x: converted_activations(x, weight_type)[1]     # noqa: E731
+            if mode == "nb1":
+                y = np.concatenate([module.mul_mat(raw, weight_type, shape, convert(src1[t:t + 1]))
+                                    for t in range(len(src1))])
+            else:
+                y = module.mul_mat(raw, weight_type, shape, convert(src1))
+            assert np.array_equal(y.view(np.uint32), dst.view(np.uint32)), (mode, key, int((y != dst).sum()))
+            checked += 1
+    assert checked >= 8
