@@ -545,8 +545,11 @@ def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -
 def compare(ref, test, as_json) -> int:
     """Compare two logits files (from refllm logits, or any engine writing the same keys) with
     llama-perplexity's statistics: KLD (mean, max, p99, median), same top-1 %, RMS delta-p,
-    NMSE, max |delta logit|. REF is the reference (e.g. llama.cpp); it may also be one of
-    golden/logits' files, compared at the positions it stores."""
+    NMSE, max |delta logit|, and how many rows are identical. REF is the reference (e.g.
+    llama.cpp); it may also be one of golden/logits' files, compared at the positions it
+    stores (rows identical once TEST is rounded to their float16)."""
+    import numpy as np
+
     from refllm.engine.compare import (check_same_tokens, compare_logits, format_report, load_logits,
                                        load_reference)
 
@@ -555,8 +558,8 @@ def compare(ref, test, as_json) -> int:
     check_same_tokens(ref_tokens, test_tokens, ref, test)
     if len(positions) == len(ref_tokens):
         stats = compare_logits(ref_rows, test_logits, tokens=ref_tokens)
-    else:       # a compact reference (golden/logits): only its stored positions, and no delta-p
-        stats = compare_logits(ref_rows, test_logits[positions])
+    else:       # a compact reference (golden/logits): its stored float16 rows only, no delta-p
+        stats = compare_logits(ref_rows, test_logits[positions], ref_precision=np.float16)
     click.echo(json.dumps(stats) if as_json else format_report(stats))
     return 0
 

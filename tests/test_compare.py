@@ -56,6 +56,7 @@ def test_identical_logits_give_zero_divergence_and_full_agreement():
     assert stats["same_top1_pct"] == 100.0
     assert stats["rms_dp_pct"] == 0.0
     assert stats["max_abs_dlogit"] == 0.0
+    assert stats["identical_rows"] == 6
 
 
 def test_hand_computed_two_positions_three_tokens():
@@ -83,6 +84,14 @@ def test_hand_computed_two_positions_three_tokens():
     # test - ref: row 0 [-ln2, ln2, 0], row 1 [5, 5, 5]: sum of squares 2 ln2^2 + 75.
     assert stats["nmse"] == pytest.approx((2 * LN2**2 + 75) / (4 / 3 * LN2**2), rel=1e-12)
     assert stats["max_abs_dlogit"] == pytest.approx(5.0, rel=1e-12)
+    assert stats["identical_rows"] == 0
+
+
+def test_identical_rows_count_exact_rows_after_rounding_to_the_references_precision():
+    ref = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32)
+    test = ref + np.array([[0.0], [1e-4], [1.0]], np.float32)     # row 1 rounds back in float16
+    assert compare_logits(ref, test)["identical_rows"] == 1
+    assert compare_logits(ref, test, ref_precision=np.float16)["identical_rows"] == 2
 
 
 def test_kld_is_ref_against_test_not_the_reverse():

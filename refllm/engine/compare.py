@@ -232,7 +232,7 @@ def per_position_delta_p(ref_logits: Any, test_logits: Any, tokens: Any) -> np.n
 
 
 def compare_logits(ref_logits: Any, test_logits: Any, tokens: Any = None,
-                   positions: Any = None) -> dict[str, float | int | None]:
+                   positions: Any = None, ref_precision: Any = None) -> dict[str, float | int | None]:
     """llama-perplexity's KL-divergence statistics of test against ref, as a JSON-ready dict.
 
     ref_logits, test_logits: float [n, n_vocab], row i predicting token i+1.
@@ -240,6 +240,8 @@ def compare_logits(ref_logits: Any, test_logits: Any, tokens: Any = None,
     positions: which rows to compare (integer indices or a boolean mask of length n), e.g.
         np.arange(n // 2, n) for the second half of a chunk as llama-perplexity scores it;
         None compares every row.
+    ref_precision: the float type ref was stored in when narrower than test's (np.float16 for
+        golden/logits' rows): identical_rows then rounds test to it first.
 
     Keys (plain Python floats and ints, or None):
       n_positions      rows compared
@@ -255,6 +257,7 @@ def compare_logits(ref_logits: Any, test_logits: Any, tokens: Any = None,
                        (check-nmse.py: mse / var(ref)); 0 when equal; None when ref is constant
                        and test differs (check-nmse.py says inf, which JSON cannot carry)
       max_abs_dlogit   max |test - ref| over every compared logit
+      identical_rows   rows where every test logit equals ref's (after rounding to ref_precision)
     """
     ref_logits, test_logits = _checked_pair_of_logits(ref_logits, test_logits)
     n_rows = len(ref_logits)
@@ -268,6 +271,8 @@ def compare_logits(ref_logits: Any, test_logits: Any, tokens: Any = None,
     kld = per_position_kld(ref_logits, test_logits)                       # [k]
     same_top1 = np.argmax(ref_logits, axis=1) == np.argmax(test_logits, axis=1)   # [k]
     nmse, max_abs_dlogit = _logit_errors(ref_logits, test_logits)
+    rounded = test_logits if ref_precision is None else test_logits.astype(ref_precision)
+    identical_rows = int(np.sum(np.all(rounded == ref_logits, axis=1)))
 
     rms_dp_pct = None
     if tokens is not None:
@@ -289,6 +294,7 @@ def compare_logits(ref_logits: Any, test_logits: Any, tokens: Any = None,
         "rms_dp_pct": rms_dp_pct,
         "nmse": nmse,
         "max_abs_dlogit": max_abs_dlogit,
+        "identical_rows": identical_rows,
     }
 
 
@@ -349,6 +355,7 @@ def format_report(stats: dict[str, float | int | None]) -> str:
         ("Same top p", percent(stats["same_top1_pct"])),
         ("NMSE", scientific(stats["nmse"])),
         ("Max |dlogit|", f"{stats['max_abs_dlogit']:.6g}"),
+        ("Identical rows", f"{stats['identical_rows']} of {stats['n_positions']}"),
     ]
     label_width = max(len(label) for label, _ in lines)
     return "\n".join(f"{label.ljust(label_width)} : {value}" for label, value in lines)
