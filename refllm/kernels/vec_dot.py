@@ -133,11 +133,12 @@ def integer_matmul(x: np.ndarray, raw, weight_type: str, shape, backend: str = "
     if flat.size != rows * nb * row.block_bytes:
         raise ValueError(f"{flat.size} bytes is not {rows} rows of {nb} {weight_type} blocks "
                          f"({row.block_bytes} bytes each)")
+    act_type = INTEGER_KERNELS[weight_type]
     if act is None:
         _, act = converted_activations(x, weight_type)
-    elif act.q.shape != x.shape or act.d.shape != (x.shape[0], nb) or (act.s is None) != (INTEGER_KERNELS[weight_type] != "Q8_1") \
-            or (act.bsums is None) != (INTEGER_KERNELS[weight_type] != "Q8_K"):
-        raise ValueError(f"act is not {INTEGER_KERNELS[weight_type]} activations of x's shape {x.shape}")
+    elif (act.q.shape != x.shape or act.d.shape != (x.shape[0], nb)
+          or (act.s is None) != (act_type != "Q8_1") or (act.bsums is None) != (act_type != "Q8_K")):
+        raise ValueError(f"act is not {act_type} activations of x's shape {x.shape}")
     n = x.shape[0]
     if backend == "numpy":
         from refllm.kernels.reference import int_dot as reference
@@ -146,14 +147,17 @@ def integer_matmul(x: np.ndarray, raw, weight_type: str, shape, backend: str = "
     from refllm.kernels.cpu import int_dot as cpu
     kernel = getattr(cpu, weight_type.lower())
     w = np.ascontiguousarray(flat).reshape(rows, nb, row.block_bytes)
+    if w.flags.writeable:            # always read-only, as an mmapped model's bytes are, so that
+        w = w.view()                 # Numba compiles one version of each kernel, not two
+        w.flags.writeable = False
     q = np.ascontiguousarray(act.q).reshape(n, nb, row.block_elems)
     d = np.ascontiguousarray(act.d, np.float32)
     out = np.empty((n, rows), np.float32)
     if rows == 0 or n == 0:
         return out
-    if INTEGER_KERNELS[weight_type] == "Q8_1":
+    if act_type == "Q8_1":
         kernel(w, q, d, np.ascontiguousarray(act.s, np.float32), out)
-    elif INTEGER_KERNELS[weight_type] == "Q8_K":
+    elif act_type == "Q8_K":
         kernel(w, q, d, np.ascontiguousarray(act.bsums).reshape(n, nb, 16), out)
     else:
         kernel(w, q, d, out)
