@@ -23,6 +23,8 @@ quantized types, rounded float32 rows for F16/BF16, x itself for F32).
                                          4s) and ggml_vec_dot_f32/_f16/_bf16 otherwise
     repack   Q4_0, Q4_K in the repack    repack.cpp's q4_0_8x8 / q4_K_8x8 gemm (rows 0 .. n - n%4)
              buffer                      and gemv (the last n % 4)
+    kquants  Q2_K, Q3_K, Q5_K, Q6_K      tiled.cpp's AVX2 microtiles (8 or more tokens) and
+                                         ggml_vec_dot_q<N>_K_q8_K (fewer)
 
 llama.cpp repacks a Q4_0 or Q4_K matrix at load (the CPU_REPACK buffer) when its rows are whole
 8s and it is a MUL_MAT weight (token_embd, read by GET_ROWS, is not, even when it is also the
@@ -44,6 +46,7 @@ from refllm.kernels import vec_dot
 FAMILY: dict[str, str] = {
     "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy",
     "F32": "float", "F16": "float", "BF16": "float",
+    "Q2_K": "kquants", "Q3_K": "kquants", "Q5_K": "kquants", "Q6_K": "kquants",
 }
 # the types llama.cpp's AVX2 build repacks (ggml_repack_get_optimal_repack_type), and the row
 # multiple it needs
