@@ -462,6 +462,7 @@ def generate(args, system, raw, num_predict, temperature, top_k, top_p, min_p, r
         prompt = _read_stdin_text()
     tokenizer = Tokenizer.from_model(model)
     transformer = Transformer(model, numerics)
+    _warn_inexact(transformer)
     n_ctx = ctx if ctx is not None else min(4096, transformer.config.n_ctx_train or 4096)
     if n_ctx < 8:
         raise RefllmError(f"--ctx must be at least 8 tokens, not {n_ctx}")
@@ -519,6 +520,7 @@ def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -
         raise RefllmError("give exactly one of --prompt TEXT and --tokens 1,2,3")
     opened = _open_for_running(model)
     transformer = Transformer(opened, numerics)
+    _warn_inexact(transformer)
     if token_list is not None:
         ids = _parse_token_list(token_list)
     else:
@@ -562,6 +564,16 @@ def compare(ref, test, as_json) -> int:
         stats = compare_logits(ref_rows, test_logits[positions], ref_precision=np.float16)
     click.echo(json.dumps(stats) if as_json else format_report(stats))
     return 0
+
+
+def _warn_inexact(transformer) -> None:
+    """One line on stderr when the numerics mode cannot reproduce some matrix's kernel."""
+    inexact = transformer.inexact_matrices
+    if inexact:
+        more = f" and {len(inexact) - 3} more" if len(inexact) > 3 else ""
+        click.echo(f"refllm: warning: --numerics {transformer.numerics.name} does not reproduce llama.cpp's "
+                   f"kernels for {', '.join(inexact[:3])}{more}: their products are exact only up to "
+                   f"float32 summation order", err=True)
 
 
 def _show_piece(piece: bytes) -> str:

@@ -310,3 +310,20 @@ def test_cli_compare_against_a_compact_golden_file(smollm2_path, tmp_path, capsy
     stats = json.loads(out)
     assert code == 0 and stats["n_positions"] == n_stored and stats["rms_dp_pct"] is None
     assert 0 < stats["kld_mean"] <= 2e-2
+
+
+def test_ggml_numerics_name_the_matrices_they_do_not_reproduce(tmp_path, capsys, monkeypatch):
+    """Every synth type has a reproduced kernel; take Q8_0's away and its matrices are named by
+    Transformer.inexact_matrices, and the CLI warns on one line (the logits are still written)."""
+    from refllm.engine.synth import write_synthetic_model
+    from refllm.kernels import ggml_matmul
+    path = write_synthetic_model(tmp_path / "m.gguf", "llama", seed=3)
+    assert Transformer(refllm.open(path), "ggml").inexact_matrices == []
+    monkeypatch.delitem(ggml_matmul.FAMILY, "Q8_0")
+    net = Transformer(refllm.open(path), "ggml")
+    assert net.inexact_matrices == ["blk.0.attn_output.weight (Q8_0)", "blk.1.attn_output.weight (Q8_0)"]
+    assert Transformer(refllm.open(path), "f32").inexact_matrices == []
+    code, _, err = run(["logits", str(path), "--tokens", "1,2,3", "--numerics", "ggml", "-o", tmp_path / "l.npz"], capsys)
+    assert code == 0 and (tmp_path / "l.npz").exists()
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "blk.0.attn_output.weight (Q8_0)" in warning[0]

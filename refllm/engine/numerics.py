@@ -24,7 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from refllm.engine.weights import Matrix
+from refllm.engine.config import ModelConfigError
+from refllm.engine.weights import Matrix, ModelWeights
 from refllm.formats.ggml_types import type_name
 from refllm.kernels import ggml_matmul, vec_dot, x86
 from refllm.kernels.reference.activations import f16 as round_to_f16
@@ -48,21 +49,60 @@ def matmul_f32(x: np.ndarray, w: Matrix) -> np.ndarray:
     return y
 
 
+def _mul_mat_weight(w: Matrix) -> bool:
+    """Whether llama.cpp loads w as a MUL_MAT weight (which may be repacked): every matrix but
+    token_embd, which it loads for GET_ROWS even when it is also the output matrix."""
+    return w.name != "token_embd.weight"
+
+
+def matmul_ggml_is_exact(w: Matrix) -> bool:
+    """Whether matmul_ggml reproduces llama.cpp's kernel for w bit for bit (refllm.kernels.
+    ggml_matmul has its family; a big-endian file's matrices are not reproduced)."""
+    family = ggml_matmul.family(type_name(w.ggml_type), w.shape, _mul_mat_weight(w))
+    return family is not None and w.byteorder == "<"
+
+
 def matmul_ggml(x: np.ndarray, w: Matrix) -> np.ndarray:
-    """x [n, in] @ W.T -> [n, out] as llama.cpp's CPU backend computes it: x converted to W's
-    vec_dot_type first (quantized to Q8_0/Q8_1/Q8_K, or rounded to fp16/bf16), then multiplied
-    by W decoded exactly. For Q4_1/Q5_1 weights, the fp16 rounding of each activation block's
-    sum s reaches the result through the weight blocks' minimums m, and is added."""
+    """x [n, in] @ W.T -> [n, out] as llama.cpp's CPU backend computes it.
+
+    Where matmul_ggml_is_exact(w), with llama.cpp's kernel for the type and batch size, bit
+    for bit. Otherwise the same up to float32 summation order: x converted to W's
+    vec_dot_type (quantized to Q8_0/Q8_1/Q8_K, or rounded to fp16/bf16), multiplied by W
+    decoded exactly, and for Q4_1/Q5_1 weights the fp16 rounding of each activation block's sum
+    s added through the weight blocks' minimums m."""
     weight_type = type_name(w.ggml_type)
-    mul_mat_weight = w.name != "token_embd.weight"          # llama.cpp loads it for GET_ROWS
-    if ggml_matmul.family(weight_type, w.shape, mul_mat_weight) and w.byteorder == "<":
-        return ggml_matmul.mul_mat(x, w.raw, weight_type, w.shape, mul_mat_weight=mul_mat_weight)
+    if matmul_ggml_is_exact(w):
+        return ggml_matmul.mul_mat(x, w.raw, weight_type, w.shape, mul_mat_weight=_mul_mat_weight(w))
     converted, rows = vec_dot.converted_activations(x, weight_type)
     y = matmul_f32(converted, w)
     if vec_dot.vec_dot_type(weight_type) == "Q8_1":
         minimums = vec_dot.block_minimums(w.raw, weight_type, w.shape[0], w.byteorder)    # [out, blocks]
         y += vec_dot.q8_1_sum_correction(rows) @ minimums.T
     return y
+
+
+def _all_matrices(weights: ModelWeights) -> list[Matrix]:
+    """Every matrix the forward pass multiplies by (the output matrix once, even when tied)."""
+    return [weights.output] + [m for layer in weights.layers for m in layer.matrices.values()]
+
+
+def no_inexact_matrices(weights: ModelWeights) -> list[str]:
+    """f32 makes no claim to reproduce llama.cpp's kernels: nothing to report."""
+    return []
+
+
+def ggml_inexact_matrices(weights: ModelWeights) -> list[str]:
+    """The matrices ("name (TYPE)") whose products matmul_ggml computes only up to float32
+    summation order, not bit for bit. ModelConfigError for a type llama.cpp's CPU backend has
+    no matmul for."""
+    inexact = []
+    for w in _all_matrices(weights):
+        name = type_name(w.ggml_type)
+        if name not in vec_dot.VEC_DOT_TYPE:
+            raise ModelConfigError(f"{w.name}: llama.cpp's CPU backend has no matrix product for {name} weights")
+        if not matmul_ggml_is_exact(w):
+            inexact.append(f"{w.name} ({name})")
+    return inexact
 
 
 def silu_f32(x: np.ndarray) -> np.ndarray:
@@ -141,11 +181,12 @@ class Numerics:
     cache_matmul: Callable[[np.ndarray, np.ndarray, int], np.ndarray]   # (rows, columns, n_tokens)
     soft_max: Callable[[np.ndarray, np.float32, np.ndarray], np.ndarray]  # (scores, scale, hidden)
     activations: dict[str, Callable[[np.ndarray], np.ndarray]]
+    inexact_matrices: Callable[[ModelWeights], list[str]]  # what it does not reproduce bit for bit
 
 
 NUMERICS: dict[str, Numerics] = {
     "f32": Numerics("f32", matmul_f32, np.float32, cache_matmul_f32, soft_max_f32,
-                    {"silu": silu_f32, "gelu_tanh": gelu_tanh_f32}),
+                    {"silu": silu_f32, "gelu_tanh": gelu_tanh_f32}, no_inexact_matrices),
     "ggml": Numerics("ggml", matmul_ggml, np.float16, cache_matmul_ggml, x86.soft_max,
-                     {"silu": x86.silu, "gelu_tanh": gelu_tanh_ggml}),
+                     {"silu": x86.silu, "gelu_tanh": gelu_tanh_ggml}, ggml_inexact_matrices),
 }

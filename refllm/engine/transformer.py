@@ -54,6 +54,8 @@ class Transformer:
         self.config = ModelConfig.from_model(model)
         self.weights = ModelWeights.from_model(model, self.config)
         self.numerics: Numerics = NUMERICS[numerics]
+        # the matrices whose products this numerics mode computes only approximately
+        self.inexact_matrices: list[str] = self.numerics.inexact_matrices(self.weights)
         cfg = self.config
         # rope: each layer's base, scale and divisors (gemma3's local layers: own base, no scaling)
         divisors = self.weights.rope_freqs
