@@ -242,3 +242,50 @@ def test_golden_output_is_its_input_rounded_then_multiplied(models, kind):
     refllm's float32 product lands within float32 summation-order noise of the stored dst."""
     for (mode, key), (delta, rel) in measure(load_matmul_golden(kind), models[kind], round_like_llama_cpp).items():
         assert rel < ROUNDED_BOUND, (kind, mode, key, delta, rel)
+
+
+def ggml_product(golden: MatmulGolden, model_path: Path, mode: str, key: str) -> np.ndarray:
+    """refllm --numerics ggml's product for one stored product, on llama.cpp's own src1: the
+    weight products through refllm.engine.numerics.matmul_ggml (as the forward pass calls it:
+    token by token for nb1), kq-0/kqv-0 through refllm.kernels.x86.f16_matmul (attention's)."""
+    from refllm.engine.numerics import matmul_ggml
+    from refllm.engine.weights import Matrix
+    from refllm.kernels.x86 import f16_matmul
+
+    arrays = golden.runs[mode][key]
+    src1 = arrays["src1"]
+    if key.endswith(".weight"):
+        model = refllm.open(model_path)
+        t = model.tensor(key)
+        w = Matrix(key, model.tensor_bytes(key), t.ggml_type, tuple(t.shape), model.byteorder)
+        if mode == "nb1":
+            return np.concatenate([matmul_ggml(src1[i:i + 1], w) for i in range(len(src1))])
+        return matmul_ggml(src1, w)
+    src0 = arrays["src0"]                                   # [n_kv_head, rows, k], fp16 values
+    repeat = src1.shape[0] // src0.shape[0]
+    out = []
+    for h in range(src1.shape[0]):
+        columns = src1[h].astype(np.float16).astype(np.float32)
+        if mode == "nb1":                                   # token t saw the cells up to t, zeros after
+            out.append(np.concatenate([
+                f16_matmul(np.where(np.arange(len(src0[0]))[:, None] <= t, src0[h // repeat], 0),
+                           columns[t:t + 1], tinyblas=False) for t in range(len(columns))]
+                if key == "kq-0" else [f16_matmul(src0[h // repeat], columns[t:t + 1], tinyblas=False)
+                                       for t in range(len(columns))]))
+        else:
+            out.append(f16_matmul(src0[h // repeat], columns, tinyblas=True))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_ggml_numerics_products_are_llama_cpp_bits(models, kind):
+    """--numerics ggml's single products on llama.cpp's input equal llama.cpp's output bit for
+    bit, for every weight type, one batch of 32 tokens and token by token: max|Δ| = 0 (the
+    figure golden/RESULTS.md records per type)."""
+    golden = load_matmul_golden(kind)
+    for mode, run in golden.runs.items():
+        for key, arrays in run.items():
+            ours = ggml_product(golden, models[kind], mode, key)
+            assert ours.shape == arrays["dst"].shape, (mode, key)
+            assert np.array_equal(ours.view(np.uint32), arrays["dst"].view(np.uint32)), \
+                (kind, mode, key, float(np.abs(ours - arrays["dst"]).max()))

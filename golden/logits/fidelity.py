@@ -1,7 +1,7 @@
 """How close refllm's logits are to llama.cpp's on every golden/logits case: the table of
 golden/RESULTS.md.
 
-    python golden/logits/fidelity.py [--numerics f32]
+    python golden/logits/fidelity.py [--numerics f32|ggml]
 
 Runs with refllm's own Python (it never imports llama-cpp-python). For each case it rebuilds or
 fetches the model, evaluates the case's ids as llama.cpp did (in one batch; token by token for a
@@ -40,9 +40,10 @@ def main() -> None:
     variation = provenance["llama_cpp_self_variation"]["cases"]
     print(f"numerics {args.numerics}\n")
     print("| case | tokens | full rows | mean KLD | max KLD | NMSE | same top-1 (full rows) | "
-          "top-1 where margin ≥ 1 | coarse KLD, every position | llama.cpp other n_batch KLD / NMSE | "
+          "top-1 where margin ≥ 1 | coarse KLD, every position | identical float16 rows | "
+          "positions with llama.cpp's top-32 logits exactly | llama.cpp other n_batch KLD / NMSE | "
           "llama.cpp f32 KV KLD / NMSE |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, entry in sorted(provenance["cases"].items()):
             if "synth" in entry:
@@ -56,7 +57,9 @@ def main() -> None:
             tokens = golden["tokens"].tolist()
             net = Transformer(refllm.open(path), args.numerics)
             ours = prompt_logits(net, tokens, n_batch=spec[name].get("n_batch"))
-            stats = compare_logits(golden["rows"].astype(np.float32), ours[golden["positions"]])
+            stats = compare_logits(golden["rows"].astype(np.float32), ours[golden["positions"]],
+                                   ref_precision=np.float16)
+            exact_top = np.all(np.take_along_axis(ours, golden["topk_ids"], axis=1) == golden["topk_logits"], axis=1)
             margin = golden["topk_logits"][:, 0] - golden["topk_logits"][:, 1]
             sure = margin >= 1.0
             agree = ours[sure].argmax(axis=1) == golden["topk_ids"][sure, 0]
@@ -68,7 +71,8 @@ def main() -> None:
                 var["f32_kv_cache"]["kld_mean"], var["f32_kv_cache"]["nmse"]) if var else "| - | - |")
             print(f"| {name} | {len(tokens)} | {golden['positions'].size} | {stats['kld_mean']:.2e} | "
                   f"{stats['kld_max']:.2e} | {stats['nmse']:.2e} | {stats['same_top1_pct']:.1f} % | "
-                  f"{agree.sum()}/{sure.sum()} | {coarse.mean():.2e} {noise}", flush=True)
+                  f"{agree.sum()}/{sure.sum()} | {coarse.mean():.2e} | {stats['identical_rows']}/{golden['positions'].size} | "
+                  f"{exact_top.sum()}/{len(tokens)} {noise}", flush=True)
 
 
 if __name__ == "__main__":
