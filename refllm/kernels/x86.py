@@ -17,6 +17,7 @@ reduces its lanes, and its polynomial exp. This module holds those pieces:
     f16_matmul       the dot products of an F16 mul_mat (the KV cache against q or the
                      probabilities): tinyBLAS for two or more columns, ggml_vec_dot_f16 for one
     cos_sin, rotate  rope: the C library's cosf/sinf, and the rotation's fused multiply-adds
+    tanhf            the C library's tanhf (ggml's GELU table)
 
 In Numba, fma32 is LLVM's llvm.fma.f32: one rounding, an FMA instruction on x86 (or the C
 library's fmaf). NumPy has no fused multiply-add, so fma32_array, the references' version,
@@ -288,6 +289,20 @@ def _cos_sin(angles, cos, sin):
         for j in range(angles.shape[1]):
             cos[i, j] = math.cos(angles[i, j])          # float32: the C library's cosf and sinf
             sin[i, j] = math.sin(angles[i, j])
+
+
+@numba.njit(cache=True)
+def _tanhf(x, out):
+    for i in range(x.size):
+        out[i] = math.tanh(x[i])                        # float32: the C library's tanhf
+
+
+def tanhf(x: np.ndarray) -> np.ndarray:
+    """The C library's tanhf of float32 x (any shape), as ggml_gelu_f32 calls it."""
+    x = np.ascontiguousarray(x, F32)
+    out = np.empty_like(x)
+    _tanhf(x.reshape(-1), out.reshape(-1))
+    return out
 
 
 def cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
