@@ -266,6 +266,31 @@ def f16_dot_vec(a, b, out):
             out[i, j] = np.float32(total)
 
 
+def f16_matmul_reference(a: np.ndarray, b: np.ndarray, tinyblas: bool) -> np.ndarray:
+    """f16_matmul in NumPy, lane by lane as the two kernels' docstrings say: the reference the
+    Numba kernels must equal."""
+    a = np.asarray(a, F32)
+    b = np.asarray(b, F32)
+    k = a.shape[1]
+    if tinyblas and k % 8 == 0:
+        acc = np.zeros((b.shape[0], a.shape[0], 8), F32)                 # [N, M, lane]
+        for l in range(0, k, 8):
+            acc = fma32_array(a[None, :, l:l + 8], b[:, None, l:l + 8], acc)
+        return hsum8_array(acc)
+    whole = k - k % 32
+    acc = np.zeros((b.shape[0], a.shape[0], 4, 8), F32)                  # [N, M, accumulator, lane]
+    for base in range(0, whole, 32):
+        a_step = a[:, base:base + 32].reshape(1, a.shape[0], 4, 8)
+        b_step = b[:, base:base + 32].reshape(b.shape[0], 1, 4, 8)
+        acc = fma32_array(a_step, b_step, acc)
+    x0 = (acc[..., 0, :] + acc[..., 2, :]) + (acc[..., 1, :] + acc[..., 3, :])   # (x0 + x2) + (x1 + x3)
+    t = x0[..., 0:4] + x0[..., 4:8]
+    total = ((t[..., 0] + t[..., 1]) + (t[..., 2] + t[..., 3])).astype(np.float64)
+    for e in range(whole, k):
+        total += (a[None, :, e] * b[:, None, e]).astype(np.float64)
+    return total.astype(F32)
+
+
 def f16_matmul(a: np.ndarray, b: np.ndarray, tinyblas: bool) -> np.ndarray:
     """b @ a.T for an F16 mul_mat whose src0 rows are a [M, K] and whose src1 columns are
     b [N, K] (float32 arrays holding fp16 values), by tinyBLAS (ggml-cpu takes it when the
