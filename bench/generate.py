@@ -2,13 +2,14 @@
 models, on a given number of threads; optionally llama.cpp on the same tokens and threads.
 
     OPENBLAS_NUM_THREADS=1 python bench/generate.py --threads 1 [--runs 3] [--decode 32]
-        [--llama-python /tmp/golden-venv/bin/python]
+        [--numerics f32 ggml] [--llama-python /tmp/golden-venv/bin/python]
 
 Prefill is one `Transformer.forward` of the 256 tokens into an empty cache (last-token logits,
 as generation needs). Decode is greedy: forward one token, take the argmax, repeat; the rate
 is tokens per second over --decode steps after the prefill. With --llama-python, the same is
 measured with llama-cpp-python in that interpreter (`Llama.eval`, i.e. llama_decode, with
-n_batch 512 and the same thread count). Medians of --runs; prints Markdown for RESULTS.md.
+n_batch 512 and the same thread count). Each --numerics mode (default: f32 and ggml) is
+measured in the same run. Medians of --runs; prints Markdown for RESULTS.md.
 OPENBLAS_NUM_THREADS must equal --threads: refllm's products run on numpy's BLAS threads (its
 weight decoding is single-threaded), and BLAS reads the variable at import.
 """
@@ -79,6 +80,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--decode", type=int, default=32)
+    ap.add_argument("--numerics", nargs="+", default=["f32", "ggml"])
     ap.add_argument("--llama-python", help="a Python with llama-cpp-python==0.3.36, to measure llama.cpp too")
     args = ap.parse_args()
     if os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
@@ -86,15 +88,17 @@ def main() -> None:
                  "(its weight decoding is single-threaded), and BLAS reads the variable at import")
     print(f"{args.threads} thread(s), {N_PROMPT}-token prompt, {args.decode} greedy decode steps, "
           f"median of {args.runs}.\n")
-    print("| model | refllm prefill 256 | refllm decode | llama.cpp prefill 256 | llama.cpp decode |")
-    print("|---|---|---|---|---|")
+    print("| model | numerics | refllm prefill 256 | refllm decode | llama.cpp prefill 256 | llama.cpp decode |")
+    print("|---|---|---|---|---|---|")
     for name in ("smollm2", "gemma3"):
         path = fetch.ensure_pack(name, quiet=True)
         model = refllm.open(path)
         tokens = prompt_tokens(Tokenizer.from_model(model))
-        net = Transformer(model)
-        measure_refllm(net, tokens[:8], 1, 2)                     # warm-up: Numba kernels loaded
-        prefill, decode = measure_refllm(net, tokens, args.runs, args.decode)
+        figures = {}
+        for numerics in args.numerics:
+            net = Transformer(model, numerics)
+            measure_refllm(net, tokens[:8], 1, 2)                 # warm-up: Numba kernels loaded
+            figures[numerics] = measure_refllm(net, tokens, args.runs, args.decode)
         llama = "| - | - |"
         if args.llama_python:
             result = subprocess.run([args.llama_python, "-c", LLAMA_CPP_SCRIPT, str(path), json.dumps(tokens),
@@ -102,7 +106,8 @@ def main() -> None:
                                     capture_output=True, text=True, check=True)
             ll = json.loads(result.stdout.strip().splitlines()[-1])
             llama = f"| {ll['prefill']:.2f} s | {ll['decode']:.1f} tok/s |"
-        print(f"| {name} | {prefill:.2f} s | {decode:.1f} tok/s {llama}", flush=True)
+        for numerics, (prefill, decode) in figures.items():
+            print(f"| {name} | {numerics} | {prefill:.2f} s | {decode:.1f} tok/s {llama}", flush=True)
 
 
 if __name__ == "__main__":
