@@ -5,7 +5,7 @@
 One activation row (n = 1, a decode step) times the weight matrices of SmolLM2-135M (Q4_1) and
 Gemma-3-270M (Q4_K_M), random N(0, 1) weights quantized with `refllm.quantize`. Single-threaded
 on purpose, as the engine runs: OpenBLAS and Numba get one thread each (set below, before NumPy
-loads). Columns, each the median of --runs calls after one warm-up call:
+loads). Columns, each the median of --runs calls after one warm-up call, the three taking turns:
 
     integer_matmul     the whole call: x rounded to Q8_0/Q8_1/Q8_K by `converted_activations`
                        (NumPy), then the Numba integer kernel
@@ -69,14 +69,18 @@ def random_weights(rows: int, cols: int, weight_type: str, rng) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def median_ms(fn, runs: int) -> float:
-    fn()                                                           # warm-up (and JIT)
-    times = []
+def median_ms(fns, runs: int) -> list[float]:
+    """The median time of each function, in ms, the functions taking turns run by run (so that
+    a change in the machine's load falls on all of them alike)."""
+    for fn in fns:
+        fn()                                                       # warm-up (and JIT)
+    times = [[] for _ in fns]
     for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+        for fn, spent in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - t)
+    return [statistics.median(spent) * 1e3 for spent in times]
 
 
 def main() -> None:
@@ -99,9 +103,10 @@ def main() -> None:
         raw = random_weights(rows, cols, weight_type, rng)
         x = rng.standard_normal((1, cols), dtype=np.float32)
         _, act = converted_activations(x, weight_type)
-        whole = median_ms(lambda: integer_matmul(x, raw, weight_type, (rows, cols)), args.runs)
-        kernel = median_ms(lambda: integer_matmul(x, raw, weight_type, (rows, cols), act=act), args.runs)
-        base = median_ms(lambda: dequant_blas(x, raw, weight_type, rows, cols), args.runs)
+        whole, kernel, base = median_ms([
+            lambda: integer_matmul(x, raw, weight_type, (rows, cols)),
+            lambda: integer_matmul(x, raw, weight_type, (rows, cols), act=act),
+            lambda: dequant_blas(x, raw, weight_type, rows, cols)], args.runs)
         print(f"| {model} | {tensor} | {rows} x {cols} | {weight_type} | {whole:.3f} ms | {kernel:.3f} ms "
               f"| {base:.3f} ms | {base / whole:.2f}x | {rows * cols / kernel / 1e6:.2f} |", flush=True)
         del raw
