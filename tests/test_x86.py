@@ -95,3 +95,22 @@ def test_rotate_contracts_like_gcc_and_cos_sin_are_the_c_librarys():
     assert same_bits(r0, x86.fma32_array(x0, cos[0], -(x1 * sin[0])))
     assert same_bits(r1, x86.fma32_array(x0, sin[0], x1 * cos[0]))
     np.testing.assert_allclose(x86.tanhf(np.array([0.5, -3.0], F32)), np.tanh([0.5, -3.0]), rtol=1e-6)
+
+
+def test_numba_activation_converters_give_the_reference_bits():
+    """refllm/kernels/cpu/activations.py against reference/activations.py: zeros, ties of
+    |max| with both signs, heavy tails, tiny and huge rows."""
+    from refllm.kernels.cpu import activations as fast
+    from refllm.kernels.reference import activations as reference
+    rng = np.random.default_rng(4)
+    for n, k in ((1, 256), (5, 512), (3, 2048)):
+        x = (rng.standard_t(3, (n, k)) * 10.0 ** rng.uniform(-6, 6, (n, 1))).astype(F32)
+        x[0, :32] = 0
+        x[-1, 3], x[-1, 9] = 7.5, -7.5                                   # |max| twice, both signs
+        x[-1, :256] = np.clip(x[-1, :256], -7.5, 7.5)
+        for name in ("q8_0", "q8_1", "q8_k"):
+            a, b = getattr(reference, name)(x), getattr(fast, name)(x)
+            for field, u, v in zip(a._fields, a, b):
+                assert (u is None) == (v is None), (name, field)
+                if u is not None:
+                    assert u.dtype == v.dtype and np.array_equal(u.view(np.uint8), v.view(np.uint8)), (name, field)

@@ -13,22 +13,24 @@ found by convention as for the quantizers (quantize.py):
     numba     refllm/kernels/cpu/ggml_<family>.py          fast
 
 Both have `mul_mat(raw, weight_type, shape, act) -> float32 [n, rows]`, where act is what
-refllm.kernels.vec_dot.converted_activations returns for the type (QuantizedRows for the
-quantized types, rounded float32 rows for F16/BF16, x itself for F32).
+refllm.kernels.vec_dot.activation_rows returns for the type (QuantizedRows for the quantized
+types, rounded float32 rows for F16/BF16, x itself for F32).
 
     family   types                       x86 paths reproduced
     legacy   Q4_0, Q4_1, Q5_0, Q5_1,     vec_dot (one token) and tinyBLAS (two or more): the
              Q8_0                        same float operations
     float    F32, F16, BF16              tinyBLAS (two or more tokens, k whole 8s, rows whole
                                          4s) and ggml_vec_dot_f32/_f16/_bf16 otherwise
-    repack   Q4_0, Q4_K in the repack    repack.cpp's q4_0_8x8 / q4_K_8x8 gemm (rows 0 .. n - n%4)
-             buffer                      and gemv (the last n % 4)
-    kquants  Q2_K, Q3_K, Q5_K, Q6_K      tiled.cpp's AVX2 microtiles (8 or more tokens) and
-                                         ggml_vec_dot_q<N>_K_q8_K (fewer)
+    repack   Q4_0, IQ4_NL, MXFP4, Q4_K   repack.cpp's q4_0_8x8 / iq4_nl_8x8 / mxfp4_8x8 / q4_K_8x8
+             in the repack buffer        gemm (rows 0 .. n - n%4) and gemv (the last n % 4)
+    kquants  Q2_K, Q3_K, Q5_K, Q6_K,     tiled.cpp's AVX2 microtiles (8 or more tokens) and
+             Q4_K not repacked           ggml_vec_dot_q<N>_K_q8_K (fewer)
+    lut4     IQ4_NL, MXFP4 not           IQ4_NL: tinyBLAS (two or more tokens), vec_dot (one);
+             repacked                    MXFP4: ggml_vec_dot_mxfp4_q8_0 (every batch size)
 
-llama.cpp repacks a Q4_0 or Q4_K matrix at load (the CPU_REPACK buffer) when its rows are whole
-8s and it is a MUL_MAT weight (token_embd, read by GET_ROWS, is not, even when it is also the
-output matrix); `family` decides.
+llama.cpp repacks a Q4_0, IQ4_NL, MXFP4 or Q4_K matrix at load (the CPU_REPACK buffer) when its
+rows are whole 8s and it is a MUL_MAT weight (token_embd, read by GET_ROWS, is not, even when it
+is also the output matrix); `family` decides.
 
 For any other type `mul_mat` raises KeyError, and the caller falls back on the float32
 identity of refllm/kernels/vec_dot.py (right up to summation order).
@@ -46,11 +48,14 @@ from refllm.kernels import vec_dot
 FAMILY: dict[str, str] = {
     "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy",
     "F32": "float", "F16": "float", "BF16": "float",
-    "Q2_K": "kquants", "Q3_K": "kquants", "Q5_K": "kquants", "Q6_K": "kquants",
+    "Q2_K": "kquants", "Q3_K": "kquants", "Q4_K": "kquants", "Q5_K": "kquants", "Q6_K": "kquants",
+    "IQ4_NL": "lut4", "MXFP4": "lut4",
+    "IQ2_XXS": "iquants", "IQ2_XS": "iquants", "IQ2_S": "iquants", "IQ3_XXS": "iquants", "IQ3_S": "iquants",
+    "IQ1_S": "iquants", "IQ1_M": "iquants", "IQ4_XS": "iquants", "TQ1_0": "iquants", "TQ2_0": "iquants",
 }
 # the types llama.cpp's AVX2 build repacks (ggml_repack_get_optimal_repack_type), and the row
 # multiple it needs
-REPACKED: dict[str, int] = {"Q4_0": 8, "Q4_K": 8}
+REPACKED: dict[str, int] = {"Q4_0": 8, "Q4_K": 8, "IQ4_NL": 8, "MXFP4": 8}
 
 _BACKEND_PACKAGE = {"numpy": "reference", "numba": "cpu"}
 
@@ -73,5 +78,5 @@ def mul_mat(x: np.ndarray, raw: np.ndarray, weight_type: str, shape: tuple[int, 
     if family_name is None:
         raise KeyError(weight_type)
     module = importlib.import_module(f"refllm.kernels.{_BACKEND_PACKAGE[backend]}.ggml_{family_name}")
-    converted, rows = vec_dot.converted_activations(np.ascontiguousarray(x, np.float32), weight_type)
-    return module.mul_mat(raw, weight_type, shape, converted if rows is None else rows)
+    act = vec_dot.activation_rows(np.ascontiguousarray(x, np.float32), weight_type, backend)
+    return module.mul_mat(raw, weight_type, shape, act)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from refllm.kernels.cpu import activations as cpu_activations
 from refllm.kernels.reference import activations
 
 # weight type -> the type its activations are converted to (type_traits_cpu[].vec_dot_type)
@@ -36,6 +37,8 @@ VEC_DOT_TYPE: dict[str, str] = {
 _CONVERTERS = {"Q8_0": activations.q8_0, "Q8_1": activations.q8_1, "Q8_K": activations.q8_k,
                "F16": activations.f16, "BF16": activations.bf16}
 
+_FAST_CONVERTERS = {"Q8_0": cpu_activations.q8_0, "Q8_1": cpu_activations.q8_1, "Q8_K": cpu_activations.q8_k}
+
 # Q4_1 and Q5_1 blocks both begin { ggml_half d; ggml_half m; ... }: (block bytes, offset of m)
 _MIN_FIELD = {"Q4_1": (20, 2), "Q5_1": (24, 2)}
 
@@ -44,6 +47,19 @@ def vec_dot_type(weight_type: str) -> str:
     """The activation type a `weight_type` matmul converts its activations to. KeyError for a
     type llama.cpp's CPU backend cannot multiply."""
     return VEC_DOT_TYPE[weight_type]
+
+
+def activation_rows(x: np.ndarray, weight_type: str, backend: str = "numba"):
+    """x float32 [n, k] converted for a `weight_type` matmul, as the kernels take it:
+    QuantizedRows for the Q8 types (backend "numba": refllm/kernels/cpu/activations.py, or
+    "numpy": the reference; the same bits), float32 rows rounded to fp16/bf16 for F16/BF16
+    weights, x itself for F32."""
+    act = vec_dot_type(weight_type)
+    if act == "F32":
+        return x
+    if backend == "numba" and act in _FAST_CONVERTERS:
+        return _FAST_CONVERTERS[act](x)
+    return _CONVERTERS[act](x)
 
 
 def converted_activations(x: np.ndarray, weight_type: str):
