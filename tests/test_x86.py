@@ -114,3 +114,13 @@ def test_numba_activation_converters_give_the_reference_bits():
                 assert (u is None) == (v is None), (name, field)
                 if u is not None:
                     assert u.dtype == v.dtype and np.array_equal(u.view(np.uint8), v.view(np.uint8)), (name, field)
+
+
+def test_round_to_f16_is_numpys_float16_rounding():
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(200_000) * 10.0 ** rng.uniform(-9, 6, 200_000)).astype(F32)
+    x[:7] = [np.inf, -np.inf, 65519.99, 65520.0, 2.0 ** -25, -(2.0 ** -25) * 1.5, 0.0]
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16).astype(F32)
+    assert same_bits(x86.round_to_f16(x), expected)
+    assert np.isnan(x86.round_to_f16(np.array([np.nan], F32))[0])

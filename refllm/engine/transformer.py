@@ -265,6 +265,11 @@ def rope(x: np.ndarray, positions: np.ndarray, freqs: RopeFrequencies, rope_type
     return out
 
 
+def as_cache_type(x: np.ndarray, dtype) -> np.ndarray:
+    """float32 x rounded to the KV cache's element type (float16 or float32), kept as float32."""
+    return x86.round_to_f16(x) if dtype == np.float16 else np.asarray(x, F32)
+
+
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray, window: int,
               scale: np.float32, numerics: Numerics) -> np.ndarray:
     """Causal multi-head attention with grouped KV heads, as ggml's non-flash path computes it.
@@ -290,10 +295,10 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np
     for g in range(n_kv):
         # the group's query heads stacked: one product per KV head  [group * n, d]
         q_group = q[:, g * group:(g + 1) * group].transpose(1, 0, 2).reshape(group * n, d)
-        q_group = q_group.astype(keys.dtype).astype(F32, copy=False)
+        q_group = as_cache_type(q_group, keys.dtype)
         scores = numerics.cache_matmul(keys[g].astype(F32, copy=False), q_group, n)   # [group * n, T]
         probs = numerics.soft_max(scores.reshape(group, n, n_keys), scale, hidden)     # [group, n, T]
-        probs = probs.reshape(group * n, n_keys).astype(values.dtype).astype(F32, copy=False)
+        probs = as_cache_type(probs.reshape(group * n, n_keys), values.dtype)
         v_rows = np.ascontiguousarray(values[g].T, dtype=F32)                          # [dv, T]
         out[g * group:(g + 1) * group] = numerics.cache_matmul(v_rows, probs, n).reshape(group, n, dv)
     return out.transpose(1, 0, 2).reshape(n, n_head * dv)
