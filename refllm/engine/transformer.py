@@ -223,7 +223,8 @@ class RopeFrequencies:
     ggml_rope_cache_init): in float32, the angle of pair i is
         theta_i = pos * theta_scale^i      (a running product, rounded at every step)
         angle_i = freq_scale * (theta_i / divisor_i),  theta_scale = powf(base, -2 / n_rot)
-    Keeping ggml's float32 rounding matters little (1e-6 of an angle), but it costs nothing."""
+    For f32 numerics this is as good as float64 angles (1e-6 of an angle); for --numerics ggml
+    it has to be ggml's to the bit, since q and k are rounded to f16 and Q8 downstream."""
 
     def __init__(self, base: float, freq_scale: float, divisors: np.ndarray | None, n_rot: int):
         self.n_rot = n_rot
