@@ -1,11 +1,14 @@
-"""The kquants family of --numerics ggml (Q2_K, Q3_K, Q5_K, Q6_K): llama.cpp's x86 matmul bit for bit.
+"""The kquants family of --numerics ggml (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): llama.cpp's x86 matmul bit for bit.
 
 - The Numba kernels (refllm/kernels/cpu/ggml_kquants.py) give the NumPy reference's bits
   (refllm/kernels/reference/ggml_kquants.py) on random matrices, on both sides of llama.cpp's
   switch from vec_dot (fewer than 8 tokens) to tiled.cpp (8 or more), and of the Numba
   kernels' own switch of arrangement (FEW_TOKENS), over several K blocks and row chunks.
 - Both give llama.cpp's own products in golden/matmul/<T>.npz: nb512 (32 tokens in one batch:
-  tiled.cpp) and nb1 (token by token: ggml_vec_dot_q<N>_K_q8_K), every stored product.
+  tiled.cpp) and nb1 (token by token: ggml_vec_dot_q<N>_K_q8_K), every stored product. Q4_K's
+  matrices there are repacked (tests/test_ggml_repack.py); its kquants kernels (a matrix
+  llama.cpp does not repack) are checked against golden/matmul_kernels/Q4_K.npz's cpu case,
+  batch sizes 1 to 33.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ from refllm.kernels.cpu import ggml_kquants as numba_kquants
 from refllm.kernels.reference import activations
 from refllm.kernels.reference import ggml_kquants as reference
 from test_matmul_golden import MODES, load_matmul_golden, rebuild_model, weight_type
+from test_matmul_kernels_golden import assert_llama_cpp_bits
 
-KQUANTS = ("Q2_K", "Q3_K", "Q5_K", "Q6_K")
+KQUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+# golden/matmul's models whose layer matrices llama.cpp multiplies with these kernels (its Q4_K
+# matrices are repacked)
+GOLDEN_MATMUL_KQUANTS = ("Q2_K", "Q3_K", "Q5_K", "Q6_K")
 BACKENDS = ("numpy", "numba")
 
 
@@ -70,7 +77,15 @@ def test_the_two_paths_differ(n):
 def test_the_family_is_registered():
     for t in KQUANTS:
         assert ggml_matmul.FAMILY[t] == "kquants"
-        assert ggml_matmul.family(t, (256, 256)) == "kquants"
+        assert ggml_matmul.family(t, (256, 256), mul_mat_weight=t != "Q4_K") == "kquants"
+    assert ggml_matmul.family("Q4_K", (255, 256)) == "kquants"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_q4_k_not_repacked_bit_for_bit(backend):
+    """golden/matmul_kernels/Q4_K.npz's cpu case: a plain CPU buffer, batch sizes 1 to 33
+    (ggml_vec_dot_q4_K_q8_K below 8 tokens, tiled.cpp from 8)."""
+    assert assert_llama_cpp_bits("Q4_K", backend, cases=("cpu-40x768",)) == 11
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +93,12 @@ def golden_models(tmp_path_factory):
     """The golden/matmul models of the kquants types, rebuilt by refllm (their sha256 is
     tests/test_matmul_golden.py's to check)."""
     root = tmp_path_factory.mktemp("kquants-golden")
-    return {kind: refllm.open(rebuild_model(kind, root)) for kind in KQUANTS}
+    return {kind: refllm.open(rebuild_model(kind, root)) for kind in GOLDEN_MATMUL_KQUANTS}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", KQUANTS)
+@pytest.mark.parametrize("kind", GOLDEN_MATMUL_KQUANTS)
 def test_llama_cpp_products_bit_for_bit(golden_models, kind, mode, backend):
     """Every stored product of a <kind> weight, from llama.cpp's own float32 input: nb512 is
     one batch of 32 tokens (tiled.cpp), nb1 one token at a time (vec_dot)."""

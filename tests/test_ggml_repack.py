@@ -1,10 +1,12 @@
-"""The repack family (refllm/kernels/{reference,cpu}/ggml_repack.py): Q4_0 and Q4_K as llama.cpp's
-AVX2 build multiplies them (q4_0_8x8 / q4_K_8x8 gemv and gemm).
+"""The repack family (refllm/kernels/{reference,cpu}/ggml_repack.py): Q4_0, IQ4_NL, MXFP4 and Q4_K
+as llama.cpp's AVX2 build multiplies them (q4_0_8x8 / iq4_nl_8x8 / mxfp4_8x8 / q4_K_8x8 gemv and
+gemm).
 
 (1) The Numba twin gives the reference's bits on random matrices, for batch sizes that exercise
     gemm only, gemv only and both (n % 4 rows go to gemv).
 (2) Both give llama.cpp's own products bit for bit: golden/matmul/Q4_0.npz and Q4_K.npz, in one
-    batch of 32 tokens (gemm) and token by token (gemv).
+    batch of 32 tokens (gemm) and token by token (gemv); golden/matmul_kernels/<T>.npz's repack
+    cases (IQ4_NL, MXFP4, Q4_K; llama.cpp's CPU_REPACK buffer) for batch sizes 1 to 33.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from refllm.kernels import ggml_matmul
 from refllm.kernels.cpu import ggml_repack as cpu
 from refllm.kernels.reference import activations
 from refllm.kernels.reference import ggml_repack as reference
+from test_ggml_lut4 import random_case as random_lut4_case
 from test_matmul_golden import load_matmul_golden, rebuild_model
+from test_matmul_kernels_golden import assert_llama_cpp_bits
 
 BACKENDS = {"numpy": reference, "numba": cpu}
 CONVERT = {"Q4_0": activations.q8_0, "Q4_K": activations.q8_k}
@@ -45,6 +49,35 @@ def test_numba_equals_numpy_bit_for_bit(weight_type, k, n):
     got = cpu.mul_mat(raw, weight_type, (rows, k), act)
     assert expected.shape == got.shape == (n, rows) and expected.dtype == got.dtype == np.float32
     assert np.array_equal(expected.view(np.uint32), got.view(np.uint32))
+
+
+@pytest.mark.parametrize("weight_type", ["IQ4_NL", "MXFP4"])
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 33])
+def test_lut_types_numba_equals_numpy_bit_for_bit(weight_type, n):
+    rows, k = 24, 288
+    raw, act = random_lut4_case(weight_type, rows, k, n, seed=n + 50)
+    expected = reference.mul_mat(raw, weight_type, (rows, k), act)
+    got = cpu.mul_mat(raw, weight_type, (rows, k), act)
+    assert expected.shape == got.shape == (n, rows) and np.all(np.isfinite(expected))
+    assert np.array_equal(expected.view(np.uint32), got.view(np.uint32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weight_type", ["IQ4_NL", "MXFP4"])
+def test_lut_types_not_repacked_go_to_the_lut4_family(backend, weight_type):
+    module = BACKENDS[backend]
+    lut4 = pytest.importorskip(f"refllm.kernels.{'reference' if backend == 'numpy' else 'cpu'}.ggml_lut4")
+    raw, act = random_lut4_case(weight_type, 12, 64, 3, seed=3)
+    assert np.array_equal(module.mul_mat(raw, weight_type, (12, 64), act), lut4.mul_mat(raw, weight_type, (12, 64), act))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weight_type", ["IQ4_NL", "MXFP4", "Q4_K"])
+def test_repacked_products_of_llama_cpp_kernels_bit_for_bit(weight_type, backend):
+    """golden/matmul_kernels' repack cases: random blocks in llama.cpp's CPU_REPACK buffer,
+    batch sizes 1 to 33 (gemv only, gemm only, both)."""
+    case = "repack-40x768" if weight_type == "Q4_K" else "repack-40x288"
+    assert assert_llama_cpp_bits(weight_type, backend, cases=(case,)) == 11
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -139,10 +172,15 @@ def test_bit_exact_against_llama_cpp(golden_models, kind, backend):
 
 
 def test_only_mul_mat_weights_with_rows_in_eights_are_repacked():
-    """llama.cpp repacks Q4_0/Q4_K matrices loaded for MUL_MAT whose rows are whole 8s; others
-    (token_embd, read by GET_ROWS even when it is the output matrix; odd row counts) keep
-    their layout and go to vec_dot/tinyBLAS (legacy) or, for Q4_K, kernels not reproduced here."""
+    """llama.cpp repacks Q4_0/IQ4_NL/MXFP4/Q4_K matrices loaded for MUL_MAT whose rows are whole
+    8s; others (token_embd, read by GET_ROWS even when it is the output matrix; odd row counts)
+    keep their layout and go to vec_dot/tinyBLAS (legacy, lut4) or vec_dot/tiled.cpp (kquants)."""
     assert ggml_matmul.family("Q4_0", (16, 64)) == "repack"
     assert ggml_matmul.family("Q4_0", (12, 64)) == "legacy"
     assert ggml_matmul.family("Q4_0", (16, 64), mul_mat_weight=False) == "legacy"
     assert ggml_matmul.family("Q4_K", (16, 256)) == "repack"
+    assert ggml_matmul.family("Q4_K", (12, 256)) == "kquants"
+    assert ggml_matmul.family("Q4_K", (16, 256), mul_mat_weight=False) == "kquants"
+    for t in ("IQ4_NL", "MXFP4"):
+        assert ggml_matmul.family(t, (16, 64)) == "repack"
+        assert ggml_matmul.family(t, (12, 64)) == "lut4"

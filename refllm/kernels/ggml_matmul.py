@@ -27,13 +27,19 @@ types, rounded float32 rows for F16/BF16, x itself for F32).
              Q4_K not repacked           ggml_vec_dot_q<N>_K_q8_K (fewer)
     lut4     IQ4_NL, MXFP4 not           IQ4_NL: tinyBLAS (two or more tokens), vec_dot (one);
              repacked                    MXFP4: ggml_vec_dot_mxfp4_q8_0 (every batch size)
+    iquants  IQ2_XXS, IQ2_XS, IQ2_S,     tiled.cpp's AVX2 microtiles (8 or more tokens; not TQ)
+             IQ3_XXS, IQ3_S, IQ1_S,      and ggml_vec_dot_<type>_q8_K (fewer; TQ: always)
+             IQ1_M, IQ4_XS, TQ1_0, TQ2_0
 
 llama.cpp repacks a Q4_0, IQ4_NL, MXFP4 or Q4_K matrix at load (the CPU_REPACK buffer) when its
 rows are whole 8s and it is a MUL_MAT weight (token_embd, read by GET_ROWS, is not, even when it
 is also the output matrix); `family` decides.
 
-For any other type `mul_mat` raises KeyError, and the caller falls back on the float32
-identity of refllm/kernels/vec_dot.py (right up to summation order).
+Every family is checked bit for bit against llama.cpp's own products: golden/matmul (a real
+run of synthetic models) and golden/matmul_kernels (its compiled kernels on random blocks of the
+types refllm cannot quantize). For any other type (NVFP4, Q1_0, Q2_0) `mul_mat` raises KeyError,
+and the caller falls back on the float32 identity of refllm/kernels/vec_dot.py (right up to
+summation order).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Numba twin of refllm/kernels/reference/ggml_kquants.py: the same integers and the same float32
-operations in the same order, so the same bits, for Q2_K, Q3_K, Q5_K and Q6_K.
+operations in the same order, so the same bits, for Q2_K, Q3_K, Q4_K, Q5_K and Q6_K.
 
 A chunk of weight rows (about 256 KiB) is decoded from its bytes at a time into sc(e) * c(e)
 (int16) and the block scales (`_decode_rows`), then multiplied in one of two arrangements,
@@ -29,7 +29,7 @@ I32 = np.int32
 F32 = np.float32
 
 # type name -> the integer the kernels switch on
-_TYPE_CODE = {"Q2_K": 2, "Q3_K": 3, "Q5_K": 5, "Q6_K": 6}
+_TYPE_CODE = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
 # Bytes of decoded int16 weights per chunk.
 CHUNK_BYTES = 1 << 18
 # From this many tokens on, chunks are transposed and swept across rows.
@@ -102,9 +102,12 @@ def _decode_rows(blocks, code, start, stop, w, d_w, dmin_w, bw):
                             high = I32((blk[l] >> (4 * h + c)) & 1)
                             w[i, e + l] = np.int16((low + 4 * high - 4) * scale)
                 d_w[i, b] = f16_to_f32(_u16(blk, 108))
-            elif code == 5:
-                # block_q5_K { d; dmin; scales[12] (6-bit sc, m: get_scale_min_k4); qh[32]; qs[128] }
-                # weight 64j + 32u + l: nibble u of qs[32j + l], 5th bit: bit 2j + u of qh[l]
+            elif code == 4 or code == 5:
+                # block_q4_K { d; dmin; scales[12] (6-bit sc, m: get_scale_min_k4); qs[128] }
+                # block_q5_K { d; dmin; scales[12]; qh[32]; qs[128] }
+                # weight 64j + 32u + l: nibble u of qs[32j + l] (qs at 16 for Q4_K, 48 for Q5_K);
+                # Q5_K's 5th bit: bit 2j + u of qh[l]
+                qs_at = 16 if code == 4 else 48
                 for j in range(8):
                     if j < 4:
                         sc[j] = I32(blk[4 + j] & 63)
@@ -119,8 +122,8 @@ def _decode_rows(blocks, code, start, stop, w, d_w, dmin_w, bw):
                         scale = sc[2 * j + u]
                         e = o + 64 * j + 32 * u
                         for l in range(32):
-                            low = I32((blk[48 + 32 * j + l] >> (4 * u)) & 15)
-                            high = I32((blk[16 + l] >> (2 * j + u)) & 1)
+                            low = I32((blk[qs_at + 32 * j + l] >> (4 * u)) & 15)
+                            high = I32((blk[16 + l] >> (2 * j + u)) & 1) if code == 5 else I32(0)
                             w[i, e + l] = np.int16((low + 16 * high) * scale)
                 d_w[i, b] = f16_to_f32(_u16(blk, 0))
                 dmin_w[i, b] = f16_to_f32(_u16(blk, 2))
@@ -182,9 +185,12 @@ def _row_by_row(w, d_w, dmin_w, bw, n_rows, code, q, d_a, bsums, tiled, out):
     part = np.empty(32, np.int32)
     lanes = np.empty(8, np.int32)
     acc = np.empty(8, np.float32)
+    acc_m = np.empty(4, np.float32)
+    pairs = np.empty(8, np.int32)
     for r in range(n_rows):
         for t in range(n):
             acc[:] = 0
+            acc_m[:] = 0
             summs = np.float32(0)
             y = np.float32(0)
             for b in range(nb):
@@ -211,25 +217,37 @@ def _row_by_row(w, d_w, dmin_w, bw, n_rows, code, q, d_a, bsums, tiled, out):
                         pair = bw[r, b, 2 * l] * I32(bsums[t, 16 * b + 2 * l]) \
                             + bw[r, b, 2 * l + 1] * I32(bsums[t, 16 * b + 2 * l + 1])
                         s2 += pair
+                        pairs[l] = pair
                         if code == 2:
                             acc[l] = fma32(dmin, np.float32(pair), acc[l])
                         elif code == 6:
                             lanes[l] -= pair
                     if code == 5:
                         summs = fma32(dmin, np.float32(s2), summs)
+                    elif code == 4:
+                        for i in range(4):
+                            acc_m[i] = fma32(dmin, np.float32(pairs[2 * i] + pairs[2 * i + 1]), acc_m[i])
                     for l in range(8):
                         acc[l] = fma32(d, np.float32(lanes[l]), acc[l])
-            out[t, r] = y if tiled else (np.float32(hsum8(acc) + summs) if code == 5 else hsum8(acc))
+            if tiled:
+                out[t, r] = y
+            elif code == 5:
+                out[t, r] = np.float32(hsum8(acc) + summs)
+            elif code == 4:
+                m = np.float32(np.float32(acc_m[0] + acc_m[2]) + np.float32(acc_m[1] + acc_m[3]))
+                out[t, r] = np.float32(hsum8(acc) + m)
+            else:
+                out[t, r] = hsum8(acc)
 
 
 @njit(inline="always")
 def _tiled_block(code, s1, s2, d_w, dmin_w, d_a, y):
     """One K slab of tiled_run_microtile_avx2 for one output: s1 = sum sc c q (Q6_K: the
-    bsum term s2 = sum 32 sc bs still to subtract), s2 = sum mins bs (Q2_K, Q5_K)."""
+    bsum term s2 = sum 32 sc bs still to subtract), s2 = sum mins bs (Q2_K, Q4_K, Q5_K)."""
     if code == 6:
         s1 = s1 - s2
     res = np.float32(d_w * np.float32(s1))
-    if code == 2 or code == 5:
+    if code == 2 or code == 4 or code == 5:
         res = fma32(np.float32(-dmin_w), np.float32(s2), res)
     return fma32(res, d_a, y)
 
@@ -245,12 +263,14 @@ def _sweep_across_rows(w_t, d_w, dmin_w, bw, code, q, d_a, bsums, tiled, out):
     pair = np.empty(n_rows, np.int32)
     s2 = np.empty(n_rows, np.int32)
     acc = np.empty((8, n_rows), np.float32)
+    acc_m = np.empty((4, n_rows), np.float32)
     summs = np.empty(n_rows, np.float32)
     y = np.empty(n_rows, np.float32)
     d = np.empty(n_rows, np.float32)
     dmin = np.empty(n_rows, np.float32)
     for t in range(n):
         acc[:, :] = 0
+        acc_m[:, :] = 0
         summs[:] = 0
         y[:] = 0
         for b in range(nb):
@@ -286,6 +306,14 @@ def _sweep_across_rows(w_t, d_w, dmin_w, bw, code, q, d_a, bsums, tiled, out):
                         elif code == 6:
                             for r in range(n_rows):
                                 lanes[l, r] -= pair[r]
+                        elif code == 4:
+                            # acc_m[l / 2] takes the pairs of lanes 2i, 2i + 1 as one int32
+                            if l % 2 == 0:
+                                for r in range(n_rows):
+                                    s2[r] = pair[r]
+                            else:
+                                for r in range(n_rows):
+                                    acc_m[l // 2, r] = fma32(dmin[r], np.float32(s2[r] + pair[r]), acc_m[l // 2, r])
                         else:
                             for r in range(n_rows):
                                 s2[r] += pair[r]
@@ -304,4 +332,9 @@ def _sweep_across_rows(w_t, d_w, dmin_w, bw, code, q, d_a, bsums, tiled, out):
                 t2 = np.float32(acc[6, r] + acc[2, r])
                 t3 = np.float32(acc[7, r] + acc[3, r])
                 h = np.float32(np.float32(t0 + t2) + np.float32(t1 + t3))
-                out[t, r] = np.float32(h + summs[r]) if code == 5 else h
+                if code == 5:
+                    h = np.float32(h + summs[r])
+                elif code == 4:
+                    h = np.float32(h + np.float32(np.float32(acc_m[0, r] + acc_m[2, r])
+                                                  + np.float32(acc_m[1, r] + acc_m[3, r])))
+                out[t, r] = h

@@ -1,6 +1,6 @@
 """Numba twin of refllm/kernels/reference/ggml_repack.py: llama.cpp's AVX2 repack kernels for
-Q4_0 and Q4_K (q4_0_8x8, q4_K_8x8), the same float32 operations in the same order, so the
-same bits.
+Q4_0, IQ4_NL, MXFP4 and Q4_K (q4_0_8x8, iq4_nl_8x8, mxfp4_8x8, q4_K_8x8), the same float32
+operations in the same order, so the same bits.
 
 Each weight row is read straight from its bytes, one block at a time: the block's quants are
 unpacked once into a small int16 buffer (for Q4_K already times their sub-block scale, at
@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from refllm.kernels.reference.ggml_repack import INTERLEAVED_ROWS, REPACK_BLOCKS, check_shape, gemm_rows
+from refllm.kernels.reference.ggml_repack import (INTERLEAVED_ROWS, LUT_TYPES, NOT_REPACKED_FAMILY, REPACK_BLOCKS,
+                                                  check_shape, gemm_rows, lut_scales)
 from refllm.kernels.x86 import fma32
 
 I32 = np.int32
@@ -37,13 +38,14 @@ def _f16(w, r, b, at):
 
 def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> np.ndarray:
     """y float32 [n, rows], bit-identical to the reference's mul_mat (same arguments, same
-    fallback to the legacy family for a Q4_0 matrix whose row count is not a multiple of 8,
-    same ValueError for such a Q4_K one)."""
+    fallback to the legacy / lut4 family for a Q4_0 / IQ4_NL / MXFP4 matrix whose row count is
+    not a multiple of 8, same ValueError for such a Q4_K one)."""
     rows, k = shape
     raw = np.asarray(raw, np.uint8).reshape(-1)
-    if weight_type == "Q4_0" and rows % INTERLEAVED_ROWS:
-        from refllm.kernels.cpu import ggml_legacy
-        return ggml_legacy.mul_mat(raw, weight_type, shape, act)
+    if weight_type in NOT_REPACKED_FAMILY and rows % INTERLEAVED_ROWS:
+        import importlib
+        module = importlib.import_module(f"refllm.kernels.cpu.{NOT_REPACKED_FAMILY[weight_type]}")
+        return module.mul_mat(raw, weight_type, shape, act)
     check_shape(weight_type, shape)
     block, block_bytes = REPACK_BLOCKS[weight_type]
     nb = k // block
@@ -53,9 +55,11 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
         return out
     blocks = np.ascontiguousarray(raw).reshape(rows, nb, block_bytes)
     d_a = np.ascontiguousarray(act.d, F32)
-    if weight_type == "Q4_0":
+    if weight_type in LUT_TYPES:
+        qs_at, lut = LUT_TYPES[weight_type]
+        d_w = lut_scales(blocks.reshape(rows * nb, block_bytes), weight_type).reshape(rows, nb)
         a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 32)
-        q4_0_8x8_q8_0(blocks, a, d_a, out)
+        q4_0_8x8_q8_0(blocks, qs_at, lut.astype(np.int16), np.ascontiguousarray(d_w, F32), a, d_a, out)
     else:
         a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 4, 64)
         bsum32 = act.bsums.astype(I32).reshape(n, nb, 8, 2).sum(axis=-1, dtype=I32)
@@ -64,12 +68,12 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
 
 
 @njit(cache=True)
-def q4_0_8x8_q8_0(blocks, a, d_a, out):
-    """out [n, rows] = the Q4_0 repack products (gemv and gemm: the same lanes): per block,
-    acc = fma(float(isum), d_w * d_a, acc).
-    blocks uint8 [rows, nb, 18] (block_q4_0: d fp16 at 0, qs[16] at 2; byte j holds weight j
-    in its low nibble and weight j + 16 in its high one); a int16 [n, nb, 32] (the Q8_0
-    quants); d_a float32 [n, nb]."""
+def q4_0_8x8_q8_0(blocks, qs_at, lut, d_w, a, d_a, out):
+    """out [n, rows] = the Q4_0 / IQ4_NL / MXFP4 repack products (gemv and gemm: the same
+    lanes): per block, acc = fma(float(isum), d_w * d_a, acc).
+    blocks uint8 [rows, nb, block bytes] (qs[16] at qs_at; byte j holds weight j in its low
+    nibble and weight j + 16 in its high one, each a lut index: lut int16 [16]); d_w float32
+    [rows, nb] (the blocks' scales); a int16 [n, nb, 32] (the Q8_0 quants); d_a float32 [n, nb]."""
     rows, nb, _ = blocks.shape
     n = a.shape[0]
     w = np.empty(32, np.int16)
@@ -79,15 +83,14 @@ def q4_0_8x8_q8_0(blocks, a, d_a, out):
         acc[:] = 0
         for b in range(nb):
             for j in range(half):
-                byte = I32(blocks[r, b, 2 + j])
-                w[j] = np.int16(I32(byte & I32(0x0F)) - I32(8))
-                w[half + j] = np.int16(I32(byte >> I32(4)) - I32(8))
-            d_w = _f16(blocks, r, b, 0)
+                byte = I32(blocks[r, b, qs_at + j])
+                w[j] = lut[byte & I32(0x0F)]
+                w[half + j] = lut[byte >> I32(4)]
             for t in range(n):
                 isum = I32(0)
                 for i in range(w.shape[0]):
                     isum = I32(isum + I32(I32(w[i]) * I32(a[t, b, i])))
-                scale = F32(d_w * d_a[t, b])                     # fp16 * fp16: exact
+                scale = F32(d_w[r, b] * d_a[t, b])
                 acc[t] = fma32(F32(isum), scale, acc[t])
         for t in range(n):
             out[t, r] = acc[t]

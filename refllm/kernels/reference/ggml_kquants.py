@@ -1,9 +1,10 @@
-"""llama.cpp's x86 matmul for Q2_K, Q3_K, Q5_K and Q6_K, float operation for float operation (NumPy).
+"""llama.cpp's x86 matmul for Q2_K, Q3_K, Q4_K, Q5_K and Q6_K, float operation for float operation (NumPy).
 
 The Numba twin is refllm/kernels/cpu/ggml_kquants.py and must give the same bits;
 refllm/kernels/ggml_matmul.py picks the family and converts the activations (to Q8_K:
-refllm.kernels.reference.activations.q8_k). (Q4_K is not here: on AVX2 llama.cpp repacks it
-to q4_K_8x8 and multiplies it with repack.cpp's kernels.)
+refllm.kernels.reference.activations.q8_k). (Q4_K is here only where llama.cpp does not repack
+it: a matrix whose rows are not whole 8s, or token_embd read as the output matrix; the others
+go to q4_K_8x8 and repack.cpp's kernels, refllm/kernels/reference/ggml_repack.py.)
 
 On an AVX2 + FMA build (no AVX-512) ggml-cpu multiplies these types two ways
 (ggml-cpu.c ggml_compute_forward_mul_mat, ggml-cpu/tiled/):
@@ -20,6 +21,7 @@ with sc(e) the sub-block scale of weight e and c(e) its code:
     type   c(e)                  sc(e)            min term           d_w, dmin_w (fp16)
     Q2_K   0..3                  scales[e/16]&15  (scales[m]>>4)*bs  d, dmin
     Q3_K   low2+4*high-4: -4..3  6-bit - 32       -                  d
+    Q4_K   low4: 0..15           6-bit (k4)       6-bit m (k4)       d, dmin
     Q5_K   low4+16*high: 0..31   6-bit (k4)       6-bit m (k4)       d, dmin
     Q6_K   low4+16*high: 0..63   int8 scales      (32 sc subtracted) d
 
@@ -34,17 +36,20 @@ weights 4l .. 4l+3: maddubs + madd):
     Q6_K:  sumi[l] -= 32 (sc[2l] bs[2l] + sc[2l+1] bs[2l+1])          (q8sclsub)
     Q5_K:  summs = fma(dmin, (float) sum_j m[j] (bs[2j] + bs[2j+1]), summs)    scalar C; GCC
            contracts `summs += dmin * x` into a fused multiply-add (-ffp-contract=fast)
+    Q4_K:  acc_m[i] = fma(dmin, (float) (m[2i] bs32[2i] + m[2i+1] bs32[2i+1]), acc_m[i]),
+           i < 4 (an SSE accumulator; bs32[j] = bs[2j] + bs[2j+1], _mm_hadd_epi16 +
+           _mm_madd_epi16), summed at the end as (acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3])
     all:   d = d_a * d_w;  acc[l] = fma(d, (float) sumi[l], acc[l])
-    y = hsum8(acc)          (+ summs for Q5_K)
+    y = hsum8(acc)          (+ summs for Q5_K, + the acc_m sum for Q4_K)
 
 tiled (per 256-wide K slab, in K order, into the float32 output buffer zeroed per window;
 the narrow path for n <= 16 and the standard path run the same per-slab arithmetic):
 
     s1 = sum_e sc(e) c'(e) q(e)     c' = c, except Q6_K: c - 32 (the kernel biases the
                                      activation by +128 and subtracts 128 * the weight sums)
-    s2 = sum_m mins[m] bs[m]        (Q2_K; Q5_K: mins[j] (bs[2j] + bs[2j+1]))
+    s2 = sum_m mins[m] bs[m]        (Q2_K; Q4_K, Q5_K: mins[j] (bs[2j] + bs[2j+1]))
     r  = d_w * (float) s1
-    r  = fma(-dmin_w, (float) s2, r)        (Q2_K, Q5_K: _mm256_fnmadd_ps)
+    r  = fma(-dmin_w, (float) s2, r)        (Q2_K, Q4_K, Q5_K: _mm256_fnmadd_ps)
     y  = fma(r, d_a, y)                     (_mm256_fmadd_ps into the buffer)
 
 Note the tiled path multiplies d_w and d_a separately (d_a last), vec_dot multiplies d_a *
@@ -65,7 +70,7 @@ F32 = np.float32
 QK_K = 256
 
 # type -> block bytes
-KQUANT_BLOCK_BYTES: dict[str, int] = {"Q2_K": 84, "Q3_K": 110, "Q5_K": 176, "Q6_K": 210}
+KQUANT_BLOCK_BYTES: dict[str, int] = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
 
 # Below this many tokens ggml-cpu runs vec_dot; from it on, tiled.cpp (ggml_tiled_min_batch).
 TILED_MIN_BATCH = 8
@@ -77,9 +82,10 @@ class KQuantRows(NamedTuple):
     w:      int16 [rows, nb, 256]: sc(e) * c(e), the weight's sub-block scale times its code
             (Q6_K: the unsigned code 0..63; the -32 is applied through the bsums)
     d:      float32 [rows, nb]: the fp16 super-block scale
-    dmin:   float32 [rows, nb] (Q2_K, Q5_K) or None: the fp16 scale of the mins
+    dmin:   float32 [rows, nb] (Q2_K, Q4_K, Q5_K) or None: the fp16 scale of the mins
     bw:     int32 [rows, nb, 16] or None: what multiplies each of the activation block's 16
-            bsums: Q2_K its mins, Q5_K the min of sub-block m/2, Q6_K 32 * sc[m]; None for Q3_K
+            bsums: Q2_K its mins, Q4_K and Q5_K the min of sub-block m/2, Q6_K 32 * sc[m];
+            None for Q3_K
     """
     w: np.ndarray
     d: np.ndarray
@@ -88,7 +94,7 @@ class KQuantRows(NamedTuple):
 
 
 def kquant_rows(raw: np.ndarray, weight_type: str, rows: int) -> KQuantRows:
-    """Decode `rows` rows of a little-endian Q2_K/Q3_K/Q5_K/Q6_K matrix (uint8) into the
+    """Decode `rows` rows of a little-endian Q2_K/Q3_K/Q4_K/Q5_K/Q6_K matrix (uint8) into the
     integers the kernels multiply (KQuantRows). Block layouts: refllm.kernels.reference.kquants."""
     blocks = np.asarray(raw, np.uint8).reshape(-1, KQUANT_BLOCK_BYTES[weight_type])
     nb = blocks.shape[0] // rows
@@ -108,6 +114,13 @@ def kquant_rows(raw: np.ndarray, weight_type: str, rows: int) -> KQuantRows:
         s = blocks[:, 96:108]
         sc = (nibbles(s[:, 0:8]) | (_planes(s[:, 8:12], 2, 4) << 4)).astype(np.int16) - 32
         d = f16(blocks, 108)
+    elif weight_type == "Q4_K":
+        # block_q4_K { d; dmin; scales[12] (6-bit sc, m); qs[128] }
+        d, dmin = f16(blocks, 0), f16(blocks, 2)
+        sc8, m8 = _scale_min_k4(blocks[:, 4:16])                                  # [B, 8] each
+        code = _planes(blocks[:, 16:144], 4, 32).astype(np.int16)                 # 0..15
+        sc = np.repeat(sc8.astype(np.int16), 2, axis=1)                           # per 16
+        bw = np.repeat(m8.astype(np.int32), 2, axis=1)
     elif weight_type == "Q5_K":
         # block_q5_K { d; dmin; scales[12] (6-bit sc, m); qh[32]; qs[128] }
         d, dmin = f16(blocks, 0), f16(blocks, 2)
@@ -132,7 +145,7 @@ def kquant_rows(raw: np.ndarray, weight_type: str, rows: int) -> KQuantRows:
 
 
 def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> np.ndarray:
-    """y float32 [n, rows] for the little-endian `weight_type` (Q2_K, Q3_K, Q5_K, Q6_K) matrix
+    """y float32 [n, rows] for the little-endian `weight_type` (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) matrix
     raw (uint8, shape (rows, k), k whole 256s) and Q8_K activations act (QuantizedRows with
     bsums), bit for bit as llama.cpp's AVX2 build: tiled.cpp for n >= 8, vec_dot below."""
     m = kquant_rows(raw, weight_type, shape[0])
@@ -148,6 +161,7 @@ def vec_dot_matmul(weight_type: str, m: KQuantRows, q, d_a, bsums) -> np.ndarray
     n = q.shape[0]
     acc = np.zeros((n, rows, 8), F32)
     summs = np.zeros((n, rows), F32)
+    acc_m = np.zeros((n, rows, 4), F32)                                         # Q4_K
     for b in range(nb):
         wb = m.w[:, b].astype(np.int64).reshape(rows, 8, 8, 4)                 # [rows, run, lane, 4]
         qb = q[:, QK_K * b:QK_K * (b + 1)].astype(np.int64).reshape(n, 8, 8, 4)
@@ -162,10 +176,16 @@ def vec_dot_matmul(weight_type: str, m: KQuantRows, q, d_a, bsums) -> np.ndarray
             elif weight_type == "Q5_K":
                 dmin = -(d_a[:, b, None] * m.dmin[None, :, b])
                 summs = fma32_array(dmin, by_lane.sum(axis=-1).astype(F32), summs)
+            elif weight_type == "Q4_K":
+                dmin = -(d_a[:, b, None] * m.dmin[None, :, b])
+                prod = by_lane.reshape(n, rows, 4, 2).sum(axis=-1)              # [n, rows, 4]
+                acc_m = fma32_array(dmin[..., None], prod.astype(F32), acc_m)
             else:                                                               # Q6_K: q8sclsub
                 sumi = sumi - by_lane
         acc = fma32_array(d[..., None], sumi.astype(np.int32).astype(F32), acc)
     y = hsum8_array(acc)
+    if weight_type == "Q4_K":
+        return y + ((acc_m[..., 0] + acc_m[..., 2]) + (acc_m[..., 1] + acc_m[..., 3]))
     return y + summs if weight_type == "Q5_K" else y
 
 

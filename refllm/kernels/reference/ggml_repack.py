@@ -1,11 +1,13 @@
-"""llama.cpp's x86 matmul for Q4_0 and Q4_K weights, float operation for float operation (NumPy).
+"""llama.cpp's x86 matmul for repacked Q4_0, IQ4_NL, MXFP4 and Q4_K weights, float operation for
+float operation (NumPy).
 
 The Numba twin is refllm/kernels/cpu/ggml_repack.py and must give the same bits;
 refllm/kernels/ggml_matmul.py picks the family and converts the activations.
 
-On an AVX2 build, ggml-cpu loads every Q4_0 and Q4_K matrix whose row count is a multiple of
-8 into its CPU_REPACK buffer (repack.cpp ggml_repack_get_optimal_repack_type), rearranged as
-q4_0_8x8 / q4_K_8x8: eight weight rows interleaved 8 bytes at a time. Its MUL_MAT
+On an AVX2 build, ggml-cpu loads every Q4_0, IQ4_NL, MXFP4 and Q4_K matrix whose row count is a
+multiple of 8 into its CPU_REPACK buffer (repack.cpp ggml_repack_get_optimal_repack_type),
+rearranged as q4_0_8x8 / iq4_nl_8x8 / mxfp4_8x8 / q4_K_8x8: eight weight rows interleaved 8
+bytes at a time. Its MUL_MAT
 (repack.cpp tensor_traits::forward_mul_mat, forward_mul_mat_one_chunk) then
 
   - quantizes the activations: rows 0 .. n - n%4 - 1 four at a time with
@@ -33,13 +35,18 @@ The integer parts are exact. The x86 kernels sum int8 products with maddubs/madd
 saturation is reachable: |w| <= 8 against |a| <= 127 for Q4_0; q <= 15 against |a| <= 127,
 16 products per int16 lane, for Q4_K), so they are written here as plain integer sums.
 
-Q4_0 (gemv_q4_b32_8x8_q8_0_lut_avx and gemm_q4_b32_8x8_q8_0_lut_avx, the same per lane):
+Q4_0, IQ4_NL, MXFP4 (gemv_q4_b32_8x8_q8_0_lut_avx and gemm_q4_b32_8x8_q8_0_lut_avx, one
+template for the three, the same per lane):
 
     acc = 0
     for each block b of 32:
-        isum = sum(w_i * a_i)                  int32; w = q - 8 (the repack stores q ^ 0x88,
-                                               read back through a sign-extending table)
-        acc  = fma(float(isum), d_w * d_a, acc)    d_w * d_a: fp16 * fp16, exact in float32
+        isum = sum(w_i * a_i)                  int32; w = LUT[nibble]: Q4_0 q - 8 (the repack
+                                               stores q ^ 0x88, read back through a
+                                               sign-extending table), IQ4_NL kvalues_iq4nl,
+                                               MXFP4 kvalues_mxfp4 (|w| <= 127, |a| <= 127:
+                                               maddubs pairs cannot saturate)
+        acc  = fma(float(isum), d_w * d_a, acc)    d_w: fp16 (Q4_0, IQ4_NL) or E8M0 / 2
+                                               (MXFP4, GGML_CPU_E8M0_TO_FP32_HALF); d_a fp16
     y = acc
 
 Q4_K, gemv (ggml_gemv_q4_K_8x8_q8_K, one activation row):
@@ -62,17 +69,31 @@ from __future__ import annotations
 import numpy as np
 
 from refllm.kernels.reference.fields import f16, nibbles
+from refllm.kernels.reference.fp4 import e8m0_half
 from refllm.kernels.reference.kquants import _planes, _scale_min_k4
+from refllm.kernels.tables import KVALUES_IQ4NL, KVALUES_MXFP4
 from refllm.kernels.x86 import fma32_array
 
 F32 = np.float32
 
 # type -> (weights per block, bytes per block)
-#   block_q4_0 { ggml_half d; uint8 qs[16]; }             byte j: weight j (low), j + 16 (high)
-#   block_q4_K { ggml_half d; ggml_half dmin; uint8 scales[12]; uint8 qs[128]; }
+#   block_q4_0   { ggml_half d; uint8 qs[16]; }           byte j: weight j (low), j + 16 (high)
+#   block_iq4_nl { ggml_half d; uint8 qs[16]; }           the same; nibble -> kvalues_iq4nl
+#   block_mxfp4  { uint8 e; uint8 qs[16]; }               the same; nibble -> kvalues_mxfp4,
+#                                                         scale E8M0 e: 2^(e-127) / 2
+#   block_q4_K   { ggml_half d; ggml_half dmin; uint8 scales[12]; uint8 qs[128]; }
 #              qs byte 32c + l: weight 64c + l (low), 64c + 32 + l (high); scales: 8 6-bit
 #              scales and 8 6-bit mins (kquants._scale_min_k4)
-REPACK_BLOCKS: dict[str, tuple[int, int]] = {"Q4_0": (32, 18), "Q4_K": (256, 144)}
+REPACK_BLOCKS: dict[str, tuple[int, int]] = {"Q4_0": (32, 18), "IQ4_NL": (32, 18), "MXFP4": (32, 17),
+                                             "Q4_K": (256, 144)}
+# The 32-weight types of gemv/gemm_q4_b32_8x8_q8_0_lut_avx: type -> (offset of qs, nibble -> w)
+LUT_TYPES: dict[str, tuple[int, np.ndarray]] = {
+    "Q4_0": (2, np.arange(16, dtype=np.int8) - np.int8(8)),
+    "IQ4_NL": (2, KVALUES_IQ4NL),
+    "MXFP4": (1, KVALUES_MXFP4),
+}
+# Where llama.cpp goes for a matrix whose rows are not whole 8s (not repacked)
+NOT_REPACKED_FAMILY: dict[str, str] = {"Q4_0": "ggml_legacy", "IQ4_NL": "ggml_lut4", "MXFP4": "ggml_lut4"}
 # The repacked layouts (repack.h), for reference; the arithmetic does not depend on them:
 #   block_q4_0x8 { ggml_half d[8]; uint8 qs[128]; }   8 rows' blocks, 8 bytes of each in turn,
 #                                                     nibbles xor 0x88 (so q - 8 sign-extends)
@@ -103,9 +124,24 @@ def gemm_rows(n: int) -> int:
 
 def q4_0_quants(raw: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """A Q4_0 matrix's signed quants and scales: (w int8 [rows, k] = q - 8, d float32 [rows, nb])."""
-    blocks = raw.reshape(-1, 18)                                        # [rows * nb, 18]
-    w = (nibbles(blocks[:, 2:18]).astype(np.int16) - 8).astype(np.int8).reshape(rows, -1)
-    return w, f16(blocks, 0).reshape(rows, -1)
+    return lut_quants(raw, "Q4_0", rows)
+
+
+def lut_scales(blocks: np.ndarray, weight_type: str) -> np.ndarray:
+    """float32 [n_blocks] scales d_w of Q4_0 / IQ4_NL / MXFP4 blocks (uint8 [n_blocks, bytes]):
+    the fp16 d, or MXFP4's E8M0 e as 2^(e-127) / 2."""
+    if weight_type == "MXFP4":
+        return e8m0_half(blocks[:, 0])
+    return f16(blocks, 0)[:, 0]
+
+
+def lut_quants(raw: np.ndarray, weight_type: str, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """A Q4_0 / IQ4_NL / MXFP4 matrix's signed weights and scales: (w int8 [rows, k] = LUT[nibble],
+    d float32 [rows, nb])."""
+    qs_at, lut = LUT_TYPES[weight_type]
+    blocks = np.asarray(raw, np.uint8).reshape(-1, REPACK_BLOCKS[weight_type][1])
+    w = lut[nibbles(blocks[:, qs_at:qs_at + 16])].reshape(rows, -1)
+    return w, lut_scales(blocks, weight_type).reshape(rows, -1)
 
 
 def q4_k_fields(raw: np.ndarray, rows: int):
@@ -120,26 +156,28 @@ def q4_k_fields(raw: np.ndarray, rows: int):
 
 
 def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> np.ndarray:
-    """y float32 [n, rows] for the little-endian `weight_type` ("Q4_0" or "Q4_K") matrix raw
-    (uint8, shape (rows, k)) and activations act (activations.q8_0 QuantizedRows for Q4_0,
-    activations.q8_k for Q4_K), bit for bit as llama.cpp's AVX2 repack kernels: rows
-    0 .. n - n%4 - 1 as gemm, the last n % 4 as gemv (the module docstring).
+    """y float32 [n, rows] for the little-endian `weight_type` ("Q4_0", "IQ4_NL", "MXFP4" or
+    "Q4_K") matrix raw (uint8, shape (rows, k)) and activations act (activations.q8_0
+    QuantizedRows for the first three, activations.q8_k for Q4_K), bit for bit as llama.cpp's
+    AVX2 repack kernels: rows 0 .. n - n%4 - 1 as gemm, the last n % 4 as gemv (the module
+    docstring).
 
-    A Q4_0 matrix whose row count is not a multiple of 8 is not repacked by llama.cpp; it
-    goes through vec_dot / tinyBLAS, which refllm/kernels/reference/ggml_legacy.py reproduces,
-    and so does this function then. Such a Q4_K matrix (llama.cpp: vec_dot_q4_K_q8_K) raises
-    ValueError: not reproduced."""
+    A Q4_0, IQ4_NL or MXFP4 matrix whose row count is not a multiple of 8 is not repacked by
+    llama.cpp; it goes through vec_dot / tinyBLAS, which refllm/kernels/reference/ggml_legacy.py
+    and ggml_lut4.py reproduce, and so does this function then. Such a Q4_K matrix raises
+    ValueError (refllm/kernels/reference/ggml_kquants.py has its kernels)."""
     rows, k = shape
     raw = np.asarray(raw, np.uint8).reshape(-1)
-    if weight_type == "Q4_0" and rows % INTERLEAVED_ROWS:
-        from refllm.kernels.reference import ggml_legacy
-        return ggml_legacy.mul_mat(raw, weight_type, shape, act)
+    if weight_type in NOT_REPACKED_FAMILY and rows % INTERLEAVED_ROWS:
+        import importlib
+        module = importlib.import_module(f"refllm.kernels.reference.{NOT_REPACKED_FAMILY[weight_type]}")
+        return module.mul_mat(raw, weight_type, shape, act)
     check_shape(weight_type, shape)
     n = act.q.shape[0]
     g = gemm_rows(n)
     out = np.empty((n, rows), F32)
-    if weight_type == "Q4_0":
-        w, d_w = q4_0_quants(raw, rows)
+    if weight_type in LUT_TYPES:
+        w, d_w = lut_quants(raw, weight_type, rows)
         out[:] = q4_0_8x8_q8_0(w, d_w, act.q, act.d)        # gemm and gemv: the same lanes
         return out
     fields = q4_k_fields(raw, rows)
@@ -151,14 +189,14 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
 
 
 def q4_0_8x8_q8_0(w, d_w, a, d_a) -> np.ndarray:
-    """ggml_gemv_q4_0_8x8_q8_0 / ggml_gemm_q4_0_8x8_q8_0 (AVX2): y [n, rows] for weights
-    (w int8 [rows, k], d_w [rows, nb]) and Q8_0 activations (a int8 [n, k], d_a [n, nb]):
-    per block, acc = fma(float(isum), d_w * d_a, acc)."""
+    """ggml_gemv/gemm_{q4_0,iq4_nl,mxfp4}_8x8_q8_0 (AVX2): y [n, rows] for weights (w int8
+    [rows, k], d_w [rows, nb]) and Q8_0 activations (a int8 [n, k], d_a [n, nb]): per block,
+    acc = fma(float(isum), d_w * d_a, acc)."""
     rows, k = w.shape
     n, nb = a.shape[0], k // 32
     isum = np.einsum("rbi,tbi->trb", w.reshape(rows, nb, 32).astype(np.int32),
                      a.reshape(n, nb, 32).astype(np.int32))                    # [n, rows, nb]
-    scale = d_w[None, :, :] * d_a[:, None, :]                                   # float32, exact
+    scale = d_w[None, :, :] * d_a[:, None, :]                                   # float32
     acc = np.zeros((n, rows), F32)
     for b in range(nb):
         acc = fma32_array(isum[:, :, b].astype(F32), scale[:, :, b], acc)

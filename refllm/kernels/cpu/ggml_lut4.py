@@ -1,0 +1,101 @@
+"""Numba twin of refllm/kernels/reference/ggml_lut4.py: IQ4_NL and MXFP4 matrices that llama.cpp
+does not repack, as its AVX2 vec_dot and tinyBLAS multiply them; the same float32 operations in
+the same order, so the same bits.
+
+Each weight row is read straight from its bytes, one block at a time: the block's 32 weights
+are looked up once (int16), every activation row is dotted with them in 8 lanes of 4 (exact
+int32 sums), and the lanes are folded into that row's float32 accumulators in the kernel's
+order. Single-threaded, like the engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from refllm.kernels.reference.ggml_lut4 import LUT4_TYPES, TINYBLAS_MIN_BATCH, TINYBLAS_TYPES
+from refllm.kernels.reference.ggml_repack import LUT_TYPES, REPACK_BLOCKS, lut_scales
+from refllm.kernels.x86 import fma32
+
+I32 = np.int32
+F32 = np.float32
+
+
+def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> np.ndarray:
+    """y float32 [n, rows], bit-identical to the reference's mul_mat (tinyBLAS for IQ4_NL at
+    two or more tokens, vec_dot otherwise)."""
+    if weight_type not in LUT4_TYPES:
+        raise KeyError(weight_type)
+    rows, k = shape
+    nb = k // 32
+    block_bytes = REPACK_BLOCKS[weight_type][1]
+    n = act.q.shape[0]
+    out = np.empty((n, rows), F32)
+    if n == 0 or rows == 0:
+        return out
+    blocks = np.ascontiguousarray(np.asarray(raw, np.uint8).reshape(rows, nb, block_bytes))
+    qs_at, lut = LUT_TYPES[weight_type]
+    d_w = np.ascontiguousarray(lut_scales(blocks.reshape(rows * nb, block_bytes), weight_type).reshape(rows, nb), F32)
+    a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 32)
+    tinyblas = weight_type in TINYBLAS_TYPES and n >= TINYBLAS_MIN_BATCH
+    lut4_matmul(blocks, qs_at, lut.astype(np.int16), d_w, a, np.ascontiguousarray(act.d, F32), tinyblas, out)
+    return out
+
+
+@njit(cache=True)
+def lut4_matmul(blocks, qs_at, lut, d_w, a, d_a, tinyblas, out):
+    """out [n, rows]: tinyBLAS_Q0_AVX's arithmetic when `tinyblas` (one accumulator), else
+    ggml_vec_dot_{iq4_nl,mxfp4}_q8_0's (even and odd blocks apart, the scalar tail of an odd
+    block count); the reference's docstring has both.
+    blocks uint8 [rows, nb, block bytes] (qs[16] at qs_at: byte j holds weight j in its low
+    nibble and weight j + 16 in its high one, each a lut index: lut int16 [16]); d_w float32
+    [rows, nb]; a int16 [n, nb, 32] (the Q8_0 quants); d_a float32 [n, nb]."""
+    rows, nb, _ = blocks.shape
+    n = a.shape[0]
+    w = np.empty(32, np.int16)
+    half = w.shape[0] // 2
+    lanes = np.empty(8, I32)
+    acc1 = np.empty((n, 8), F32)
+    acc2 = np.empty((n, 8), F32)
+    tail = np.empty(n, F32)
+    paired = nb - nb % 2                                 # blocks in whole pairs (vec_dot)
+    for r in range(rows):
+        acc1[:, :] = 0
+        acc2[:, :] = 0
+        tail[:] = 0
+        for b in range(nb):
+            for j in range(half):
+                byte = I32(blocks[r, b, qs_at + j])
+                w[j] = lut[byte & I32(0x0F)]
+                w[half + j] = lut[byte >> I32(4)]
+            for t in range(n):
+                for l in range(8):
+                    s = I32(0)
+                    for i in range(4):
+                        s = I32(s + I32(I32(w[4 * l + i]) * I32(a[t, b, 4 * l + i])))
+                    lanes[l] = s
+                if tinyblas:
+                    scale = F32(d_w[r, b] * d_a[t, b])
+                    for l in range(8):
+                        acc1[t, l] = fma32(scale, F32(lanes[l]), acc1[t, l])
+                else:
+                    scale = F32(d_a[t, b] * d_w[r, b])
+                    if b < paired:
+                        if b % 2 == 0:
+                            for l in range(8):
+                                acc1[t, l] = fma32(scale, F32(lanes[l]), acc1[t, l])
+                        else:
+                            for l in range(8):
+                                acc2[t, l] = fma32(scale, F32(lanes[l]), acc2[t, l])
+                    else:
+                        total = I32(0)
+                        for l in range(8):
+                            total = I32(total + lanes[l])
+                        tail[t] = F32(scale * F32(total))
+        for t in range(n):
+            t0 = F32(F32(acc1[t, 4] + acc2[t, 4]) + F32(acc1[t, 0] + acc2[t, 0]))
+            t1 = F32(F32(acc1[t, 5] + acc2[t, 5]) + F32(acc1[t, 1] + acc2[t, 1]))
+            t2 = F32(F32(acc1[t, 6] + acc2[t, 6]) + F32(acc1[t, 2] + acc2[t, 2]))
+            t3 = F32(F32(acc1[t, 7] + acc2[t, 7]) + F32(acc1[t, 3] + acc2[t, 3]))
+            y = F32(F32(t0 + t2) + F32(t1 + t3))
+            out[t, r] = F32(y + tail[t]) if nb % 2 and not tinyblas else y
