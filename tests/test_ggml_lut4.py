@@ -1,4 +1,4 @@
-"""The lut4 family of --numerics ggml (IQ4_NL and MXFP4 where llama.cpp does not repack them).
+"""The lut4 family of --numerics ggml (IQ4_NL and MXFP4 where llama.cpp does not repack them; NVFP4).
 
 - The Numba kernels (refllm/kernels/cpu/ggml_lut4.py) give the NumPy reference's bits
   (refllm/kernels/reference/ggml_lut4.py) on random matrices, on both sides of IQ4_NL's switch
@@ -18,29 +18,32 @@ from refllm.kernels.reference import activations
 from refllm.kernels.reference import ggml_lut4 as reference
 from test_matmul_kernels_golden import assert_llama_cpp_bits
 
-TYPES = ("IQ4_NL", "MXFP4")
+TYPES = ("IQ4_NL", "MXFP4")                 # the two with a repacked layout
 BACKENDS = ("numpy", "numba")
-BLOCK_BYTES = {"IQ4_NL": 18, "MXFP4": 17}
+BLOCK_BYTES = {"IQ4_NL": 18, "MXFP4": 17, "NVFP4": 36}
+BLOCK_WEIGHTS = {"IQ4_NL": 32, "MXFP4": 32, "NVFP4": 64}
 
 
 def random_case(weight_type: str, rows: int, k: int, n: int, seed: int):
     """(raw uint8 [rows, row bytes], Q8_0 activations of n rows): random blocks with small scales
-    (IQ4_NL fp16 d, MXFP4 E8M0 e), heavy-tailed activations, one activation row all zeros."""
+    (IQ4_NL fp16 d, MXFP4 E8M0 e; NVFP4's UE4M3 bytes are all finite), heavy-tailed activations,
+    one activation row all zeros."""
     rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, (rows, k // 32, BLOCK_BYTES[weight_type]), dtype=np.uint8)
+    nb = k // BLOCK_WEIGHTS[weight_type]
+    blocks = rng.integers(0, 256, (rows, nb, BLOCK_BYTES[weight_type]), dtype=np.uint8)
     if weight_type == "MXFP4":
         blocks[:, :, 0] = rng.integers(110, 130, blocks.shape[:2])
-    else:
+    elif weight_type == "IQ4_NL":
         d = (rng.choice([-1, 1], blocks.shape[:2]) * 10.0 ** rng.uniform(-3, -1, blocks.shape[:2])).astype("<f2")
-        blocks[:, :, 0:2] = d.view(np.uint8).reshape(rows, k // 32, 2)
+        blocks[:, :, 0:2] = d.view(np.uint8).reshape(rows, nb, 2)
     x = (rng.standard_normal((n, k)) * rng.exponential(1.0, (n, k)) ** 2).astype(np.float32)
     if n >= 2:
         x[1] = 0
     return blocks.reshape(-1), activations.q8_0(x)
 
 
-@pytest.mark.parametrize("weight_type", TYPES)
-@pytest.mark.parametrize("k", [224, 256])
+@pytest.mark.parametrize("weight_type, k", [(t, k) for t in TYPES for k in (224, 256)]   # 7 blocks: vec_dot's tail
+                         + [("NVFP4", 192), ("NVFP4", 256)])
 @pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 33])
 def test_numba_gives_the_reference_bits(weight_type, k, n):
     rows = 21
@@ -72,6 +75,7 @@ def test_the_family_is_registered():
         assert ggml_matmul.family(t, (36, 256)) == "lut4"                        # rows not whole 8s
         assert ggml_matmul.family(t, (40, 256), mul_mat_weight=False) == "lut4"  # token_embd
         assert ggml_matmul.family(t, (40, 256)) == "repack"
+    assert ggml_matmul.FAMILY["NVFP4"] == "lut4" and "NVFP4" not in ggml_matmul.REPACKED
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -80,3 +84,9 @@ def test_llama_cpp_products_bit_for_bit(weight_type, backend):
     """Every stored product of a matrix llama.cpp kept in a plain CPU buffer (k = 288: an odd
     block count, vec_dot's scalar tail; k = 256), batch sizes 1 to 33."""
     assert assert_llama_cpp_bits(weight_type, backend, cases=("cpu-36x288", "cpu-36x256")) == 22
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nvfp4_llama_cpp_products_bit_for_bit(backend):
+    """NVFP4: vec_dot at every batch size (no tinyBLAS, tiled or x86 repack kernel); 9 blocks."""
+    assert assert_llama_cpp_bits("NVFP4", backend) == 11

@@ -1,8 +1,9 @@
 """golden/matmul_kernels: llama.cpp's own compiled matmul kernels on random blocks.
 
-golden/matmul_kernels/<T>.npz holds, for the types refllm cannot quantize (IQ*, TQ*, MXFP4) and for
-Q4_K where llama.cpp does not repack it, random weight matrices, fp16-valued activations and the
-products llama.cpp's CPU backend computed from them through ggml's graph API, in a plain CPU
+golden/matmul_kernels/<T>.npz holds, for the types refllm cannot quantize (IQ*, TQ*, MXFP4, NVFP4,
+Q1_0, Q2_0) and for Q4_K where llama.cpp does not repack it, random weight matrices, fp16-valued
+activations and the products llama.cpp's CPU backend computed from them through ggml's graph
+API, in a plain CPU
 buffer (tiled.cpp, tinyBLAS or vec_dot, by batch size) or in the CPU_REPACK buffer (repack.cpp's
 gemm/gemv), for batch sizes 1 to 33 (golden/matmul_kernels/make_golden.py).
 

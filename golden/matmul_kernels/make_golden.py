@@ -1,5 +1,6 @@
 """Make golden/matmul_kernels: llama.cpp's own matmul kernels on random blocks of the types refllm
-cannot quantize (the IQ, TQ and MXFP4 types) and of Q4_K where it is not repacked.
+cannot quantize (the IQ, TQ, MXFP4, NVFP4, Q1_0 and Q2_0 types) and of Q4_K where it is not
+repacked.
 
 Run with a Python that has llama-cpp-python==0.3.36 and numpy (never refllm's own environment):
 
@@ -67,15 +68,16 @@ THREADS = 2
 
 # ggml type ids (enum ggml_type of llama.cpp@0c1e57098; checked against ggml_type_name below)
 TYPE_ID = {"Q4_K": 12, "IQ2_XXS": 16, "IQ2_XS": 17, "IQ3_XXS": 18, "IQ1_S": 19, "IQ4_NL": 20,
-           "IQ3_S": 21, "IQ2_S": 22, "IQ4_XS": 23, "IQ1_M": 29, "TQ1_0": 34, "TQ2_0": 35, "MXFP4": 39}
+           "IQ3_S": 21, "IQ2_S": 22, "IQ4_XS": 23, "IQ1_M": 29, "TQ1_0": 34, "TQ2_0": 35, "MXFP4": 39,
+           "NVFP4": 40, "Q1_0": 41, "Q2_0": 42}
 # type -> (weights per block, bytes per block); checked against ggml_blck_size / ggml_type_size
 BLOCK = {"Q4_K": (256, 144), "IQ2_XXS": (256, 66), "IQ2_XS": (256, 74), "IQ3_XXS": (256, 98),
          "IQ1_S": (256, 50), "IQ4_NL": (32, 18), "IQ3_S": (256, 110), "IQ2_S": (256, 82),
          "IQ4_XS": (256, 136), "IQ1_M": (256, 56), "TQ1_0": (256, 54), "TQ2_0": (256, 66),
-         "MXFP4": (32, 17)}
+         "MXFP4": (32, 17), "NVFP4": (64, 36), "Q1_0": (128, 18), "Q2_0": (64, 18)}
 # type -> cases (buffer, rows, k). 40 rows: whole 8s (repackable), not whole 16s (a ragged
 # tiled.cpp microtile); 36: not whole 8s; k 288: an odd number of 32-blocks (the scalar tail
-# of vec_dot_iq4_nl / vec_dot_mxfp4).
+# of vec_dot_iq4_nl / vec_dot_mxfp4); 576 and 640: odd numbers of NVFP4 / Q2_0 and Q1_0 blocks.
 K_CASES = (("cpu", 40, 768),)
 CASES = {
     "Q4_K": (("cpu", 40, 768), ("repack", 40, 768)),
@@ -83,6 +85,9 @@ CASES = {
     "MXFP4": (("cpu", 36, 288), ("cpu", 36, 256), ("repack", 40, 288)),
     **{t: K_CASES for t in ("IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M",
                             "TQ1_0", "TQ2_0")},
+    "NVFP4": (("cpu", 36, 576),),
+    "Q1_0": (("cpu", 36, 640),),
+    "Q2_0": (("cpu", 36, 576),),
 }
 
 
@@ -236,6 +241,8 @@ def random_blocks(kind: str, rows: int, k: int, rng: np.random.Generator) -> np.
     elif kind == "MXFP4":                    # block_mxfp4 { uint8 e; qs[16] }
         b[:, :, 0] = rng.integers(118, 128, (rows, nb))
         b[0, :, 0] = 127
+    elif kind == "NVFP4":                    # block_nvfp4 { uint8 d[4] (UE4M3); qs[32] }: any byte is finite
+        b[0, :, 0:4] = 0x7E                  # the largest scale, 240 (/ 2)
     elif kind in ("TQ1_0", "TQ2_0"):         # ... ggml_half d last
         b[:, :, size - 2:size] = dh
     elif kind == "IQ1_M":                    # block_iq1_m { qs[32]; qh[16]; uint16 scales[4] }: d in the top nibbles

@@ -26,7 +26,9 @@ types, rounded float32 rows for F16/BF16, x itself for F32).
     kquants  Q2_K, Q3_K, Q5_K, Q6_K,     tiled.cpp's AVX2 microtiles (8 or more tokens) and
              Q4_K not repacked           ggml_vec_dot_q<N>_K_q8_K (fewer)
     lut4     IQ4_NL, MXFP4 not           IQ4_NL: tinyBLAS (two or more tokens), vec_dot (one);
-             repacked                    MXFP4: ggml_vec_dot_mxfp4_q8_0 (every batch size)
+             repacked; NVFP4             MXFP4, NVFP4: ggml_vec_dot_<type>_q8_0 (every batch size)
+    lowbit   Q1_0, Q2_0                  ggml_vec_dot_q1_0_q8_0 (AVX2), ggml_vec_dot_q2_0_q8_0
+                                         (generic C) at every batch size
     iquants  IQ2_XXS, IQ2_XS, IQ2_S,     tiled.cpp's AVX2 microtiles (8 or more tokens; not TQ)
              IQ3_XXS, IQ3_S, IQ1_S,      and ggml_vec_dot_<type>_q8_K (fewer; TQ: always)
              IQ1_M, IQ4_XS, TQ1_0, TQ2_0
@@ -37,9 +39,8 @@ is also the output matrix); `family` decides.
 
 Every family is checked bit for bit against llama.cpp's own products: golden/matmul (a real
 run of synthetic models) and golden/matmul_kernels (its compiled kernels on random blocks of the
-types refllm cannot quantize). For any other type (NVFP4, Q1_0, Q2_0) `mul_mat` raises KeyError,
-and the caller falls back on the float32 identity of refllm/kernels/vec_dot.py (right up to
-summation order).
+types refllm cannot quantize). For any other type `mul_mat` raises KeyError, and the caller
+falls back on the float32 identity of refllm/kernels/vec_dot.py (right up to summation order).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ FAMILY: dict[str, str] = {
     "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy",
     "F32": "float", "F16": "float", "BF16": "float",
     "Q2_K": "kquants", "Q3_K": "kquants", "Q4_K": "kquants", "Q5_K": "kquants", "Q6_K": "kquants",
-    "IQ4_NL": "lut4", "MXFP4": "lut4",
+    "IQ4_NL": "lut4", "MXFP4": "lut4", "NVFP4": "lut4", "Q1_0": "lowbit", "Q2_0": "lowbit",
     "IQ2_XXS": "iquants", "IQ2_XS": "iquants", "IQ2_S": "iquants", "IQ3_XXS": "iquants", "IQ3_S": "iquants",
     "IQ1_S": "iquants", "IQ1_M": "iquants", "IQ4_XS": "iquants", "TQ1_0": "iquants", "TQ2_0": "iquants",
 }

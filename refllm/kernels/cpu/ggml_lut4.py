@@ -1,6 +1,6 @@
 """Numba twin of refllm/kernels/reference/ggml_lut4.py: IQ4_NL and MXFP4 matrices that llama.cpp
-does not repack, as its AVX2 vec_dot and tinyBLAS multiply them; the same float32 operations in
-the same order, so the same bits.
+does not repack, and NVFP4, as its AVX2 vec_dot and tinyBLAS multiply them; the same float32
+operations in the same order, so the same bits.
 
 Each weight row is read straight from its bytes, one block at a time: the block's 32 weights
 are looked up once (int16), every activation row is dotted with them in 8 lanes of 4 (exact
@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from refllm.kernels.reference.ggml_lut4 import LUT4_TYPES, TINYBLAS_MIN_BATCH, TINYBLAS_TYPES
+from refllm.kernels.reference.fp4 import ue4m3_half
+from refllm.kernels.reference.ggml_lut4 import LUT4_TYPES, NVFP4_BLOCK_BYTES, TINYBLAS_MIN_BATCH, TINYBLAS_TYPES
 from refllm.kernels.reference.ggml_repack import LUT_TYPES, REPACK_BLOCKS, lut_scales
+from refllm.kernels.tables import KVALUES_MXFP4
 from refllm.kernels.x86 import fma32
 
 I32 = np.int32
@@ -27,6 +29,8 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
     if weight_type not in LUT4_TYPES:
         raise KeyError(weight_type)
     rows, k = shape
+    if weight_type == "NVFP4":
+        return _nvfp4_mul_mat(raw, rows, k, act)
     nb = k // 32
     block_bytes = REPACK_BLOCKS[weight_type][1]
     n = act.q.shape[0]
@@ -99,3 +103,52 @@ def lut4_matmul(blocks, qs_at, lut, d_w, a, d_a, tinyblas, out):
             t3 = F32(F32(acc1[t, 7] + acc2[t, 7]) + F32(acc1[t, 3] + acc2[t, 3]))
             y = F32(F32(t0 + t2) + F32(t1 + t3))
             out[t, r] = F32(y + tail[t]) if nb % 2 and not tinyblas else y
+
+
+def _nvfp4_mul_mat(raw, rows, k, act):
+    """mul_mat for NVFP4 (ggml_vec_dot_nvfp4_q8_0 at every batch size)."""
+    n = act.q.shape[0]
+    out = np.empty((n, rows), F32)
+    if n == 0 or rows == 0:
+        return out
+    blocks = np.ascontiguousarray(np.asarray(raw, np.uint8).reshape(rows, k // 64, NVFP4_BLOCK_BYTES))
+    d_sub = np.ascontiguousarray(ue4m3_half(blocks[:, :, 0:4]).reshape(rows, k // 16), F32)
+    a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, k // 32, 32)
+    nvfp4_matmul(blocks, d_sub, KVALUES_MXFP4.astype(np.int16), a, np.ascontiguousarray(act.d, F32), out)
+    return out
+
+
+@njit(cache=True)
+def nvfp4_matmul(blocks, d_sub, lut, a, d_a, out):
+    """out [n, rows] as ggml_vec_dot_nvfp4_q8_0 (AVX2): per Q8_0 block c, lane l of 4 products
+    folded by fma with ue4m3(d[2c + l/4]) / 2 * d_a[c]; y = hsum8.
+    blocks uint8 [rows, nb, 36] (block_nvfp4: d[4] at 0, qs[32] at 4; qs[8s + j] holds weights
+    16s + j (low nibble) and 16s + 8 + j (high)); d_sub float32 [rows, k/16] (the sub-block
+    scales); lut int16 [16] (kvalues_mxfp4); a int16 [n, k/32, 32]; d_a float32 [n, k/32]."""
+    rows, nb, _ = blocks.shape
+    n = a.shape[0]
+    w = np.empty(64, np.int16)
+    acc = np.empty((n, 8), F32)
+    for r in range(rows):
+        acc[:, :] = 0
+        for b in range(nb):
+            for s in range(4):
+                for j in range(8):
+                    byte = I32(blocks[r, b, 4 + 8 * s + j])
+                    w[16 * s + j] = lut[byte & I32(0x0F)]
+                    w[16 * s + 8 + j] = lut[byte >> I32(4)]
+            for t in range(n):
+                for h in range(2):
+                    c = 2 * b + h
+                    for l in range(8):
+                        lane = I32(0)
+                        for i in range(4):
+                            lane = I32(lane + I32(I32(w[32 * h + 4 * l + i]) * I32(a[t, c, 4 * l + i])))
+                        scale = F32(d_sub[r, 2 * c + l // 4] * d_a[t, c])
+                        acc[t, l] = fma32(scale, F32(lane), acc[t, l])
+        for t in range(n):
+            t0 = F32(acc[t, 4] + acc[t, 0])
+            t1 = F32(acc[t, 5] + acc[t, 1])
+            t2 = F32(acc[t, 6] + acc[t, 2])
+            t3 = F32(acc[t, 7] + acc[t, 3])
+            out[t, r] = F32(F32(t0 + t2) + F32(t1 + t3))
