@@ -4,7 +4,7 @@
   (refllm/kernels/reference/ggml_lut4.py) on random matrices, on both sides of IQ4_NL's switch
   from vec_dot (one token) to tinyBLAS (two or more), with even and odd block counts.
 - Both give llama.cpp's own products in golden/matmul_kernels/<T>.npz (its "cpu" cases: a plain
-  CPU buffer, as for token_embd or rows not whole 8s), every batch size stored.
+  CPU buffer, as for rows not whole 8s), every batch size stored.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_the_family_is_registered():
     for t in TYPES:
         assert ggml_matmul.FAMILY[t] == "lut4"
         assert ggml_matmul.family(t, (36, 256)) == "lut4"                        # rows not whole 8s
-        assert ggml_matmul.family(t, (40, 256), mul_mat_weight=False) == "lut4"  # token_embd
+        assert ggml_matmul.family(t, (40, 256), mul_mat_weight=False) == "lut4"  # a plain buffer
         assert ggml_matmul.family(t, (40, 256)) == "repack"
     assert ggml_matmul.FAMILY["NVFP4"] == "lut4" and "NVFP4" not in ggml_matmul.REPACKED
 

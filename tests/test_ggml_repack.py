@@ -173,8 +173,9 @@ def test_bit_exact_against_llama_cpp(golden_models, kind, backend):
 
 def test_only_mul_mat_weights_with_rows_in_eights_are_repacked():
     """llama.cpp repacks Q4_0/IQ4_NL/MXFP4/Q4_K matrices loaded for MUL_MAT whose rows are whole
-    8s; others (token_embd, read by GET_ROWS even when it is the output matrix; odd row counts)
-    keep their layout and go to vec_dot/tinyBLAS (legacy, lut4) or vec_dot/tiled.cpp (kquants)."""
+    8s (the tied output too: llama.cpp loads a second copy of token_embd for it); others (odd
+    row counts, or mul_mat_weight=False: a matrix kept in the plain CPU buffer) keep their layout
+    and go to vec_dot/tinyBLAS (legacy, lut4) or vec_dot/tiled.cpp (kquants)."""
     assert ggml_matmul.family("Q4_0", (16, 64)) == "repack"
     assert ggml_matmul.family("Q4_0", (12, 64)) == "legacy"
     assert ggml_matmul.family("Q4_0", (16, 64), mul_mat_weight=False) == "legacy"

@@ -69,7 +69,8 @@ def kernel_products(weight_type: str) -> tuple[KernelProduct, ...]:
 def assert_llama_cpp_bits(weight_type: str, backend: str, cases: tuple[str, ...] | None = None) -> int:
     """Assert ggml_matmul.mul_mat gives every stored product of `weight_type` (those of `cases`,
     or all) bit for bit with `backend`, a repack case as a MUL_MAT weight and a cpu case as
-    token_embd (never repacked). Returns how many products were checked."""
+    a matrix kept in the plain CPU buffer (mul_mat_weight=False). Returns how many products were
+    checked."""
     checked = 0
     for p in kernel_products(weight_type):
         if cases is not None and p.case not in cases:

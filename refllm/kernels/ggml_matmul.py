@@ -34,8 +34,12 @@ types, rounded float32 rows for F16/BF16, x itself for F32).
              IQ1_M, IQ4_XS, TQ1_0, TQ2_0
 
 llama.cpp repacks a Q4_0, IQ4_NL, MXFP4 or Q4_K matrix at load (the CPU_REPACK buffer) when its
-rows are whole 8s and it is a MUL_MAT weight (token_embd, read by GET_ROWS, is not, even when it
-is also the output matrix); `family` decides.
+rows are whole 8s and it is a MUL_MAT weight; `family` decides. token_embd, read by GET_ROWS, is
+not repacked; but where it is also the output matrix (no output.weight), llama.cpp loads a second
+copy of it for the output's MUL_MAT (llama_model_loader: TENSOR_DUPLICATED, placed with the
+output layer's buffer types), and that copy is repacked like any weight: the tied output is a
+MUL_MAT weight (checked end to end: tied synthetic Q4_0, Q4_K, IQ4_NL, MXFP4 models give
+llama.cpp's logits bit for bit only so).
 
 Every family is checked bit for bit against llama.cpp's own products: golden/matmul (a real
 run of synthetic models) and golden/matmul_kernels (its compiled kernels on random blocks of the
@@ -70,7 +74,8 @@ _BACKEND_PACKAGE = {"numpy": "reference", "numba": "cpu"}
 def family(weight_type: str, shape: tuple[int, int], mul_mat_weight: bool = True) -> str | None:
     """The family whose kernels llama.cpp runs for a `weight_type` matrix of `shape` (rows, k),
     or None when refllm does not reproduce them. mul_mat_weight: the matrix is loaded as a
-    MUL_MAT weight, so it may be repacked (every weight matrix but token_embd)."""
+    MUL_MAT weight, so it may be repacked (every matrix llama.cpp multiplies, the tied output
+    included: see the module docstring); False: kept in the plain CPU buffer."""
     if mul_mat_weight and weight_type in REPACKED and shape[0] % REPACKED[weight_type] == 0:
         return "repack"
     return FAMILY.get(weight_type)

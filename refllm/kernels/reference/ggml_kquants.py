@@ -3,8 +3,8 @@
 The Numba twin is refllm/kernels/cpu/ggml_kquants.py and must give the same bits;
 refllm/kernels/ggml_matmul.py picks the family and converts the activations (to Q8_K:
 refllm.kernels.reference.activations.q8_k). (Q4_K is here only where llama.cpp does not repack
-it: a matrix whose rows are not whole 8s, or token_embd read as the output matrix; the others
-go to q4_K_8x8 and repack.cpp's kernels, refllm/kernels/reference/ggml_repack.py.)
+it: a matrix whose rows are not whole 8s (or one kept in a plain CPU buffer); the others go
+to q4_K_8x8 and repack.cpp's kernels, refllm/kernels/reference/ggml_repack.py.)
 
 On an AVX2 + FMA build (no AVX-512) ggml-cpu multiplies these types two ways
 (ggml-cpu.c ggml_compute_forward_mul_mat, ggml-cpu/tiled/):

@@ -5,7 +5,7 @@ The Numba twin is refllm/kernels/cpu/ggml_lut4.py and must give the same bits;
 refllm/kernels/ggml_matmul.py picks the family and converts the activations (to Q8_0:
 refllm.kernels.reference.activations.q8_0). A matrix whose rows are whole 8s is repacked by
 llama.cpp's AVX2 build (iq4_nl_8x8, mxfp4_8x8: refllm/kernels/reference/ggml_repack.py); these
-kernels run for the others (and for token_embd read as the output matrix).
+kernels run for the others (rows not whole 8s, or a matrix kept in a plain CPU buffer).
 
 Both types are blocks of 32 weights, a 4-bit index each into a table of 16 integers, and one
 scale (block layouts: ggml_repack.REPACK_BLOCKS):
