@@ -4,10 +4,12 @@ IQ1_M, IQ4_XS, TQ1_0 and TQ2_0.
 
 A chunk of weight rows (about 256 KiB of int16) is decoded from its bytes at a time into
 w = sc(e) * v(e) and, for IQ1_S / IQ1_M, wd = sc(e) * delta(e) (int16), and the blocks' d
-(`_decode_rows`); then each row meets each token, block by block: one pass over the 256
-products into 32 int32 partial sums part[j] (weights j, j + 32, ...), vec_dot's lane l being
-part[4l .. 4l+3], tiled.cpp's slab sum their total; the float32 operations follow, in the
-reference's order. Which of llama.cpp's paths is reproduced (tiled.cpp for n >= 8, vec_dot
+(`_decode_rows`); then each row meets each token, block by block. Below 8 tokens (vec_dot,
+`iquant_matmul`): one pass over the 256 products into 32 int32 partial sums part[j] (weights j,
+j + 32, ...), vec_dot's lane l being part[4l .. 4l+3]; from 8 on (tiled.cpp,
+`iquant_tiled_tokens`): the activations transposed (tokens contiguous) and every slab sum
+computed for all tokens at once (vectorized). The float32 operations follow, in the reference's
+order. Which of llama.cpp's paths is reproduced (tiled.cpp for n >= 8, vec_dot
 below; TQ always vec_dot) is decided as in the reference.
 """
 
@@ -58,9 +60,13 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
         return out
     tiled = weight_type in TILED_TYPES and n >= TILED_MIN_BATCH
     step = max(16, CHUNK_BYTES // (2 * k))
+    if tiled:
+        q_t = np.ascontiguousarray(q.T, dtype=I32)
+        d_a_t = np.ascontiguousarray(np.asarray(act.d, F32).T)
+        iquant_tiled_tokens(blocks, code, q_t, d_a_t, F32(TILED_FACTOR.get(weight_type, 1.0)), step, out)
+        return out
     iquant_matmul(blocks, code, q, np.ascontiguousarray(act.d, F32), np.ascontiguousarray(act.bsums, np.int16),
-                  tiled, F32(VEC_DOT_FACTOR.get(weight_type, 1.0)), F32(TILED_FACTOR.get(weight_type, 1.0)),
-                  step, out)
+                  F32(VEC_DOT_FACTOR.get(weight_type, 1.0)), step, out)
     return out
 
 
@@ -219,11 +225,11 @@ def _trits(byte, digits, w, i, at, stride):
 
 
 @njit(cache=True)
-def iquant_matmul(blocks, code, q, d_a, bsums, tiled, vec_factor, tiled_factor, step, out):
+def iquant_matmul(blocks, code, q, d_a, bsums, vec_factor, step, out):
     """out [n, rows] for weights blocks uint8 [rows, nb, block bytes] of the type `code` and Q8_K
-    activations (q int8 [n, k], d_a float32 [n, nb], bsums int16 [n, k/16]): tiled.cpp's
-    arithmetic when `tiled`, else vec_dot's (the reference's docstring); vec_factor: vec_dot's
-    final factor, tiled_factor: tiled.cpp's factor of d_w. `step` rows are decoded at a time."""
+    activations (q int8 [n, k], d_a float32 [n, nb], bsums int16 [n, k/16]) as
+    ggml_vec_dot_<type>_q8_K computes them (the reference's docstring); vec_factor: vec_dot's
+    final factor. `step` rows are decoded at a time."""
     rows, nb, _ = blocks.shape
     k = 256 * nb
     n = q.shape[0]
@@ -245,7 +251,6 @@ def iquant_matmul(blocks, code, q, d_a, bsums, tiled, vec_factor, tiled_factor, 
                 acc[:] = 0
                 acc2[:] = 0
                 accum1 = F32(0)
-                y = F32(0)
                 for b in range(nb):
                     part[:] = 0
                     part_d[:] = 0
@@ -258,17 +263,6 @@ def iquant_matmul(blocks, code, q, d_a, bsums, tiled, vec_factor, tiled_factor, 
                             o = 256 * b + 32 * run
                             for j in range(32):
                                 part_d[j] += I32(wd[r, o + j]) * I32(q[t, o + j])
-                    if tiled:
-                        s1 = I32(0)
-                        for j in range(32):
-                            s1 += part[j]
-                        if delta:
-                            s1 = I32(8) * s1
-                            for j in range(32):
-                                s1 += part_d[j]
-                        d_t = F32(d_w[r, b] * tiled_factor)
-                        y = fma32(F32(d_t * F32(s1)), d_a[t, b], y)
-                        continue
                     d = F32(d_w[r, b] * d_a[t, b])
                     for l in range(8):
                         lanes[l] = part[4 * l] + part[4 * l + 1] + part[4 * l + 2] + part[4 * l + 3]
@@ -284,11 +278,51 @@ def iquant_matmul(blocks, code, q, d_a, bsums, tiled, vec_factor, tiled_factor, 
                         for j in range(32):
                             sumi1 += part_d[j]
                         accum1 = fma32(d, F32(sumi1), accum1)
-                if tiled:
-                    out[t, start + r] = y
-                elif code == _IQ1_S:
+                if code == _IQ1_S:
                     out[t, start + r] = F32(hsum8(acc) + F32(F32(0.125) * accum1))
                 elif code == _IQ1_M:
                     out[t, start + r] = F32(hsum8(acc) + F32(F32(0.125) * hsum8(acc2)))
                 else:
                     out[t, start + r] = F32(vec_factor * hsum8(acc))
+
+
+@njit(cache=True)
+def iquant_tiled_tokens(blocks, code, q_t, d_a_t, tiled_factor, step, out):
+    """out [n, rows] as tiled.cpp computes it (the reference's tiled_matmul), with every
+    loop over tokens innermost so that LLVM vectorizes across them: per row and K slab, s1 of
+    every token (exact int32), then r = (d_w * tiled_factor) * (float) s1 and y = fma(r, d_a, y).
+    q_t int32 [k, n] (the Q8_K quants, tokens last); d_a_t float32 [nb, n]."""
+    rows, nb, _ = blocks.shape
+    k = 256 * nb
+    n = q_t.shape[1]
+    delta = code == _IQ1_S or code == _IQ1_M
+    w = np.empty((step, k), np.int16)
+    wd = np.zeros((step, k), np.int16)
+    d_w = np.empty((step, nb), F32)
+    s1 = np.empty(n, I32)
+    sd = np.empty(n, I32)
+    y = np.empty(n, F32)
+    for start in range(0, rows, step):
+        m = min(rows, start + step) - start
+        _decode_rows(blocks, code, start, start + m, w, wd, d_w)
+        for r in range(m):
+            y[:] = 0
+            for b in range(nb):
+                s1[:] = 0
+                sd[:] = 0
+                for e in range(256 * b, 256 * (b + 1)):
+                    wv = I32(w[r, e])
+                    for t in range(n):
+                        s1[t] = I32(s1[t] + I32(wv * q_t[e, t]))
+                if delta:
+                    for e in range(256 * b, 256 * (b + 1)):
+                        wv = I32(wd[r, e])
+                        for t in range(n):
+                            sd[t] = I32(sd[t] + I32(wv * q_t[e, t]))
+                    for t in range(n):
+                        s1[t] = I32(I32(8) * s1[t] + sd[t])
+                d_t = F32(d_w[r, b] * tiled_factor)
+                for t in range(n):
+                    y[t] = fma32(F32(d_t * F32(s1[t])), d_a_t[b, t], y[t])
+            for t in range(n):
+                out[t, start + r] = y[t]

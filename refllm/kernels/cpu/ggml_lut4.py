@@ -3,9 +3,11 @@ does not repack, and NVFP4, as its AVX2 vec_dot and tinyBLAS multiply them; the 
 operations in the same order, so the same bits.
 
 Each weight row is read straight from its bytes, one block at a time: the block's 32 weights
-are looked up once (int16), every activation row is dotted with them in 8 lanes of 4 (exact
-int32 sums), and the lanes are folded into that row's float32 accumulators in the kernel's
-order. Single-threaded, like the engine.
+are looked up once, every activation row is dotted with them in 8 lanes of 4 (exact int32
+sums), and the lanes are folded into that row's float32 accumulators in the kernel's order.
+Below FEW_TOKENS tokens this goes token by token; from it on, the activations are transposed
+(tokens contiguous) and every step runs across the tokens at once (vectorized). Single-threaded,
+like the engine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from refllm.kernels.x86 import fma32
 
 I32 = np.int32
 F32 = np.float32
+
+# From this many tokens on, the tokens are swept together (lut4_matmul_tokens); below, row by
+# row and token by token (lut4_matmul_rows). The same bits either way.
+FEW_TOKENS = 8
 
 
 def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> np.ndarray:
@@ -40,17 +46,23 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
     blocks = np.ascontiguousarray(np.asarray(raw, np.uint8).reshape(rows, nb, block_bytes))
     qs_at, lut = LUT_TYPES[weight_type]
     d_w = np.ascontiguousarray(lut_scales(blocks.reshape(rows * nb, block_bytes), weight_type).reshape(rows, nb), F32)
-    a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 32)
     tinyblas = weight_type in TINYBLAS_TYPES and n >= TINYBLAS_MIN_BATCH
-    lut4_matmul(blocks, qs_at, lut.astype(np.int16), d_w, a, np.ascontiguousarray(act.d, F32), tinyblas, out)
+    if n < FEW_TOKENS:
+        a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 32)
+        lut4_matmul_rows(blocks, qs_at, lut.astype(np.int16), d_w, a, np.ascontiguousarray(act.d, F32), tinyblas, out)
+    else:
+        a_t = np.ascontiguousarray(np.asarray(act.q).reshape(n, nb, 32).transpose(1, 2, 0), dtype=I32)
+        d_a_t = np.ascontiguousarray(np.asarray(act.d, F32).T)
+        lut4_matmul_tokens(blocks, qs_at, lut.astype(np.int16), d_w, a_t, d_a_t, tinyblas, out)
     return out
 
 
 @njit(cache=True)
-def lut4_matmul(blocks, qs_at, lut, d_w, a, d_a, tinyblas, out):
-    """out [n, rows]: tinyBLAS_Q0_AVX's arithmetic when `tinyblas` (one accumulator), else
-    ggml_vec_dot_{iq4_nl,mxfp4}_q8_0's (even and odd blocks apart, the scalar tail of an odd
-    block count); the reference's docstring has both.
+def lut4_matmul_rows(blocks, qs_at, lut, d_w, a, d_a, tinyblas, out):
+    """out [n, rows] for a few tokens, row by row and token by token: tinyBLAS_Q0_AVX's
+    arithmetic when `tinyblas` (one accumulator), else ggml_vec_dot_{iq4_nl,mxfp4}_q8_0's (even
+    and odd blocks apart, the scalar tail of an odd block count); the reference's docstring has
+    both.
     blocks uint8 [rows, nb, block bytes] (qs[16] at qs_at: byte j holds weight j in its low
     nibble and weight j + 16 in its high one, each a lut index: lut int16 [16]); d_w float32
     [rows, nb]; a int16 [n, nb, 32] (the Q8_0 quants); d_a float32 [n, nb]."""
@@ -104,6 +116,67 @@ def lut4_matmul(blocks, qs_at, lut, d_w, a, d_a, tinyblas, out):
             y = F32(F32(t0 + t2) + F32(t1 + t3))
             out[t, r] = F32(y + tail[t]) if nb % 2 and not tinyblas else y
 
+
+
+@njit(cache=True)
+def lut4_matmul_tokens(blocks, qs_at, lut, d_w, a_t, d_a_t, tinyblas, out):
+    """out [n, rows] for a batch: the same arithmetic as lut4_matmul_rows, but every loop over
+    tokens is innermost
+    (tokens contiguous), so that LLVM vectorizes the integer lanes and the fmas across tokens.
+    blocks uint8 [rows, nb, block bytes] (qs[16] at qs_at: byte j holds weight j in its low
+    nibble and weight j + 16 in its high one, each a lut index: lut int16 [16]); d_w float32
+    [rows, nb]; a_t int32 [nb, 32, n] (the Q8_0 quants, tokens last); d_a_t float32 [nb, n]."""
+    rows, nb, _ = blocks.shape
+    n = a_t.shape[2]
+    w = np.empty(32, I32)
+    half = w.shape[0] // 2
+    lane = np.empty(n, I32)
+    total = np.empty(n, I32)
+    scale = np.empty(n, F32)
+    acc1 = np.empty((8, n), F32)
+    acc2 = np.empty((8, n), F32)
+    tail = np.empty(n, F32)
+    paired = nb - nb % 2                                 # blocks in whole pairs (vec_dot)
+    for r in range(rows):
+        acc1[:, :] = 0
+        acc2[:, :] = 0
+        tail[:] = 0
+        for b in range(nb):
+            for j in range(half):
+                byte = I32(blocks[r, b, qs_at + j])
+                w[j] = I32(lut[byte & I32(0x0F)])
+                w[half + j] = I32(lut[byte >> I32(4)])
+            dw = d_w[r, b]
+            for t in range(n):
+                scale[t] = F32(dw * d_a_t[b, t])
+            odd = b % 2 == 1 and not tinyblas
+            in_pairs = tinyblas or b < paired
+            if not in_pairs:
+                total[:] = 0
+            for l in range(8):
+                w0, w1, w2, w3 = w[4 * l], w[4 * l + 1], w[4 * l + 2], w[4 * l + 3]
+                for t in range(n):
+                    lane[t] = I32(I32(I32(w0 * a_t[b, 4 * l, t]) + I32(w1 * a_t[b, 4 * l + 1, t]))
+                                  + I32(I32(w2 * a_t[b, 4 * l + 2, t]) + I32(w3 * a_t[b, 4 * l + 3, t])))
+                if not in_pairs:
+                    for t in range(n):
+                        total[t] = I32(total[t] + lane[t])
+                elif odd:
+                    for t in range(n):
+                        acc2[l, t] = fma32(scale[t], F32(lane[t]), acc2[l, t])
+                else:
+                    for t in range(n):
+                        acc1[l, t] = fma32(scale[t], F32(lane[t]), acc1[l, t])
+            if not in_pairs:
+                for t in range(n):
+                    tail[t] = F32(scale[t] * F32(total[t]))
+        for t in range(n):
+            t0 = F32(F32(acc1[4, t] + acc2[4, t]) + F32(acc1[0, t] + acc2[0, t]))
+            t1 = F32(F32(acc1[5, t] + acc2[5, t]) + F32(acc1[1, t] + acc2[1, t]))
+            t2 = F32(F32(acc1[6, t] + acc2[6, t]) + F32(acc1[2, t] + acc2[2, t]))
+            t3 = F32(F32(acc1[7, t] + acc2[7, t]) + F32(acc1[3, t] + acc2[3, t]))
+            y = F32(F32(t0 + t2) + F32(t1 + t3))
+            out[t, r] = F32(y + tail[t]) if nb % 2 and not tinyblas else y
 
 def _nvfp4_mul_mat(raw, rows, k, act):
     """mul_mat for NVFP4 (ggml_vec_dot_nvfp4_q8_0 at every batch size)."""
