@@ -7,12 +7,10 @@ evaluated in one batch (nb512), in batches of 10 (nb10) and token by token (nb1)
 rebuilt here by write_models.py (their sha256 checked), and refllm's logits are hashed the same
 way.
 
-Known difference: where token_embd is also the output matrix and its type is one llama.cpp
-repacks (Q4_0, Q4_K, IQ4_NL, MXFP4; rows whole 8s), llama.cpp multiplies a repacked second copy
-of it (its log: "repack tensor token_embd.weight"), while refllm's engine (refllm/engine/
-numerics.py, _mul_mat_weight) routes token_embd to the non-repacked kernels. Those cases are
-expected to fail (xfail) until the engine routes the tied output as a MUL_MAT weight;
-test_tied_output_as_a_repacked_weight_gives_the_bits shows that this is all that differs.
+Where token_embd is also the output matrix and its type is one llama.cpp repacks (Q4_0, Q4_K,
+IQ4_NL, MXFP4; rows whole 8s), llama.cpp multiplies a repacked second copy of it (its log:
+"repack tensor token_embd.weight"); refllm's engine routes every matrix it multiplies by as a
+MUL_MAT weight, so the tied cases (TIED_REPACKED) give the bits too.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import numpy as np
 import pytest
 
 import refllm
-from refllm.engine import numerics
 from refllm.engine.session import prompt_logits
 from refllm.engine.transformer import Transformer
 
@@ -87,20 +84,5 @@ def test_logits_are_llama_cpp_bits(model_paths, case, mode):
     ours = row_hashes(case, mode, model_paths[case])
     theirs = PROVENANCE["cases"][case]["modes"][mode]["row_sha256"]
     same = sum(a == b for a, b in zip(ours, theirs))
-    if same != len(theirs) and case in TIED_REPACKED:
-        pytest.xfail("llama.cpp repacks the tied output; refllm's engine routes token_embd as not repacked")
     assert same == len(theirs), f"{case} {mode}: {same} of {len(theirs)} rows are llama.cpp's bits"
 
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", TIED_REPACKED)
-def test_tied_output_as_a_repacked_weight_gives_the_bits(model_paths, case, mode, monkeypatch):
-    """With the tied output routed as a MUL_MAT weight (so repacked, as llama.cpp's second copy
-    of token_embd is), every row is llama.cpp's."""
-    monkeypatch.setattr(numerics, "_mul_mat_weight", lambda w: True)
-    net = Transformer(refllm.open(model_paths[case]), "ggml")
-    entry = PROVENANCE["cases"][case]
-    n_batch = PROVENANCE["modes"][mode]
-    logits = prompt_logits(net, entry["ids"], n_batch=None if n_batch >= len(entry["ids"]) else n_batch)
-    ours = [hashlib.sha256(row.tobytes()).hexdigest() for row in np.ascontiguousarray(logits, "<f4")]
-    assert ours == entry["modes"][mode]["row_sha256"]

@@ -54,16 +54,12 @@ def matmul_f32(x: np.ndarray, w: Matrix) -> np.ndarray:
     return y
 
 
-def _mul_mat_weight(w: Matrix) -> bool:
-    """Whether llama.cpp loads w as a MUL_MAT weight (which may be repacked): every matrix but
-    token_embd, which it loads for GET_ROWS even when it is also the output matrix."""
-    return w.name != "token_embd.weight"
-
-
 def matmul_ggml_is_exact(w: Matrix) -> bool:
     """Whether matmul_ggml reproduces llama.cpp's kernel for w bit for bit (refllm.kernels.
-    ggml_matmul has its family; a big-endian file's matrices are not reproduced)."""
-    family = ggml_matmul.family(type_name(w.ggml_type), w.shape, _mul_mat_weight(w))
+    ggml_matmul has its family; a big-endian file's matrices are not reproduced). Every matrix
+    the forward pass multiplies by is a MUL_MAT weight to llama.cpp, and may be repacked: a
+    tied output too (llama.cpp loads a copy of token_embd for it)."""
+    family = ggml_matmul.family(type_name(w.ggml_type), w.shape, mul_mat_weight=True)
     return family is not None and w.byteorder == "<"
 
 
@@ -77,7 +73,7 @@ def matmul_ggml(x: np.ndarray, w: Matrix) -> np.ndarray:
     s added through the weight blocks' minimums m."""
     weight_type = type_name(w.ggml_type)
     if matmul_ggml_is_exact(w):
-        return ggml_matmul.mul_mat(x, w.raw, weight_type, w.shape, mul_mat_weight=_mul_mat_weight(w))
+        return ggml_matmul.mul_mat(x, w.raw, weight_type, w.shape, mul_mat_weight=True)
     converted, rows = vec_dot.converted_activations(x, weight_type)
     y = matmul_f32(converted, w)
     if vec_dot.vec_dot_type(weight_type) == "Q8_1":
