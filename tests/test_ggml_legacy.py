@@ -2,11 +2,12 @@
 llama.cpp's x86 matmul bit for bit.
 
 The NumPy reference (refllm/kernels/reference/ggml_legacy.py) and its Numba twin
-(refllm/kernels/cpu/ggml_legacy.py: a row-by-row kernel for few tokens, a decoded-chunk
-kernel for batches) give the same bits on random matrices, and both give exactly llama.cpp's
-products stored in golden/matmul/<T>.npz: one batch of 32 tokens (tinyBLAS, or vec_dot for
-Q4_1/Q5_1, which tinyBLAS does not take) and token by token (vec_dot). Q4_0's golden products
-ran through repack.cpp (llama.cpp repacks its matrices), so they are test_ggml_repack's.
+(refllm/kernels/cpu/ggml_legacy.py: a row-by-row kernel for few tokens, and for batches a
+kernel vectorized over the tokens) give the same bits on random matrices, and both give
+exactly llama.cpp's products stored in golden/matmul/<T>.npz: one batch of 32 tokens
+(tinyBLAS, or vec_dot for Q4_1/Q5_1, which tinyBLAS does not take) and token by token
+(vec_dot). Q4_0's golden products ran through repack.cpp (llama.cpp repacks its matrices),
+so they are test_ggml_repack's.
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ def random_case(weight_type: str, rows: int, k: int, n: int, seed: int):
 
 @pytest.mark.parametrize("weight_type", LEGACY_TYPES)
 def test_numba_gives_the_reference_bits(weight_type, monkeypatch):
-    """Both Numba kernels (few tokens; and a batch, here over chunks of 8 rows) against the
-    reference."""
+    """Both Numba kernels against the reference: row by row (n < FEW_TOKENS, here 4) and by
+    tokens (here over chunks of 4 rows, the last one short, and tiles of 8 tokens, the last
+    ones padding)."""
     monkeypatch.setattr(cpu, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(cpu, "FEW_TOKENS", 4)
+    monkeypatch.setattr(cpu, "TILE_BYTES", 1)
     for seed, (rows, k) in enumerate(((8, 32), (13, 96), (40, 256))):
-        for n in (1, 2, 3, 4, 5, 9):
+        for n in (1, 2, 3, 4, 5, 9, 17):
             raw, act = random_case(weight_type, rows, k, n, seed)
             expected = reference.mul_mat(raw, weight_type, (rows, k), act)
             got = cpu.mul_mat(raw, weight_type, (rows, k), act)
@@ -50,10 +54,12 @@ def test_numba_gives_the_reference_bits(weight_type, monkeypatch):
             assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), (rows, k, n)
 
 
+@pytest.mark.parametrize("few_tokens", (1, 1000))
 @pytest.mark.parametrize("weight_type", LEGACY_TYPES)
-def test_every_token_is_its_own_dot_product(weight_type):
+def test_every_token_is_its_own_dot_product(weight_type, few_tokens, monkeypatch):
     """vec_dot and tinyBLAS do the same float operations per output: a batch gives each
-    token's one-token result."""
+    token's one-token result (in either Numba kernel)."""
+    monkeypatch.setattr(cpu, "FEW_TOKENS", few_tokens)
     raw, act = random_case(weight_type, 16, 128, 6, 11)
     batch = cpu.mul_mat(raw, weight_type, (16, 128), act)
     for t in range(6):
