@@ -13,13 +13,20 @@ import numpy as np
 from refllm.engine.config import ModelConfig
 
 
+# Attention reads the cache in whole runs of this many cells, the ones past the last position
+# masked out (llama.cpp pads to 256): whole 32s are what ggml's f16 kernels take without a tail.
+CELL_PAD = 32
+
+
 class KVCache:
-    """Preallocated keys and values for `n_ctx` positions in every layer."""
+    """Preallocated keys and values for `n_ctx` positions in every layer (and up to CELL_PAD - 1
+    cells more, so that `attended` can round up)."""
 
     def __init__(self, config: ModelConfig, n_ctx: int, dtype=np.float32):
         self.n_ctx = n_ctx
-        shape_k = (config.n_layer, config.n_head_kv, n_ctx, config.head_dim)
-        shape_v = (config.n_layer, config.n_head_kv, n_ctx, config.head_dim_v)
+        cells = -(-n_ctx // CELL_PAD) * CELL_PAD
+        shape_k = (config.n_layer, config.n_head_kv, cells, config.head_dim)
+        shape_v = (config.n_layer, config.n_head_kv, cells, config.head_dim_v)
         # np.zeros maps fresh pages lazily: memory is only touched as positions fill
         self.k = np.zeros(shape_k, dtype)          # [layer, kv_head, position, head_dim]
         self.v = np.zeros(shape_v, dtype)          # [layer, kv_head, position, head_dim_v]
@@ -33,6 +40,12 @@ class KVCache:
     @property
     def n_free(self) -> int:
         return self.n_ctx - len(self.tokens)
+
+    def attended(self, end: int) -> int:
+        """How many cells attention reads to see positions 0..end-1: end rounded up to whole
+        CELL_PAD. The cells past end hold zeros or stale keys and values; attention masks them
+        (their probabilities are exactly 0, so they add nothing)."""
+        return -(-end // CELL_PAD) * CELL_PAD
 
     def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
         """Write keys k [n, n_head_kv, head_dim] and values v [n, n_head_kv, head_dim_v] of the

@@ -154,13 +154,10 @@ def cache_matmul_f32(rows: np.ndarray, columns: np.ndarray, n_tokens: int) -> np
 
 def cache_matmul_ggml(rows: np.ndarray, columns: np.ndarray, n_tokens: int) -> np.ndarray:
     """columns [N, K] @ rows [M, K].T -> [N, M] as ggml multiplies an F16 KV cache: tinyBLAS
-    when the batch has two or more tokens, vec_dot_f16 for one. K is padded with zeros to whole
-    32s, as llama.cpp pads the cache length it attends over (to 256) and fills it with zeros:
-    the zeros change no sum, but they decide which kernel runs and where its lanes fall."""
-    pad = -rows.shape[1] % 32
-    if pad:
-        rows = np.pad(rows, ((0, 0), (0, pad)))
-        columns = np.pad(columns, ((0, 0), (0, pad)))
+    when the batch has two or more tokens, vec_dot_f16 for one. K (a head's width, or the
+    cells attended) is whole 32s (kv_cache.CELL_PAD), as in llama.cpp, whose padded cache length
+    decides which kernel runs and where its lanes fall."""
+    assert rows.shape[1] % 32 == 0, rows.shape
     return x86.f16_matmul(rows, columns, tinyblas=n_tokens >= 2)
 
 

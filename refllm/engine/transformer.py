@@ -148,11 +148,12 @@ class Transformer:
         q = rope(q, positions, self.rope[il], spec.rope_type)
         k = rope(k, positions, self.rope[il], spec.rope_type)
 
-        # store k and v; attend over every cached position up to the last of this batch
+        # store k and v; attend over every cached position up to the last of this batch (read
+        # in whole runs of cells, the ones past it masked)
         cache.store(il, int(positions[0]), k, v)
-        end = int(positions[-1]) + 1
-        keys = cache.k[il, :, :end]                                              # [n_kv, end, head_dim]
-        values = cache.v[il, :, :end]                                            # [n_kv, end, head_dim_v]
+        cells = cache.attended(int(positions[-1]) + 1)
+        keys = cache.k[il, :, :cells]                                            # [n_kv, cells, head_dim]
+        values = cache.v[il, :, :cells]                                          # [n_kv, cells, head_dim_v]
         window = cfg.n_swa if cfg.swa_layers[il] else 0
         scale = np.float32(cfg.attn_scale)
         if spec.scale_q:
