@@ -233,16 +233,21 @@ class RopeFrequencies:
         self.theta_scale = F32(np.float64(F32(base)) ** np.float64(exponent))     # powf, correctly rounded
         self.freq_scale = F32(freq_scale)
         self.divisors = None if divisors is None else divisors.astype(F32)
+        self._last: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
 
     def cos_sin(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """cos and sin of every angle: float32 [n, n_rot / 2] each (the C library's cosf/sinf)."""
+        """cos and sin of every angle: float32 [n, n_rot / 2] each (the C library's cosf/sinf).
+        The last result is kept: every layer's q and k ask for the same positions."""
+        if self._last is not None and np.array_equal(self._last[0], positions):
+            return self._last[1]
         angles = np.empty((len(positions), self.n_rot // 2), F32)
         theta = positions.astype(F32)                                              # [n]
         for i in range(self.n_rot // 2):
             extrapolated = theta if self.divisors is None else theta / self.divisors[i]
             angles[:, i] = self.freq_scale * extrapolated
             theta = theta * self.theta_scale
-        return x86.cos_sin(angles)
+        self._last = (np.array(positions), x86.cos_sin(angles))
+        return self._last[1]
 
 
 def rope(x: np.ndarray, positions: np.ndarray, freqs: RopeFrequencies, rope_type: str) -> np.ndarray:
