@@ -8,7 +8,7 @@ most 63 * 15), every activation row is dotted with it (exact int32 sums), and th
 folded into that row's float32 accumulators in the kernels' order (the reference's
 docstring). No float32 copy of the matrix is made. Single-threaded, like the engine.
 
-What makes it fast (as in cpu/int_dot.py): loop trip counts taken from array shapes, so
+What makes it fast: loop trip counts taken from array shapes, so
 that LLVM's loop vectorizer (not the full unroller) gets the integer loops and emits
 vpmaddwd; every int32 product and sum cast back to int32 (Numba types int32 * int32 as
 int64); fp16 scales read through a lookup table.
