@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_ggml_repack import random_case
 from test_matmul_golden import load_matmul_golden, rebuild_model
 
 import refllm
@@ -24,17 +25,6 @@ from refllm.kernels.vec_dot import converted_activations
 BACKENDS = {"numpy": reference, "numba": cpu}
 LEGACY_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 GOLDEN_TYPES = ("Q4_1", "Q5_0", "Q5_1", "Q8_0")
-
-
-def random_case(weight_type: str, rows: int, k: int, n: int, seed: int):
-    """(raw weight bytes, activations): random rows quantized by refllm.quantize, and
-    heavy-tailed activations (one of them all zeros) converted as llama.cpp converts them."""
-    rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((rows, k)) * rng.uniform(0.01, 2.0, (rows, 1))).astype(np.float32)
-    raw = refllm.quantize(w, weight_type).reshape(-1)
-    x = (rng.standard_t(3, (n, k)) * rng.uniform(0.1, 10.0, (n, 1))).astype(np.float32)
-    x[n // 2] = 0
-    return raw, converted_activations(x, weight_type)[1]
 
 
 @pytest.mark.parametrize("weight_type", LEGACY_TYPES)

@@ -17,6 +17,7 @@ import pytest
 import refllm
 from refllm.kernels import ggml_matmul
 from refllm.kernels.cpu import ggml_repack as cpu
+from refllm.kernels.vec_dot import activation_rows
 from refllm.kernels.reference import activations
 from refllm.kernels.reference import ggml_repack as reference
 from test_ggml_lut4 import random_case as random_lut4_case
@@ -37,7 +38,7 @@ def random_case(weight_type: str, rows: int, k: int, n: int, seed: int):
     x = (rng.standard_t(3, (n, k)) * rng.uniform(0.1, 10.0, (n, 1))).astype(np.float32)
     if n > 2:
         x[1] = 0
-    return raw, CONVERT[weight_type](x)
+    return raw, activation_rows(x, weight_type, backend="numpy")
 
 
 @pytest.mark.parametrize("weight_type, k", [("Q4_0", 96), ("Q4_0", 256), ("Q4_K", 256), ("Q4_K", 768)])

@@ -216,11 +216,11 @@ def soft_max(scores: np.ndarray, scale, hidden: np.ndarray, backend: str = "numb
 # -- F16 mul_mat: the KV cache against q or the probabilities -----------------------------------
 
 @numba.njit(cache=True)
-def f16_dot_tinyblas(a_t, b, out):
-    """out[i, j] = b[i] . a[j] as tinyBLAS (F16 x F16, AVX2) computes it: lane l of 8 adds the
-    products of elements l, l+8, l+16, ... with fused multiply-adds, then hsum8.
-    a_t float32 [K, M] (a transposed, so that the loop over M vectorizes) and b float32 [N, K]
-    hold fp16 values; K is a multiple of 8; out [N, M]."""
+def tinyblas_lanes(a_t, b, out):
+    """out[i, j] = b[i] . a[j] as tinyBLAS's AVX2 float kernels compute it (F32, and F16 or BF16
+    widened to float32): lane l of 8 adds the products of elements l, l+8, l+16, ... with fused
+    multiply-adds, then hsum8. a_t float32 [K, M] (a transposed, so that the loop over M
+    vectorizes), b float32 [N, K]; K is a multiple of 8; out [N, M]."""
     k, m = a_t.shape
     acc = np.empty((8, m), np.float32)
     for i in range(b.shape[0]):
@@ -303,7 +303,7 @@ def f16_matmul(a: np.ndarray, b: np.ndarray, tinyblas: bool) -> np.ndarray:
     b = np.ascontiguousarray(b, F32)
     out = np.empty((b.shape[0], a.shape[0]), F32)
     if tinyblas and a.shape[1] % 8 == 0:
-        f16_dot_tinyblas(np.ascontiguousarray(a.T), b, out)
+        tinyblas_lanes(np.ascontiguousarray(a.T), b, out)
     else:
         f16_dot_vec(a, b, out)
     return out

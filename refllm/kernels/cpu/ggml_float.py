@@ -17,7 +17,7 @@ from numba import njit
 
 from refllm.kernels.cpu.fp import bf16_to_f32, f32_from_bits, u16, u32
 from refllm.kernels.reference.ggml_float import float_weights, uses_tinyblas
-from refllm.kernels.x86 import f16_matmul, fma32, hsum8
+from refllm.kernels.x86 import f16_matmul, fma32, hsum8, tinyblas_lanes
 
 # Weight rows widened to float32 at a time (F16; F32 and BF16 with tinyBLAS): about 1 MiB.
 CHUNK_BYTES = 1 << 20
@@ -106,20 +106,7 @@ def tinyblas_dot_t(raw, start, stop, bf16, w_t, a, out):
         _widen_row(raw, start + j, bf16, w)
         for e in range(k):
             w_t[e, j] = w[e]
-    acc = np.empty((8, m), np.float32)
-    for i in range(n):
-        acc[:, :] = 0
-        for l in range(0, k, 8):
-            for t in range(8):
-                av = a[i, l + t]
-                for j in range(m):
-                    acc[t, j] = fma32(w_t[l + t, j], av, acc[t, j])
-        for j in range(m):
-            t0 = np.float32(acc[4, j] + acc[0, j])
-            t1 = np.float32(acc[5, j] + acc[1, j])
-            t2 = np.float32(acc[6, j] + acc[2, j])
-            t3 = np.float32(acc[7, j] + acc[3, j])
-            out[i, start + j] = np.float32(np.float32(t0 + t2) + np.float32(t1 + t3))
+    tinyblas_lanes(w_t[:, :m], a, out[:, start:stop])
 
 
 @njit(cache=True)
