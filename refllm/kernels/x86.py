@@ -14,8 +14,10 @@ reduces its lanes, and its polynomial exp. This module holds those pieces:
                      expf_scalar is its Numba twin)
     silu             ggml_v_silu: x / (1 + expf(-x))
     soft_max         ggml_compute_forward_soft_max_f32 on rows: scale, mask, exp, float64 sum
+    tinyblas_lanes   tinyBLAS's AVX2 float kernel (8 FMA lanes over k, then hsum8)
     f16_matmul       the dot products of an F16 mul_mat (the KV cache against q or the
                      probabilities): tinyBLAS for two or more columns, ggml_vec_dot_f16 for one
+    round_to_f16     an activation rounded to fp16, as ggml converts it for an F16 mul_mat
     cos_sin, rotate  rope: the C library's cosf/sinf, and the rotation's fused multiply-adds
     tanhf            the C library's tanhf (ggml's GELU table)
 
