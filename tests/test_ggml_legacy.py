@@ -89,3 +89,23 @@ def test_bit_exact_against_llama_cpp(golden_models, kind, backend):
             assert np.array_equal(y.view(np.uint32), dst.view(np.uint32)), (mode, key, int((y != dst).sum()))
             checked += 1
     assert checked >= 8
+
+
+@pytest.mark.parametrize("weight_type", ["Q4_1", "Q5_1"])
+def test_the_fallback_identity_adds_the_q8_1_block_sum_rounding(weight_type):
+    """What numerics.matmul_ggml falls back on for a matrix it cannot reproduce (a big-endian
+    file): dequantized(x) @ dequantized(W).T plus q8_1_sum_correction @ block_minimums.T. For
+    Q4_1/Q5_1 that equals llama.cpp's kernel up to float32 summation order; without the
+    correction (the fp16 rounding of each activation block's sum s) it is visibly off."""
+    from refllm.kernels import dequantize
+    from refllm.kernels.vec_dot import block_minimums, q8_1_sum_correction
+    rows, k, n = 24, 256, 5
+    raw, act = random_case(weight_type, rows, k, n, seed=21)
+    exact = cpu.mul_mat(raw, weight_type, (rows, k), act).astype(np.float64)
+    w = dequantize(raw, weight_type, (rows, k)).astype(np.float64)
+    x_q = (act.q.reshape(n, -1, 32) * act.d[..., None].astype(np.float64)).reshape(n, k)
+    plain = x_q @ w.T
+    corrected = plain + q8_1_sum_correction(act).astype(np.float64) @ block_minimums(raw, weight_type, rows).T
+    scale = np.maximum(np.abs(x_q) @ np.abs(w).T, 1e-30)          # the all-zero row: all terms 0
+    assert np.max(np.abs(corrected - exact) / scale) < 1e-6
+    assert np.max(np.abs(plain - exact) / scale) > 1e-5

@@ -72,21 +72,10 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
+# the models are write_models.py's (this script's folder; it imports refllm only in its main)
+from write_models import TYPES, model_args
 
 HERE = Path(__file__).parent
-TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "BF16")
-# The arguments write_models.py gives refllm.engine.synth.write_synthetic_model for type T
-# (copied, not imported: this script never imports refllm; provenance records them per type).
-LAYER_MATRICES = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
-                  "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
-FIXED_TYPES = {"token_embd.weight": "F32", "output.weight": "Q8_0"}
-SEED = 20240601
-
-
-def model_args(kind: str) -> dict:
-    """write_models.model_args(kind): the synthetic model whose layer matrices are all `kind`."""
-    return dict(arch="llama", seed=SEED, n_layer=1, n_embd=256, n_ff=512, n_head=4, n_head_kv=2,
-                n_vocab=384, weight_types={**FIXED_TYPES, **{name: kind for name in LAYER_MATRICES}})
 
 
 IDS_SEED = 7

@@ -19,7 +19,6 @@ import hashlib
 import sys
 from pathlib import Path
 
-from refllm.engine.synth import write_synthetic_model
 
 # Every type a synthetic matrix can have (refllm.engine.synth.MATRIX_TYPES), in ggml type-id order.
 TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "BF16")
@@ -36,6 +35,10 @@ def model_args(kind: str) -> dict:
 
 
 def main() -> None:
+    # imported here, not at the top: make_golden.py (llama-cpp-python's venv, no refllm) reads
+    # TYPES and model_args from this module
+    from refllm.engine.synth import write_synthetic_model
+
     if len(sys.argv) != 2:
         sys.exit("usage: python golden/matmul/write_models.py DIR")
     out = Path(sys.argv[1])

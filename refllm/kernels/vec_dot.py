@@ -66,10 +66,7 @@ def converted_activations(x: np.ndarray, weight_type: str):
     """x float32 [n, k] as a `weight_type` matmul sees it: (float32 [n, k], rows) where the
     first is what the dot products multiply the weights by (x itself for F32 weights) and
     `rows` is the QuantizedRows (None for the float types)."""
-    act = vec_dot_type(weight_type)
-    if act == "F32":
-        return x, None
-    converted = _CONVERTERS[act](x)
+    converted = activation_rows(x, weight_type, backend="numpy")
     if isinstance(converted, activations.QuantizedRows):
         return activations.dequantized(converted), converted
     return converted, None
