@@ -39,6 +39,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from refllm.kernels.cpu import avx2
 from refllm.kernels.cpu.fp import f16_to_f32
 from refllm.kernels.cpu.quant_plain import f32_to_f16_bits
 
@@ -240,6 +241,33 @@ def tinyblas_lanes(a_t, b, out):
             out[i, j] = np.float32(np.float32(t0 + t2) + np.float32(t1 + t3))
 
 
+# tinyBLAS products through avx2.f32_dot_tile where the machine has AVX2 (tests switch it off
+# to check the portable tinyblas_lanes)
+USE_AVX2 = avx2.AVAILABLE
+
+
+def tinyblas_tiles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """b @ a.T [N, M] with tinyblas_lanes' bits, by avx2.f32_dot_tile: a [M, K] and b [N, K]
+    float32 (K whole 8s) padded with zero rows to whole tiles."""
+    (m, k), n = a.shape, b.shape[0]
+    m4, n2 = -(-m // avx2.ROWS) * avx2.ROWS, -(-n // avx2.TOKENS) * avx2.TOKENS
+    if (m4, n2) != (m, n):
+        a = np.concatenate([a, np.zeros((m4 - m, k), F32)])
+        b = np.concatenate([b, np.zeros((n2 - n, k), F32)])
+    out = np.empty((n2, m4), F32)
+    _tinyblas_tiles(a.reshape(-1), b.reshape(-1), k, out)
+    return out[:n, :m] if (m4, n2) != (m, n) else out
+
+
+@numba.njit(cache=True)
+def _tinyblas_tiles(a, b, k, out):
+    n2, m4 = out.shape
+    out_flat = out.reshape(-1)
+    for r0 in range(0, m4, avx2.ROWS):
+        for t0 in range(0, n2, avx2.TOKENS):
+            avx2.f32_dot_tile(out_flat, t0 * m4 + r0, m4, a, r0 * k, b, t0 * k, k)
+
+
 @numba.njit(cache=True)
 def f16_dot_vec(a, b, out):
     """out[i, j] = b[i] . a[j] as ggml_vec_dot_f16 computes it (AVX2): four 8-lane
@@ -304,6 +332,8 @@ def f16_matmul(a: np.ndarray, b: np.ndarray, tinyblas: bool) -> np.ndarray:
     a = np.ascontiguousarray(a, F32)
     b = np.ascontiguousarray(b, F32)
     out = np.empty((b.shape[0], a.shape[0]), F32)
+    if tinyblas and a.shape[1] % 8 == 0 and USE_AVX2:
+        return tinyblas_tiles(a, b)
     if tinyblas and a.shape[1] % 8 == 0:
         tinyblas_lanes(np.ascontiguousarray(a.T), b, out)
     else:

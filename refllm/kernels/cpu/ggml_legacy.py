@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from refllm.kernels.cpu import avx2
 from refllm.kernels.reference.ggml_legacy import LEGACY_BLOCKS
 from refllm.kernels.x86 import fma32, hsum8
 
@@ -55,6 +56,11 @@ FEW_TOKENS = 16
 # vectorized loop (LLVM's run-time alias checks, the weights' broadcasts); 2 MiB (one tile up
 # to 900 tokens for k = 576) measured faster than tiles that fit the 512 KiB L2 cache.
 TILE_BYTES = 1 << 21
+# Batches go to the AVX2 kernel where the machine has AVX2 (tests switch it off to check the
+# portable kernel).
+USE_AVX2 = avx2.AVAILABLE
+# AVX2 batches: weight rows decoded (to int8) at a time.
+AVX2_ROWS = 64
 
 
 def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> np.ndarray:
@@ -72,6 +78,9 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
     if n < FEW_TOKENS:
         legacy_matmul_rows(raw, *layout, np.ascontiguousarray(act.q, np.int16),
                            np.ascontiguousarray(act.d, F32), np.ascontiguousarray(s_a, F32), out)
+        return out
+    if USE_AVX2:
+        _mul_mat_avx2(raw, weight_type, layout, act.q, act.d, act.s, out)
         return out
     # the tokens transposed, padded with zeros to whole tiles of whole 8s
     n8 = -(-n // 8) * 8
@@ -258,3 +267,95 @@ def legacy_matmul_tokens(raw, nb, block_bytes, qs_at, qh_at, has_min, offset, is
                     lanes = (acc[q, 0, t], acc[q, 1, t], acc[q, 2, t], acc[q, 3, t],
                              acc[q, 4, t], acc[q, 5, t], acc[q, 6, t], acc[q, 7, t])
                     out[t0 + t, r] = F32(hsum8(lanes) + summs[q, t])
+
+
+def _mul_mat_avx2(raw, weight_type, layout, q, d_a, s_a, out):
+    """out [n, rows] through avx2's q8_dot tiles: the activations padded to whole pairs of
+    tokens and the products to whole tiles, the activations' scales laid out per tile
+    (d_pairs, s_pairs), and for Q4_0/Q5_0 the offset times each lane's sum of activations
+    (corr), which turns the stored unsigned quants into the signed ones."""
+    nb = layout[0]
+    n, k = q.shape
+    rows = out.shape[1]
+    n2 = n + n % 2
+    a = np.zeros((n2, k), np.int8)
+    a[:n] = q
+
+    def per_pair(x):
+        # x [n, nb] -> [n2 / 2, nb, 8]: x[2 p + t, b] at [p, b, 2 r + t] for each of 4 rows r
+        padded = np.zeros((n2, nb), F32)
+        padded[:n] = x
+        return np.ascontiguousarray(np.tile(padded.reshape(n2 // 2, 2, nb).transpose(0, 2, 1), (1, 1, avx2.ROWS)))
+
+    d_pairs = per_pair(d_a)
+    s_pairs = per_pair(s_a) if s_a is not None else d_pairs
+    offset = LEGACY_BLOCKS[weight_type][4]
+    kind = avx2.SIGNED if weight_type == "Q8_0" else avx2.OFFSET if offset else avx2.UNSIGNED
+    corr = (a.reshape(n2, nb * 8, 4).sum(-1, dtype=np.int32) * I32(offset) if kind == avx2.OFFSET
+            else np.zeros((n2, 1), I32))
+    padded = out if (n2, -(-rows // 4) * 4) == out.shape else np.empty((n2, -(-rows // 4) * 4), F32)
+    legacy_matmul_avx2(raw, *layout[:5], kind, a, corr, d_pairs, s_pairs, padded)
+    if padded is not out:
+        out[:] = padded[:n, :rows]
+
+
+@njit(cache=True)
+def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, a, corr, d_pairs, s_pairs, out):
+    """out [n2, rows4] = the legacy-type products by avx2's q8_dot tiles (batches), for the
+    rows of raw (rows4 = rows rounded up to whole 4s; the padding is garbage).
+
+    raw and the layout arguments as legacy_matmul_rows; kind avx2.UNSIGNED, OFFSET or SIGNED;
+    a int8 [n2, k] (the Q8 quants, n2 even), corr int32 [n2, 8 nb] (OFFSET), d_pairs and
+    s_pairs float32 [n2 / 2, nb, 8] (d_a and s_a per tile). Rows are decoded AVX2_ROWS at a
+    time to int8 (unsigned but for Q8_0) and swept four at a time over all the tokens."""
+    rows = raw.shape[0] // (nb * block_bytes)
+    n2 = U64(a.shape[0])
+    k = U64(a.shape[1])
+    nbu = U64(nb)
+    bb = U64(block_bytes)
+    chunk = AVX2_ROWS
+    w = np.zeros((chunk, k), np.int8)
+    w_abs = np.zeros((chunk, k), np.int8)
+    d_w = np.zeros((chunk, nb), F32)
+    m_w = np.zeros((chunk, nb), F32)
+    d_rows = np.empty(nb * 8, F32)
+    m_rows = np.zeros(nb * 8, F32)
+    a_flat, corr_flat, w_flat, w_abs_flat, out_flat = a.reshape(-1), corr.reshape(-1), w.reshape(-1), w_abs.reshape(-1), out.reshape(-1)
+    d_flat, s_flat = d_pairs.reshape(-1), s_pairs.reshape(-1)
+    stride = U64(out.shape[1])
+    for start in range(0, rows, chunk):
+        count = min(chunk, rows - start)
+        for rr in range(count):
+            row = U64(start + rr) * nbu * bb
+            for b in range(nbu):
+                at = row + b * bb
+                _decode_block(raw, at, qs_at, qh_at, I32(0), kind == avx2.SIGNED, U64(16), w[rr], b * U64(32))
+                d_w[rr, b] = _f16(raw, at)
+                if has_min:
+                    m_w[rr, b] = _f16(raw, at + U64(2))
+            if kind == avx2.SIGNED:
+                for i in range(k):
+                    w_abs[rr, i] = abs(np.int16(w[rr, i]))
+        for rr in range(count, -(-count // 4) * 4):
+            w[rr, :] = 0
+            d_w[rr, :] = 0
+            m_w[rr, :] = 0
+        for r0 in range(U64(0), U64(count), U64(4)):
+            for b in range(nbu):
+                for i in range(U64(8)):
+                    d_rows[b * U64(8) + i] = d_w[r0 + i // U64(2), b]
+                    m_rows[b * U64(8) + i] = m_w[r0 + i // U64(2), b]
+            w_at = r0 * k
+            o_at = U64(start) + r0
+            for t in range(U64(0), n2, U64(2)):
+                p_at = t * nbu * U64(4)
+                if kind == avx2.UNSIGNED:
+                    avx2.q8_dot_unsigned(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, t * k, corr_flat, U64(0),
+                                         d_rows, m_rows, d_flat, s_flat, p_at, nbu)
+                elif kind == avx2.OFFSET:
+                    avx2.q8_dot_offset(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, t * k, corr_flat, t * nbu * U64(8),
+                                       d_rows, m_rows, d_flat, s_flat, p_at, nbu)
+                else:
+                    avx2.q8_dot_signed(out_flat, o_at, stride, w_flat, w_abs_flat, w_at, a_flat, t * k, corr_flat, U64(0),
+                                       d_rows, m_rows, d_flat, s_flat, p_at, nbu)
+                o_at += U64(2) * stride
