@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import platform
 
+import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types
@@ -53,6 +54,14 @@ _V32I8, _V16I16, _V8I32, _V8F32 = (ir.VectorType(_I8, 32), ir.VectorType(_I16, 1
                                    ir.VectorType(_I32, 8), ir.VectorType(_F32, 8))
 
 
+def pair_lanes(x: np.ndarray) -> np.ndarray:
+    """x [n, ...] (n even) laid out for a tile's eight lanes: [n / 2, ..., 8] (x's dtype) with
+    x[2 i + t] at lane 2 r + t of entry i, for each of the tile's four rows r."""
+    x = np.asarray(x)
+    pairs = np.moveaxis(x.reshape((x.shape[0] // 2, 2) + x.shape[1:]), 1, -1)     # [n / 2, ..., 2]
+    return np.ascontiguousarray(np.tile(pairs, ROWS))
+
+
 def _data(context, builder, array_type, array):
     """The data pointer of a Numba array argument."""
     return cgutils.create_struct_proxy(array_type)(context, builder, value=array).data
@@ -66,32 +75,32 @@ def _q8_dot_tile(mode):
     """The intrinsic q8_dot_tile for one kind of weight quants (UNSIGNED, OFFSET or SIGNED)."""
 
     @intrinsic
-    def q8_dot_tile(typingctx, out, out_at, out_stride, w, w_abs, w_at, a, a_at, corr, corr_at,
-                    d_rows, m_rows, d_pairs, s_pairs, pair_at, nb):
-        sig = types.void(out, out_at, out_stride, w, w_abs, w_at, a, a_at, corr, corr_at,
-                         d_rows, m_rows, d_pairs, s_pairs, pair_at, nb)
+    def q8_dot_tile(typingctx, out, out_at, out_stride, w, w_abs, w_at, a, corr, scale, scale_at,
+                    m_rows, s_pairs, pair, nb):
+        sig = types.void(out, out_at, out_stride, w, w_abs, w_at, a, corr, scale, scale_at,
+                         m_rows, s_pairs, pair, nb)
         return sig, lambda *args: _q8_dot_tile_codegen(mode, *args)
 
     return q8_dot_tile
 
 
 def _q8_dot_tile_codegen(mode, context, builder, signature, args):
-    """q8_dot_tile(out, out_at, out_stride, w, w_abs, w_at, a, a_at, corr, corr_at, d_rows,
-    m_rows, d_pairs, s_pairs, pair_at, nb): the 4 x 2 dot products of weight rows r and
-    tokens t over nb blocks of 32 as llama.cpp's legacy-type kernels compute them. With p =
-    2 r + t the tile's pair:
+    """q8_dot_tile(out, out_at, out_stride, w, w_abs, w_at, a, corr, scale, scale_at, m_rows,
+    s_pairs, pair, nb): the 4 x 2 dot products of weight rows r and tokens t = 2 pair,
+    2 pair + 1 over nb blocks of 32, as llama.cpp's legacy-type kernels compute them. With
+    p = 2 r + t the tile's pair of row and token:
 
         lane[j]   = sum(w[r, 32b + 4j + i] * a[t, 32b + 4j + i], i = 0..3)       int32
                     (minus corr[t, 8b + j] for OFFSET)
-        acc[p]    = fma(d_rows[b, p] * d_pairs[b, p], float(lane), acc[p])       8 float32 lanes
-        summs[p] += m_rows[b, p] * s_pairs[b, p]                                 (UNSIGNED)
+        acc[p]    = fma(scale[b, p], float(lane), acc[p])                        8 float32 lanes
+        summs[p] += m_rows[b, p] * s_pairs[pair, b, p]                           (UNSIGNED)
         out[t, r] = hsum8(acc[p]) (+ summs[p])
 
-    into out[out_at + t * out_stride + r]. The arrays are flat, C-ordered, and start at the
-    element offsets *_at: w int8 [4, k] (w_abs the same rows' absolute values for SIGNED),
-    a int8 [2, k], corr int32 [2, 8 nb] (OFFSET), d_rows and m_rows float32 [nb, 8] (the
-    rows' d_w and m_w, each twice), d_pairs and s_pairs float32 [nb, 8] from pair_at (the
-    tokens' d_a and s_a, four times); k = 32 nb. Arrays a kind does not read may be any."""
+    into out[out_at + t * out_stride + r]. The arrays are flat and C-ordered: w int8 [4, k]
+    from w_at (w_abs the same rows' absolute values for SIGNED), a int8 [n, k], corr int32
+    [n, 8 nb] (OFFSET), scale float32 [nb, 8] from scale_at (d_w * d_a, rounded), m_rows float32
+    [nb, 8] (the rows' m_w, each twice) and s_pairs float32 [n / 2, nb, 8] (the tokens' s_a,
+    four times; UNSIGNED); k = 32 nb. Arrays a kind does not read may be any."""
     def data(i, at=None):
         # array argument i's data pointer, advanced by argument `at` elements
         pointer = _data(context, builder, signature.args[i], args[i])
@@ -100,10 +109,16 @@ def _q8_dot_tile_codegen(mode, context, builder, signature, args):
     def const(value):
         return ir.Constant(_I64, value)
 
-    out_p, w_p, w_abs_p, a_p, corr_p = data(0, 1), data(3, 5), data(4, 5), data(6, 7), data(8, 9)
-    d_rows_p, m_rows_p, d_pairs_p, s_pairs_p = data(10), data(11), data(12, 14), data(13, 14)
-    out_stride, blocks = args[2], args[15]
+    pair, blocks = args[12], args[13]
     k = builder.mul(blocks, const(32))
+    first_token = builder.mul(pair, const(2))
+    out_p, w_p, w_abs_p = data(0, 1), data(3, 5), data(4, 5)
+    a_p = builder.gep(data(6), [builder.mul(first_token, k)])
+    corr_p = builder.gep(data(7), [builder.mul(first_token, builder.mul(blocks, const(8)))])
+    scale_p = data(8, 9)
+    m_rows_p = data(10)
+    s_pairs_p = builder.gep(data(11), [builder.mul(pair, builder.mul(blocks, const(8)))])
+    out_stride = args[2]
     maddubs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
     maddwd = _function(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
     sign = _function(builder, "llvm.x86.avx2.psign.b", _V32I8, [_V32I8, _V32I8])
@@ -115,20 +130,16 @@ def _q8_dot_tile_codegen(mode, context, builder, signature, args):
         at = builder.gep(pointer, [index])
         return builder.load(builder.bitcast(at, vector_type.as_pointer()), align=1)
 
-    # the accumulators live in allocas, which LLVM promotes to registers; the block's scales
-    # go through memory, to be broadcast from it
+    # the accumulators live in allocas, which LLVM promotes to registers
     accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(ROWS * TOKENS)]
     summs = cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None))
-    scales = cgutils.alloca_once(builder, _V8F32)
-    scales_p = builder.bitcast(scales, _F32.as_pointer())
     with cgutils.for_range(builder, blocks) as loop:
         b = loop.index
         first = builder.mul(b, const(32))                      # the block's first element
-        builder.store(builder.fmul(load(d_rows_p, builder.mul(b, const(8)), _V8F32),
-                                   load(d_pairs_p, builder.mul(b, const(8)), _V8F32)), scales)
         if mode == UNSIGNED:
-            builder.store(builder.fadd(builder.load(summs), builder.fmul(load(m_rows_p, builder.mul(b, const(8)), _V8F32),
-                                                                         load(s_pairs_p, builder.mul(b, const(8)), _V8F32))), summs)
+            at = builder.mul(b, const(8))
+            term = builder.fmul(load(m_rows_p, at, _V8F32), load(s_pairs_p, at, _V8F32))
+            builder.store(builder.fadd(builder.load(summs), term), summs)
         ws = [load(w_p, builder.add(builder.mul(const(r), k), first), _V32I8) for r in range(ROWS)]
         for t in range(TOKENS):
             a_t = load(a_p, builder.add(builder.mul(const(t), k), first), _V32I8)
@@ -140,17 +151,11 @@ def _q8_dot_tile_codegen(mode, context, builder, signature, args):
                     pairs = builder.call(maddubs, [w_abs, builder.call(sign, [a_t, ws[r]])])
                 else:
                     pairs = builder.call(maddubs, [ws[r], a_t])
-                if mode == SIGNED:
-                    lanes = builder.call(maddwd, [pairs, ones])
-                else:
-                    # lane j = pairs[2j] + pairs[2j+1], which fits int16 here: (x + (x << 16)) >> 16
-                    # on the int32 lanes, three cheap operations instead of a multiply
-                    x = builder.bitcast(pairs, _V8I32)
-                    sixteen = ir.Constant(_V8I32, [ir.Constant(_I32, 16)] * 8)
-                    lanes = builder.ashr(builder.add(x, builder.shl(x, sixteen)), sixteen)
+                lanes = builder.call(maddwd, [pairs, ones])
                 if mode == OFFSET:
                     lanes = builder.sub(lanes, corr_t)
-                s = builder.load(builder.gep(scales_p, [const(TOKENS * r + t)]))
+                # the pair's scale, broadcast from memory to the eight lanes
+                s = builder.load(builder.gep(scale_p, [builder.add(builder.mul(b, const(8)), const(TOKENS * r + t))]))
                 s8 = builder.shuffle_vector(builder.insert_element(ir.Constant(_V8F32, ir.Undefined), s, ir.Constant(_I32, 0)),
                                             ir.Constant(_V8F32, ir.Undefined), ir.Constant(_V8I32, [0] * 8))
                 slot = accs[TOKENS * r + t]
@@ -215,6 +220,216 @@ def f32_dot_tile(typingctx, out, out_at, out_stride, a, a_at, b, b_at, k):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def q4_k_dot_tile(typingctx, out, out_at, out_stride, q, q_at, a, a_at, sc, sc_at, d_rows, dmin_rows, m_rows,
+                  d_pairs, bs_pairs, pair_at, nb):
+    """q4_k_dot_tile(out, out_at, out_stride, q, q_at, a, a_at, sc, sc_at, d_rows, dmin_rows,
+    m_rows, d_pairs, bs_pairs, pair_at, nb): the 4 x 2 Q4_K products of weight rows r and
+    tokens t over nb super-blocks of 256, as ggml_gemm_q4_K_8x8_q8_K computes them. With
+    p = 2 r + t the tile's pair (one vector lane each), for each super-block b and each pair
+    of sub-blocks g (elements 64 g .. 64 g + 63 of the super-block, sub-blocks j = 2g, 2g+1):
+
+        isum[p] = sum_j sc[r, b, j] * sum(q[r, i] a[t, i], i in j)                 int32
+        imin[p] = sum_j m_rows[b, j, p] * bs_pairs[b, j, p]                         exact floats
+        acc[p]  = fma(float(isum[p]), d_rows[b, p] * d_pairs[b, p], acc[p])
+        accm[p] = fma(imin[p], dmin_rows[b, p] * d_pairs[b, p], accm[p])
+        out[t, r] = acc[p] - accm[p]
+
+    into out[out_at + t * out_stride + r]. The arrays are flat, C-ordered, and start at the
+    element offsets *_at: q uint8 [4, k] (0..15), a int8 [2, k], sc int16 [4, nb, 8] (the
+    sub-block scales); d_rows, dmin_rows float32 [nb, 8] and m_rows float32 [nb, 8, 8] (the
+    rows' d, dmin and mins for each pair); d_pairs float32 [nb, 8] from pair_at and bs_pairs
+    float32 [nb, 8, 8] from 8 pair_at (the tokens' d and sums of 32 quants); k = 256 nb."""
+    sig = types.void(out, out_at, out_stride, q, q_at, a, a_at, sc, sc_at, d_rows, dmin_rows, m_rows,
+                     d_pairs, bs_pairs, pair_at, nb)
+
+    def codegen(context, builder, signature, args):
+        def data(i, at=None):
+            pointer = _data(context, builder, signature.args[i], args[i])
+            return pointer if at is None else builder.gep(pointer, [args[at]])
+
+        def const(value):
+            return ir.Constant(_I64, value)
+
+        def load(pointer, index, vector_type):
+            at = builder.gep(pointer, [index])
+            return builder.load(builder.bitcast(at, vector_type.as_pointer()), align=1)
+
+        def shuffle(x, y, mask):
+            return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, len(mask)), mask))
+
+        out_p, q_p, a_p, sc_p = data(0, 1), data(3, 4), data(5, 6), data(7, 8)
+        d_rows_p, dmin_rows_p, m_rows_p = data(9), data(10), data(11)
+        d_pairs_p = data(12, 14)
+        bs_pairs_p = builder.gep(data(13), [builder.mul(args[14], const(8))])
+        out_stride, blocks = args[2], args[15]
+        k = builder.mul(blocks, const(256))
+        sc_stride = builder.mul(blocks, const(8))
+        maddubs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
+        maddwd = _function(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
+        fma = _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32])
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None))
+        accm = cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None))
+        with cgutils.for_range(builder, blocks) as loop:
+            b = loop.index
+            d_pair = load(d_pairs_p, builder.mul(b, const(8)), _V8F32)
+            scale = builder.fmul(load(d_rows_p, builder.mul(b, const(8)), _V8F32), d_pair)
+            scale_min = builder.fmul(load(dmin_rows_p, builder.mul(b, const(8)), _V8F32), d_pair)
+            for g in range(4):
+                first = builder.add(builder.mul(b, const(256)), const(64 * g))
+                sums = []                                       # int32 x 8 per pair, in pair order
+                qs = [[load(q_p, builder.add(builder.mul(const(r), k), builder.add(first, const(32 * h))), _V32I8)
+                       for h in (0, 1)] for r in range(ROWS)]
+                scs = []
+                for r in range(ROWS):
+                    row_scales = []
+                    for h in (0, 1):
+                        at = builder.add(builder.add(builder.mul(const(r), sc_stride), builder.mul(b, const(8))),
+                                         const(2 * g + h))
+                        one = builder.load(builder.gep(sc_p, [at]))
+                        row_scales.append(shuffle(builder.insert_element(ir.Constant(_V16I16, ir.Undefined), one,
+                                                                         ir.Constant(_I32, 0)),
+                                                  ir.Constant(_V16I16, ir.Undefined), [0] * 16))
+                    scs.append(row_scales)
+                by_pair = {}
+                for t in range(TOKENS):
+                    a_t = [load(a_p, builder.add(builder.mul(const(t), k), builder.add(first, const(32 * h))), _V32I8)
+                           for h in (0, 1)]
+                    for r in range(ROWS):
+                        by_pair[TOKENS * r + t] = builder.add(
+                            builder.call(maddwd, [builder.call(maddubs, [qs[r][0], a_t[0]]), scs[r][0]]),
+                            builder.call(maddwd, [builder.call(maddubs, [qs[r][1], a_t[1]]), scs[r][1]]))
+                sums = [by_pair[p] for p in range(8)]
+                isum = _sum_lanes(builder, sums)
+                imin = None
+                for h in (0, 1):
+                    at = builder.add(builder.mul(b, const(64)), const(8 * (2 * g + h)))
+                    term = builder.fmul(load(m_rows_p, at, _V8F32), load(bs_pairs_p, at, _V8F32))
+                    imin = term if imin is None else builder.fadd(imin, term)
+                builder.store(builder.call(fma, [builder.sitofp(isum, _V8F32), scale, builder.load(acc)]), acc)
+                builder.store(builder.call(fma, [imin, scale_min, builder.load(accm)]), accm)
+        result = builder.fsub(builder.load(acc), builder.load(accm))
+        for r in range(ROWS):
+            for t in range(TOKENS):
+                at = builder.add(builder.mul(const(t), out_stride), const(r))
+                builder.store(builder.extract_element(result, ir.Constant(_I32, TOKENS * r + t)),
+                              builder.gep(out_p, [at]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _kquant_dot_tile(with_mins):
+    """The intrinsic kquant_dot_tile, with the mins term (Q2_K, Q4_K, Q5_K) or without."""
+
+    @intrinsic
+    def kquant_dot_tile(typingctx, out, out_at, out_stride, c, c_at, aq, aq_at, sc16, sc_at, wsum_rows, d_rows,
+                        dmin_rows, bw_rows, d_pairs, bs_pairs, pair_at, nb):
+        sig = types.void(out, out_at, out_stride, c, c_at, aq, aq_at, sc16, sc_at, wsum_rows, d_rows,
+                         dmin_rows, bw_rows, d_pairs, bs_pairs, pair_at, nb)
+        return sig, lambda *args: _kquant_dot_tile_codegen(with_mins, *args)
+
+    return kquant_dot_tile
+
+
+def _kquant_dot_tile_codegen(with_mins, context, builder, signature, args):
+    """kquant_dot_tile(out, out_at, out_stride, c, c_at, aq, aq_at, sc16, sc_at, wsum_rows,
+    d_rows, dmin_rows, bw_rows, d_pairs, bs_pairs, pair_at, nb): the 4 x 2 K-quant products
+    of weight rows r and tokens t over nb super-blocks of 256 as tiled.cpp's AVX2 microtile
+    computes them. With p = 2 r + t the tile's pair (one vector lane each), per super-block b:
+
+        s1[p] = sum(sc(e) c(e) (q(e) + 128)) - wsum_rows[b, p]     int32 = sum sc(e) c(e) q(e)
+        s2[p] = sum_m bw_rows[b, m, p] * bs_pairs[b, m, p]         int32 (with_mins)
+        r[p]  = d_rows[b, p] * float(s1[p])
+        r[p]  = fma(-dmin_rows[b, p], float(s2[p]), r[p])          (with_mins)
+        y[p]  = fma(r[p], d_pairs[b, p], y[p])
+        out[t, r] = y[p]
+
+    into out[out_at + t * out_stride + r]. The arrays are flat, C-ordered, and start at the
+    element offsets *_at: c int8 [4, k] (codes, |c| <= 32), aq uint8 [2, k] (the Q8_K quants
+    plus 128, so that vpmaddubsw takes them as its unsigned operand), sc16 int16 [4, k / 2]
+    (per 32 weights: the scale of the first 16 eight times, then of the last 16),
+    wsum_rows int32 [nb, 8] (128 * sum sc c of the pair's row and block), d_rows, dmin_rows
+    float32 [nb, 8], bw_rows int32 [nb, 16, 8] (the bsum multipliers), d_pairs float32 [nb, 8]
+    from pair_at and bs_pairs int32 [nb, 16, 8] from 16 pair_at (the tokens' d and bsums);
+    k = 256 nb. Arrays the kind does not read may be any."""
+    def data(i, at=None):
+        pointer = _data(context, builder, signature.args[i], args[i])
+        return pointer if at is None else builder.gep(pointer, [args[at]])
+
+    def const(value):
+        return ir.Constant(_I64, value)
+
+    def load(pointer, index, vector_type):
+        at = builder.gep(pointer, [index])
+        return builder.load(builder.bitcast(at, vector_type.as_pointer()), align=1)
+
+    out_p, c_p, aq_p, sc_p = data(0, 1), data(3, 4), data(5, 6), data(7, 8)
+    wsum_p, d_rows_p, dmin_rows_p, bw_p = data(9), data(10), data(11), data(12)
+    d_pairs_p = data(13, 15)
+    bs_pairs_p = builder.gep(data(14), [builder.mul(args[15], const(16))])
+    out_stride, blocks = args[2], args[16]
+    k = builder.mul(blocks, const(256))
+    half_k = builder.mul(blocks, const(128))
+    maddubs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
+    maddwd = _function(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
+    fma = _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32])
+    y = cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None))
+    with cgutils.for_range(builder, blocks) as loop:
+        b = loop.index
+        sums = [ir.Constant(_V8I32, None)] * (ROWS * TOKENS)
+        for run in range(8):
+            first = builder.add(builder.mul(b, const(256)), const(32 * run))
+            aqs = [load(aq_p, builder.add(builder.mul(const(t), k), first), _V32I8) for t in range(TOKENS)]
+            for r in range(ROWS):
+                c_r = load(c_p, builder.add(builder.mul(const(r), k), first), _V32I8)
+                sc_r = load(sc_p, builder.add(builder.mul(const(r), half_k),
+                                              builder.add(builder.mul(b, const(128)), const(16 * run))), _V16I16)
+                for t in range(TOKENS):
+                    p = TOKENS * r + t
+                    sums[p] = builder.add(sums[p], builder.call(maddwd, [builder.call(maddubs, [aqs[t], c_r]), sc_r]))
+        at8 = builder.mul(b, const(8))
+        s1 = builder.sub(_sum_lanes(builder, sums), load(wsum_p, at8, _V8I32))
+        r_vec = builder.fmul(load(d_rows_p, at8, _V8F32), builder.sitofp(s1, _V8F32))
+        if with_mins:
+            s2 = ir.Constant(_V8I32, None)
+            for m in range(16):
+                at = builder.add(builder.mul(b, const(128)), const(8 * m))
+                s2 = builder.add(s2, builder.mul(load(bw_p, at, _V8I32), load(bs_pairs_p, at, _V8I32)))
+            r_vec = builder.call(fma, [builder.fneg(load(dmin_rows_p, at8, _V8F32)), builder.sitofp(s2, _V8F32), r_vec])
+        builder.store(builder.call(fma, [r_vec, load(d_pairs_p, at8, _V8F32), builder.load(y)]), y)
+    result = builder.load(y)
+    for r in range(ROWS):
+        for t in range(TOKENS):
+            at = builder.add(builder.mul(const(t), out_stride), const(r))
+            builder.store(builder.extract_element(result, ir.Constant(_I32, TOKENS * r + t)), builder.gep(out_p, [at]))
+    return context.get_dummy_value()
+
+
+kquant_dot_plain = _kquant_dot_tile(False)
+kquant_dot_mins = _kquant_dot_tile(True)
+
+
+def _sum_lanes(builder, vectors):
+    """The int32 x 8 vector whose lane p is the sum of vectors[p]'s eight lanes (exact: any
+    order), by three rounds of pairwise horizontal adds."""
+    def shuffle(x, y, mask):
+        return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, len(mask)), mask))
+
+    def hadd(x, y):
+        # vphaddd: per 128-bit half, (x0+x1, x2+x3, y0+y1, y2+y3)
+        even = shuffle(x, y, [0, 2, 8, 10, 4, 6, 12, 14])
+        odd = shuffle(x, y, [1, 3, 9, 11, 5, 7, 13, 15])
+        return builder.add(even, odd)
+
+    first = [hadd(vectors[i], vectors[i + 1]) for i in range(0, 8, 2)]
+    second = [hadd(first[0], first[1]), hadd(first[2], first[3])]
+    # second[0]: low half = the low-half sums of vectors 0..3, high half = their high-half sums
+    low = shuffle(second[0], second[1], [0, 1, 2, 3, 8, 9, 10, 11])
+    high = shuffle(second[0], second[1], [4, 5, 6, 7, 12, 13, 14, 15])
+    return builder.add(low, high)
 
 
 q8_dot_unsigned = _q8_dot_tile(UNSIGNED)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from refllm.kernels.cpu import avx2
 from refllm.kernels.cpu.fp import f16_to_f32
 from refllm.kernels.reference.ggml_kquants import KQUANT_BLOCK_BYTES, TILED_MIN_BATCH
 from refllm.kernels.x86 import fma32, hsum8
@@ -34,6 +35,10 @@ _TYPE_CODE = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
 CHUNK_BYTES = 1 << 18
 # From this many tokens on, chunks are transposed and swept across rows.
 FEW_TOKENS = 4
+# tiled.cpp's batches go through avx2.kquant_dot_* where the machine has AVX2 (tests switch it
+# off to check the portable kernels); rows are decoded AVX2_ROWS at a time.
+USE_AVX2 = avx2.AVAILABLE
+AVX2_ROWS = 64
 
 
 def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> np.ndarray:
@@ -47,10 +52,103 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
     out = np.empty((n, rows), F32)
     if n == 0 or rows == 0:
         return out
+    if USE_AVX2 and n >= TILED_MIN_BATCH:
+        _tiled_avx2(blocks, code, q, act.d, act.bsums, out)
+        return out
     step = max(16, CHUNK_BYTES // (2 * k))
     kquant_matmul(blocks, code, q, np.ascontiguousarray(act.d, F32), np.ascontiguousarray(act.bsums, np.int16),
                   n >= TILED_MIN_BATCH, n >= FEW_TOKENS, step, out)
     return out
+
+
+def _tiled_avx2(blocks, code, q, d_a, bsums, out):
+    """out [n, rows] = tiled.cpp's products through avx2's kquant tiles: the tokens padded to
+    an even count, their quants biased to unsigned (q + 128), their d and bsums laid out per
+    tile; the products padded to whole tiles of rows."""
+    rows, nb, _ = blocks.shape
+    n, k = q.shape
+    n2 = n + n % 2
+    aq = np.full((n2, k), 128, np.uint8)
+    aq[:n] = q.view(np.uint8) ^ np.uint8(0x80)
+    d = np.zeros((n2, nb), F32)
+    d[:n] = d_a
+    bs = np.zeros((n2, nb, 16), I32)
+    bs[:n] = np.asarray(bsums, I32).reshape(n, nb, 16)
+    rows4 = -(-rows // avx2.ROWS) * avx2.ROWS
+    padded = out if (n2, rows4) == out.shape else np.empty((n2, rows4), F32)
+    kquant_tiled_avx2(blocks, code, aq, avx2.pair_lanes(d), avx2.pair_lanes(bs), padded)
+    if padded is not out:
+        out[:] = padded[:n, :rows]
+
+
+@njit(cache=True)
+def kquant_tiled_avx2(blocks, code, aq, d_pairs, bs_pairs, out):
+    """out [n2, rows4] = tiled.cpp's products of a Q<code>_K matrix by avx2's kquant tiles
+    (rows4: the rows rounded up to whole 4s, the padding garbage).
+
+    blocks uint8 [rows, nb, block bytes]; aq uint8 [n2, k] (Q8_K quants + 128, n2 even);
+    d_pairs float32 [n2 / 2, nb, 8] and bs_pairs int32 [n2 / 2, nb, 16, 8] (avx2.pair_lanes of
+    d_a and the bsums). Rows are decoded AVX2_ROWS at a time by _decode_codes, Q6_K's codes
+    made signed (c - 32: the bsum term folded in), each row's 128 * sum sc c per block noted
+    (what the bias of the quants adds), and the scales spread to vpmaddwd's layout; then the
+    rows are swept four at a time over the tokens."""
+    rows, nb, _ = blocks.shape
+    n2 = aq.shape[0]
+    k = 256 * nb
+    chunk = AVX2_ROWS
+    c_w = np.zeros((chunk, k), np.int8)
+    sc_w = np.zeros((chunk, nb, 16), np.int16)
+    sc16 = np.zeros((chunk, k // 2), np.int16)
+    wsum = np.zeros((chunk, nb), I32)
+    d_w = np.zeros((chunk, nb), F32)
+    dmin_w = np.zeros((chunk, nb), F32)
+    bw = np.zeros((chunk, nb, 16), I32)
+    d_rows = np.empty(nb * 8, F32)
+    dmin_rows = np.empty(nb * 8, F32)
+    wsum_rows = np.empty(nb * 8, I32)
+    bw_rows = np.empty(nb * 128, I32)
+    with_mins = code == 2 or code == 4 or code == 5
+    c_flat, sc_flat, aq_flat, out_flat = c_w.reshape(-1), sc16.reshape(-1), aq.reshape(-1), out.reshape(-1)
+    d_flat, bs_flat = d_pairs.reshape(-1), bs_pairs.reshape(-1)
+    stride = out.shape[1]
+    for start in range(0, rows, chunk):
+        count = min(chunk, rows - start)
+        _decode_codes(blocks, code, start, start + count, c_w, sc_w, d_w, dmin_w, bw)
+        for i in range(count, -(-count // 4) * 4):
+            c_w[i, :] = 0
+            sc_w[i, :, :] = 0
+            d_w[i, :] = 0
+            dmin_w[i, :] = 0
+            bw[i, :, :] = 0
+        for i in range(-(-count // 4) * 4):
+            for b in range(nb):
+                total = I32(0)
+                for e in range(256):
+                    if code == 6:
+                        c_w[i, 256 * b + e] -= 32
+                    total += I32(c_w[i, 256 * b + e]) * I32(sc_w[i, b, e // 16])
+                wsum[i, b] = 128 * total
+                for run in range(8):
+                    for l in range(16):
+                        sc16[i, 128 * b + 16 * run + l] = sc_w[i, b, 2 * run + l // 8]
+        for r0 in range(0, count, 4):
+            for b in range(nb):
+                for p in range(8):
+                    r = r0 + p // 2
+                    d_rows[8 * b + p] = d_w[r, b]
+                    dmin_rows[8 * b + p] = dmin_w[r, b]
+                    wsum_rows[8 * b + p] = wsum[r, b]
+                    for m in range(16):
+                        bw_rows[128 * b + 8 * m + p] = bw[r, b, m]
+            for t in range(0, n2, 2):
+                if with_mins:
+                    avx2.kquant_dot_mins(out_flat, t * stride + start + r0, stride, c_flat, r0 * k, aq_flat, t * k,
+                                         sc_flat, r0 * (k // 2), wsum_rows, d_rows, dmin_rows, bw_rows,
+                                         d_flat, bs_flat, t * nb * 4, nb)
+                else:
+                    avx2.kquant_dot_plain(out_flat, t * stride + start + r0, stride, c_flat, r0 * k, aq_flat, t * k,
+                                          sc_flat, r0 * (k // 2), wsum_rows, d_rows, dmin_rows, bw_rows,
+                                          d_flat, bs_flat, t * nb * 4, nb)
 
 
 @njit(cache=True)
@@ -60,10 +158,11 @@ def _u16(blk, at):
 
 
 @njit(cache=True)
-def _decode_rows(blocks, code, start, stop, w, d_w, dmin_w, bw):
+def _decode_codes(blocks, code, start, stop, c_w, sc_w, d_w, dmin_w, bw):
     """Rows start..stop-1 of a Q<code>_K matrix (blocks uint8 [rows, nb, block bytes]) into
-    w int16 [rows', k] (sc(e) * c(e)), d_w and dmin_w float32 [rows', nb] and bw int32
-    [rows', nb, 16] (the bsum multipliers; see the reference's KQuantRows). Block layouts:
+    c_w int8 [rows', k] (the codes c(e); Q6_K's unsigned, 0..63), sc_w int16 [rows', nb, 16]
+    (the scale of each 16 weights), d_w and dmin_w float32 [rows', nb] and bw int32 [rows',
+    nb, 16] (the bsum multipliers; see the reference's KQuantRows). Block layouts:
     refllm.kernels.reference.kquants."""
     nb = blocks.shape[1]
     sc = np.empty(16, np.int32)
@@ -76,11 +175,11 @@ def _decode_rows(blocks, code, start, stop, w, d_w, dmin_w, bw):
                 # weight 128h + 32c + l: bits 2c of qs[32h + l]
                 for h in range(2):
                     for c in range(4):
-                        s0, s1 = I32(blk[8 * h + 2 * c] & 15), I32(blk[8 * h + 2 * c + 1] & 15)
+                        sc_w[i, b, 8 * h + 2 * c] = blk[8 * h + 2 * c] & 15
+                        sc_w[i, b, 8 * h + 2 * c + 1] = blk[8 * h + 2 * c + 1] & 15
                         e = o + 128 * h + 32 * c
                         for l in range(32):
-                            scale = s0 if l < 16 else s1
-                            w[i, e + l] = np.int16(I32((blk[16 + 32 * h + l] >> (2 * c)) & 3) * scale)
+                            c_w[i, e + l] = I32((blk[16 + 32 * h + l] >> (2 * c)) & 3)
                 for m in range(16):
                     bw[i, b, m] = I32(blk[m] >> 4)
                 d_w[i, b] = f16_to_f32(_u16(blk, 80))
@@ -94,13 +193,13 @@ def _decode_rows(blocks, code, start, stop, w, d_w, dmin_w, bw):
                     sc[s] = (nib | (I32((blk[104 + (s & 3)] >> (2 * (s >> 2))) & 3) << 4)) - 32
                 for h in range(2):
                     for c in range(4):
-                        s0, s1 = sc[8 * h + 2 * c], sc[8 * h + 2 * c + 1]
+                        sc_w[i, b, 8 * h + 2 * c] = sc[8 * h + 2 * c]
+                        sc_w[i, b, 8 * h + 2 * c + 1] = sc[8 * h + 2 * c + 1]
                         e = o + 128 * h + 32 * c
                         for l in range(32):
-                            scale = s0 if l < 16 else s1
                             low = I32((blk[32 + 32 * h + l] >> (2 * c)) & 3)
                             high = I32((blk[l] >> (4 * h + c)) & 1)
-                            w[i, e + l] = np.int16((low + 4 * high - 4) * scale)
+                            c_w[i, e + l] = low + 4 * high - 4
                 d_w[i, b] = f16_to_f32(_u16(blk, 108))
             elif code == 4 or code == 5:
                 # block_q4_K { d; dmin; scales[12] (6-bit sc, m: get_scale_min_k4); qs[128] }
@@ -119,12 +218,13 @@ def _decode_rows(blocks, code, start, stop, w, d_w, dmin_w, bw):
                     bw[i, b, 2 * j + 1] = mn
                 for j in range(4):
                     for u in range(2):
-                        scale = sc[2 * j + u]
+                        sc_w[i, b, 4 * j + 2 * u] = sc[2 * j + u]
+                        sc_w[i, b, 4 * j + 2 * u + 1] = sc[2 * j + u]
                         e = o + 64 * j + 32 * u
                         for l in range(32):
                             low = I32((blk[qs_at + 32 * j + l] >> (4 * u)) & 15)
                             high = I32((blk[16 + l] >> (2 * j + u)) & 1) if code == 5 else I32(0)
-                            w[i, e + l] = np.int16((low + 16 * high) * scale)
+                            c_w[i, e + l] = low + 16 * high
                 d_w[i, b] = f16_to_f32(_u16(blk, 0))
                 dmin_w[i, b] = f16_to_f32(_u16(blk, 2))
             else:
@@ -132,18 +232,30 @@ def _decode_rows(blocks, code, start, stop, w, d_w, dmin_w, bw):
                 # nibble c / 2 of ql[64h + 32(c % 2) + l], high 2 bits: bits 2c of qh[32h + l]
                 for h in range(2):
                     for c in range(4):
-                        s0 = I32(np.int8(blk[192 + 8 * h + 2 * c]))
-                        s1 = I32(np.int8(blk[192 + 8 * h + 2 * c + 1]))
+                        sc_w[i, b, 8 * h + 2 * c] = np.int8(blk[192 + 8 * h + 2 * c])
+                        sc_w[i, b, 8 * h + 2 * c + 1] = np.int8(blk[192 + 8 * h + 2 * c + 1])
                         at = 64 * h + 32 * (c & 1)
                         e = o + 128 * h + 32 * c
                         for l in range(32):
-                            scale = s0 if l < 16 else s1
                             low = I32((blk[at + l] >> (4 * (c >> 1))) & 15)
                             high = I32((blk[128 + 32 * h + l] >> (2 * c)) & 3)
-                            w[i, e + l] = np.int16((low + 16 * high) * scale)
+                            c_w[i, e + l] = low + 16 * high
                 for m in range(16):
                     bw[i, b, m] = 32 * I32(np.int8(blk[192 + m]))
                 d_w[i, b] = f16_to_f32(_u16(blk, 208))
+
+
+@njit(cache=True)
+def _decode_rows(blocks, code, start, stop, w, d_w, dmin_w, bw):
+    """Rows start..stop-1 of a Q<code>_K matrix into w int16 [rows', k] (sc(e) * c(e)) and
+    _decode_codes' scales."""
+    nb = blocks.shape[1]
+    c_w = np.empty((stop - start, 256 * nb), np.int8)
+    sc_w = np.empty((stop - start, nb, 16), np.int16)
+    _decode_codes(blocks, code, start, stop, c_w, sc_w, d_w, dmin_w, bw)
+    for i in range(stop - start):
+        for e in range(256 * nb):
+            w[i, e] = np.int16(I32(c_w[i, e]) * I32(sc_w[i, e // 256, (e % 256) // 16]))
 
 
 @njit(cache=True)

@@ -59,8 +59,10 @@ TILE_BYTES = 1 << 21
 # Batches go to the AVX2 kernel where the machine has AVX2 (tests switch it off to check the
 # portable kernel).
 USE_AVX2 = avx2.AVAILABLE
-# AVX2 batches: weight rows decoded (to int8) at a time.
+# AVX2 batches: weight rows decoded (to int8) at a time, and tokens per pass over four rows
+# (whose scales are computed first).
 AVX2_ROWS = 64
+AVX2_TOKENS = 128
 
 
 def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> np.ndarray:
@@ -272,23 +274,27 @@ def legacy_matmul_tokens(raw, nb, block_bytes, qs_at, qh_at, has_min, offset, is
 def _mul_mat_avx2(raw, weight_type, layout, q, d_a, s_a, out):
     """out [n, rows] through avx2's q8_dot tiles: the activations padded to whole pairs of
     tokens and the products to whole tiles, the activations' scales laid out per tile
-    (d_pairs, s_pairs), and for Q4_0/Q5_0 the offset times each lane's sum of activations
-    (corr), which turns the stored unsigned quants into the signed ones."""
+    (d_pairs: by block, lane and pair of tokens; s_pairs: avx2.pair_lanes), and for Q4_0/Q5_0
+    the offset times each lane's sum of activations (corr), which turns the stored unsigned
+    quants into the signed ones."""
     nb = layout[0]
     n, k = q.shape
     rows = out.shape[1]
     n2 = n + n % 2
     a = np.zeros((n2, k), np.int8)
     a[:n] = q
-
-    def per_pair(x):
-        # x [n, nb] -> [n2 / 2, nb, 8]: x[2 p + t, b] at [p, b, 2 r + t] for each of 4 rows r
-        padded = np.zeros((n2, nb), F32)
-        padded[:n] = x
-        return np.ascontiguousarray(np.tile(padded.reshape(n2 // 2, 2, nb).transpose(0, 2, 1), (1, 1, avx2.ROWS)))
-
-    d_pairs = per_pair(d_a)
-    s_pairs = per_pair(s_a) if s_a is not None else d_pairs
+    # d_pairs[p, 8 b + 2 r + t] = d_a[2 p + t, b] for each of a tile's 4 rows r; each pair's
+    # 8 nb entries padded to whole 32s, so that the loop computing a tile's scales has no
+    # remainder
+    lanes = -(-nb * 8 // 32) * 32
+    d = np.zeros((n2, nb), F32)
+    d[:n] = d_a
+    d_pairs = np.zeros((n2 // 2, lanes), F32)
+    d_pairs[:, :nb * 8] = avx2.pair_lanes(d).reshape(n2 // 2, nb * 8)
+    s_pairs = d_pairs
+    if s_a is not None:
+        d[:n] = s_a
+        s_pairs = avx2.pair_lanes(d)
     offset = LEGACY_BLOCKS[weight_type][4]
     kind = avx2.SIGNED if weight_type == "Q8_0" else avx2.OFFSET if offset else avx2.UNSIGNED
     corr = (a.reshape(n2, nb * 8, 4).sum(-1, dtype=np.int32) * I32(offset) if kind == avx2.OFFSET
@@ -305,21 +311,25 @@ def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, a, cor
     rows of raw (rows4 = rows rounded up to whole 4s; the padding is garbage).
 
     raw and the layout arguments as legacy_matmul_rows; kind avx2.UNSIGNED, OFFSET or SIGNED;
-    a int8 [n2, k] (the Q8 quants, n2 even), corr int32 [n2, 8 nb] (OFFSET), d_pairs and
-    s_pairs float32 [n2 / 2, nb, 8] (d_a and s_a per tile). Rows are decoded AVX2_ROWS at a
-    time to int8 (unsigned but for Q8_0) and swept four at a time over all the tokens."""
+    a int8 [n2, k] (the Q8 quants, n2 even), corr int32 [n2, 8 nb] (OFFSET), d_pairs float32
+    [n2 / 2, >= 8 nb] (d_a per tile, padded) and s_pairs float32 [n2 / 2, nb, 8] (s_a per
+    tile). Rows are decoded AVX2_ROWS at a time to int8 (unsigned but for Q8_0) and swept
+    four at a time over AVX2_TOKENS tokens at a time, after the scales d_w * d_a of every tile
+    of those four rows and tokens."""
     rows = raw.shape[0] // (nb * block_bytes)
     n2 = U64(a.shape[0])
     k = U64(a.shape[1])
     nbu = U64(nb)
     bb = U64(block_bytes)
+    lanes = U64(d_pairs.shape[1])
     chunk = AVX2_ROWS
     w = np.zeros((chunk, k), np.int8)
     w_abs = np.zeros((chunk, k), np.int8)
     d_w = np.zeros((chunk, nb), F32)
     m_w = np.zeros((chunk, nb), F32)
-    d_rows = np.empty(nb * 8, F32)
+    d_rows = np.zeros(lanes, F32)
     m_rows = np.zeros(nb * 8, F32)
+    scale = np.empty(AVX2_TOKENS // 2 * lanes, F32)
     a_flat, corr_flat, w_flat, w_abs_flat, out_flat = a.reshape(-1), corr.reshape(-1), w.reshape(-1), w_abs.reshape(-1), out.reshape(-1)
     d_flat, s_flat = d_pairs.reshape(-1), s_pairs.reshape(-1)
     stride = U64(out.shape[1])
@@ -346,16 +356,24 @@ def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, a, cor
                     d_rows[b * U64(8) + i] = d_w[r0 + i // U64(2), b]
                     m_rows[b * U64(8) + i] = m_w[r0 + i // U64(2), b]
             w_at = r0 * k
-            o_at = U64(start) + r0
-            for t in range(U64(0), n2, U64(2)):
-                p_at = t * nbu * U64(4)
-                if kind == avx2.UNSIGNED:
-                    avx2.q8_dot_unsigned(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, t * k, corr_flat, U64(0),
-                                         d_rows, m_rows, d_flat, s_flat, p_at, nbu)
-                elif kind == avx2.OFFSET:
-                    avx2.q8_dot_offset(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, t * k, corr_flat, t * nbu * U64(8),
-                                       d_rows, m_rows, d_flat, s_flat, p_at, nbu)
-                else:
-                    avx2.q8_dot_signed(out_flat, o_at, stride, w_flat, w_abs_flat, w_at, a_flat, t * k, corr_flat, U64(0),
-                                       d_rows, m_rows, d_flat, s_flat, p_at, nbu)
-                o_at += U64(2) * stride
+            for p0 in range(U64(0), n2 // U64(2), U64(AVX2_TOKENS // 2)):
+                p1 = min(n2 // U64(2), p0 + U64(AVX2_TOKENS // 2))
+                # scale[p - p0, 8 b + 2 r + t] = d_w[r, b] * d_a[2 p + t, b]
+                for p in range(p0, p1):
+                    s_at = (p - p0) * lanes
+                    d_at = p * lanes
+                    for j in range(lanes):            # vectorized: the trip count is unknown
+                        scale[s_at + j] = F32(d_rows[j] * d_flat[d_at + j])
+                o_at = U64(2) * p0 * stride + U64(start) + r0
+                for p in range(p0, p1):
+                    s_at = (p - p0) * lanes
+                    if kind == avx2.UNSIGNED:
+                        avx2.q8_dot_unsigned(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, corr_flat, scale, s_at,
+                                             m_rows, s_flat, p, nbu)
+                    elif kind == avx2.OFFSET:
+                        avx2.q8_dot_offset(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, corr_flat, scale, s_at,
+                                           m_rows, s_flat, p, nbu)
+                    else:
+                        avx2.q8_dot_signed(out_flat, o_at, stride, w_flat, w_abs_flat, w_at, a_flat, corr_flat, scale, s_at,
+                                           m_rows, s_flat, p, nbu)
+                    o_at += U64(2) * stride

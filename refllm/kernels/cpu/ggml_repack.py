@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from refllm.kernels.cpu import avx2
 from refllm.kernels.reference.ggml_repack import (INTERLEAVED_ROWS, LUT_TYPES, NOT_REPACKED_FAMILY, REPACK_BLOCKS,
                                                   check_shape, gemm_rows, lut_scales)
 from refllm.kernels.x86 import fma32
@@ -28,6 +29,10 @@ F32 = np.float32
 
 # fp16 bits -> float32 for every half (exact); Numba freezes it into each kernel as a constant.
 FP16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype("<u2").view("<f2").astype(np.float32)
+# Q4_K gemm rows go through avx2.q4_k_dot_tile where the machine has AVX2 (tests switch it off
+# to check the portable kernel); rows are decoded AVX2_ROWS at a time.
+USE_AVX2 = avx2.AVAILABLE
+AVX2_ROWS = 64
 
 
 @njit(inline="always", cache=True)
@@ -61,9 +66,14 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
         a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 32)
         q4_0_8x8_q8_0(blocks, qs_at, lut.astype(np.int16), np.ascontiguousarray(d_w, F32), a, d_a, out)
     else:
-        a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 4, 64)
         bsum32 = act.bsums.astype(I32).reshape(n, nb, 8, 2).sum(axis=-1, dtype=I32)
-        q4_k_8x8_q8_k(blocks, a, d_a, np.ascontiguousarray(bsum32), gemm_rows(n), out)
+        g = gemm_rows(n) if USE_AVX2 else 0
+        if g:
+            # the gemm rows by AVX2 tiles, the last n % 4 (gemv) by the portable kernel
+            q4_k_8x8_avx2(blocks, np.ascontiguousarray(act.q[:g], np.int8), avx2.pair_lanes(d_a[:g]),
+                          avx2.pair_lanes(bsum32[:g].astype(F32)), out[:g])
+        a = np.ascontiguousarray(act.q[g:]).astype(np.int16).reshape(n - g, nb, 4, 64)
+        q4_k_8x8_q8_k(blocks, a, d_a[g:], np.ascontiguousarray(bsum32[g:]), gemm_rows(n) - g, out[g:])
     return out
 
 
@@ -157,3 +167,58 @@ def q4_k_8x8_q8_k(blocks, a, d_a, bsum32, n_gemm, out):
                     accm[t] = fma32(F32(imin_all), scale_min, accm[t])
         for t in range(n):
             out[t, r] = acc[t] - accm[t]
+
+
+@njit(cache=True)
+def q4_k_8x8_avx2(blocks, a, d_pairs, bs_pairs, out):
+    """out [n, rows] = the Q4_K gemm products by avx2.q4_k_dot_tile (n even: all gemm rows).
+
+    blocks as q4_k_8x8_q8_k; a int8 [n, k] (the Q8_K quants); d_pairs float32 [n / 2, nb, 8]
+    and bs_pairs float32 [n / 2, nb, 8, 8] (d_a and the sums of 32 quants, avx2.pair_lanes).
+    Rows are decoded AVX2_ROWS at a time: the quants to uint8 in element order, the 6-bit
+    scales (int16) and mins, d and dmin; then swept four at a time over the tokens."""
+    rows, nb, _ = blocks.shape
+    n = a.shape[0]
+    k = nb * 256
+    chunk = AVX2_ROWS
+    q = np.empty((chunk, k), np.uint8)
+    sc = np.empty((chunk, nb, 8), np.int16)
+    mn = np.empty((chunk, nb, 8), F32)
+    d_w = np.empty((chunk, nb), F32)
+    dmin_w = np.empty((chunk, nb), F32)
+    d_rows = np.empty(nb * 8, F32)
+    dmin_rows = np.empty(nb * 8, F32)
+    m_rows = np.empty(nb * 64, F32)
+    q_flat, sc_flat, a_flat, out_flat = q.reshape(-1), sc.reshape(-1), a.reshape(-1), out.reshape(-1)
+    d_flat, bs_flat = d_pairs.reshape(-1), bs_pairs.reshape(-1)
+    stride = rows
+    for start in range(0, rows, chunk):
+        count = min(chunk, rows - start)
+        for rr in range(count):
+            r = start + rr
+            for b in range(nb):
+                d_w[rr, b] = _f16(blocks, r, b, 0)
+                dmin_w[rr, b] = _f16(blocks, r, b, 2)
+                for j in range(4):                      # get_scale_min_k4 of scales[12] at 4
+                    s0 = I32(blocks[r, b, 4 + j])
+                    m0 = I32(blocks[r, b, 8 + j])
+                    hi = I32(blocks[r, b, 12 + j])
+                    sc[rr, b, j] = s0 & I32(63)
+                    mn[rr, b, j] = m0 & I32(63)
+                    sc[rr, b, j + 4] = I32(hi & I32(0x0F)) | I32(I32(s0 >> I32(6)) << I32(4))
+                    mn[rr, b, j + 4] = I32(hi >> I32(4)) | I32(I32(m0 >> I32(6)) << I32(4))
+                for c in range(4):
+                    for l in range(32):
+                        byte = blocks[r, b, 16 + 32 * c + l]
+                        q[rr, 256 * b + 64 * c + l] = byte & np.uint8(0x0F)
+                        q[rr, 256 * b + 64 * c + 32 + l] = byte >> np.uint8(4)
+        for r0 in range(0, count, 4):
+            for b in range(nb):
+                for p in range(8):
+                    d_rows[8 * b + p] = d_w[r0 + p // 2, b]
+                    dmin_rows[8 * b + p] = dmin_w[r0 + p // 2, b]
+                    for j in range(8):
+                        m_rows[64 * b + 8 * j + p] = mn[r0 + p // 2, b, j]
+            for t in range(0, n, 2):
+                avx2.q4_k_dot_tile(out_flat, t * stride + start + r0, stride, q_flat, r0 * k, a_flat, t * k,
+                                   sc_flat, r0 * nb * 8, d_rows, dmin_rows, m_rows, d_flat, bs_flat, t * nb * 4, nb)
