@@ -141,10 +141,7 @@ def gelu_tanh_ggml(x: np.ndarray) -> np.ndarray:
     x >= 10, else the table entry of x rounded to fp16."""
     if not _GELU_TABLE:
         _GELU_TABLE.append(gelu_tanh_fp16_table())
-    with np.errstate(over="ignore"):
-        index = x.astype(np.float16).view(np.uint16)
-    y = _GELU_TABLE[0][index]
-    return np.where(x <= -10, np.float32(0), np.where(x >= 10, x, y)).astype(np.float32)
+    return x86.fp16_table_lookup(x, _GELU_TABLE[0], np.float32(-10), np.float32(10))
 
 
 def cache_matmul_f32(rows: np.ndarray, columns: np.ndarray, n_tokens: int) -> np.ndarray:

@@ -59,6 +59,39 @@ def _llvm_fma_f32(typingctx, a, b, c):
     return sig, codegen
 
 
+@intrinsic
+def _llvm_f16_bits(typingctx, x):
+    sig = types.uint16(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return sig, codegen
+
+
+@intrinsic
+def _llvm_f16_round(typingctx, x):
+    sig = types.float32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+@numba.njit(inline="always")
+def f16_bits(x):
+    """The fp16 nearest float32 x (ties to even), as its uint16 bits: LLVM's fptrunc to half,
+    F16C's vcvtps2ph (rounding mode 0) where the machine has it, vectorized in loops."""
+    return _llvm_f16_bits(np.float32(x))
+
+
+@numba.njit(inline="always")
+def f16_round(x):
+    """float32 x rounded to the nearest fp16 (ties to even), as float32 (fptrunc, fpext)."""
+    return _llvm_f16_round(np.float32(x))
+
+
 @numba.njit(inline="always")
 def fma32(a, b, c):
     """float32 a * b + c with one rounding (llvm.fma.f32)."""
@@ -137,14 +170,15 @@ def expf_scalar(x):
     k = np.uint32(e + np.uint32(0x3F800000)).view(np.float32)
     u = np.float32(b * b)
     j = fma32(fma32(fma32(_C5, b, _C4), u, fma32(_C3, b, _C2)), u, np.float32(_C1 * b))
-    if abs(n) <= 126:
-        return fma32(k, j, k)
+    # every case computed, then selected: no branches, so that loops over it vectorize
+    normal = fma32(k, j, k)
     g = np.uint32(0x82000000) if n <= 0 else np.uint32(0)
     s1 = np.uint32(g + np.uint32(0x7F000000)).view(np.float32)
-    if abs(n) > 192:
-        return np.float32(s1 * s1)
     s2 = np.uint32(e - g).view(np.float32)
-    return np.float32(fma32(s2, j, s2) * s1)
+    scaled = np.float32(fma32(s2, j, s2) * s1)
+    extreme = np.float32(s1 * s1)
+    size = abs(n)
+    return normal if size <= 126 else (extreme if size > 192 else scaled)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -174,22 +208,21 @@ def silu_reference(x: np.ndarray) -> np.ndarray:
 def _soft_max_rows(w, out):
     """w float32 [rows, T] (scaled and masked, T whole 8s) -> out: ggml_vec_soft_max_f32 then
     the scale by float32(1 / sum)."""
-    lanes = np.empty(8, np.float32)
     for r in range(w.shape[0]):
-        top = w[r, 0]
-        for i in range(1, w.shape[1]):
-            if w[r, i] > top:
-                top = w[r, i]
+        row, p = w[r], out[r]
+        top = row[0]
+        for i in range(1, row.shape[0]):
+            if row[i] > top:
+                top = row[i]
+        for i in range(row.shape[0]):                        # vectorized
+            p[i] = expf_scalar(np.float32(row[i] - top))
         total = 0.0
-        for base in range(0, w.shape[1], 8):
-            for t in range(8):
-                v = expf_scalar(np.float32(w[r, base + t] - top))
-                out[r, base + t] = v
-                lanes[t] = v
-            total += np.float64(hsum8(lanes))
+        for base in range(0, row.shape[0], 8):
+            total += np.float64(hsum8((p[base], p[base + 1], p[base + 2], p[base + 3],
+                                       p[base + 4], p[base + 5], p[base + 6], p[base + 7])))
         inverse = np.float32(1.0 / total)
-        for i in range(w.shape[1]):
-            out[r, i] = np.float32(out[r, i] * inverse)
+        for i in range(row.shape[0]):
+            p[i] = np.float32(p[i] * inverse)
 
 
 def soft_max(scores: np.ndarray, scale, hidden: np.ndarray, backend: str = "numba") -> np.ndarray:
@@ -346,7 +379,25 @@ def f16_matmul(a: np.ndarray, b: np.ndarray, tinyblas: bool) -> np.ndarray:
 @numba.njit(cache=True)
 def _round_to_f16(x, out):
     for i in range(x.size):
-        out[i] = f16_to_f32(f32_to_f16_bits(x[i]))
+        out[i] = f16_round(x[i])
+
+
+@numba.njit(cache=True)
+def _fp16_table_lookup(x, table, low, high, out):
+    for i in range(x.size):
+        v = x[i]
+        y = table[f16_bits(v)]
+        out[i] = np.float32(0) if v <= low else (v if v >= high else y)
+
+
+def fp16_table_lookup(x: np.ndarray, table: np.ndarray, low, high) -> np.ndarray:
+    """table[the fp16 bits of x] for float32 x (any shape), but 0 where x <= low and x itself
+    where x >= high: ggml's unary ops through an fp16 table (ggml_vec_gelu_f32 with
+    GGML_GELU_FP16). table float32 [65536]."""
+    x = np.ascontiguousarray(x, F32)
+    out = np.empty_like(x)
+    _fp16_table_lookup(x.reshape(-1), np.ascontiguousarray(table, F32), F32(low), F32(high), out.reshape(-1))
+    return out
 
 
 def round_to_f16(x: np.ndarray) -> np.ndarray:

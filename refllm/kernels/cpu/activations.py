@@ -13,6 +13,8 @@ from refllm.kernels.cpu.quant_plain import f32_to_f16_bits
 from refllm.kernels.reference.activations import QuantizedRows
 
 F32 = np.float32
+U32 = np.uint32
+U64 = np.uint64
 
 
 @njit(inline="always", cache=True)
@@ -22,22 +24,30 @@ def _fp16_value(v):
 
 @njit(cache=True)
 def _q8_0(x, q, d, s, with_sum):
-    """Fill q int8 [n, k], d float32 [n, nb] (and s when with_sum) from x float32 [n, k]."""
+    """Fill q int8 [n, k], d float32 [n, nb] (and s when with_sum) from x float32 [n, k].
+    amax is taken as the largest bit pattern of |x| (the same order for non-NaN floats; NaN
+    counts as 0, as a comparison skips it) so that the loops vectorize; so does the block size,
+    unknown to LLVM (k // nb), which would otherwise unroll them into scalar code."""
     n, k = x.shape
+    nb = U64(k // 32)
+    size = U64(k) // nb
     for t in range(n):
-        for b in range(k // 32):
-            amax = F32(0)
-            for i in range(32 * b, 32 * b + 32):
-                a = abs(x[t, i])
-                if a > amax:
-                    amax = a
+        row, q_row = x[t], q[t]
+        for b in range(nb):
+            first = b * size
+            amax_bits = U32(0)
+            for i in range(size):
+                bits = F32(abs(row[first + i])).view(U32)
+                bits = bits if bits <= U32(0x7F800000) else U32(0)
+                amax_bits = max(amax_bits, bits)
+            amax = U32(amax_bits).view(F32)
             scale = F32(amax / F32(127))
             d[t, b] = _fp16_value(scale)
             inverse = F32(F32(127) / amax) if amax != 0 else F32(0)
             total = np.int32(0)
-            for i in range(32 * b, 32 * b + 32):
-                v = np.int8(np.rint(F32(x[t, i] * inverse)))
-                q[t, i] = v
+            for i in range(size):
+                v = np.int8(np.rint(F32(row[first + i] * inverse)))
+                q_row[first + i] = v
                 total += np.int32(v)
             if with_sum:
                 s[t, b] = _fp16_value(F32(scale * F32(total)))

@@ -272,37 +272,47 @@ def legacy_matmul_tokens(raw, nb, block_bytes, qs_at, qh_at, has_min, offset, is
 
 
 def _mul_mat_avx2(raw, weight_type, layout, q, d_a, s_a, out):
-    """out [n, rows] through avx2's q8_dot tiles: the activations padded to whole pairs of
-    tokens and the products to whole tiles, the activations' scales laid out per tile
-    (d_pairs: by block, lane and pair of tokens; s_pairs: avx2.pair_lanes), and for Q4_0/Q5_0
-    the offset times each lane's sum of activations (corr), which turns the stored unsigned
-    quants into the signed ones."""
+    """out [n, rows] through avx2's q8_dot tiles, on the activations as _tokens_for_tiles lays
+    them out; the products padded to whole tiles."""
     nb = layout[0]
     n, k = q.shape
     rows = out.shape[1]
     n2 = n + n % 2
-    a = np.zeros((n2, k), np.int8)
-    a[:n] = q
-    # d_pairs[p, 8 b + 2 r + t] = d_a[2 p + t, b] for each of a tile's 4 rows r; each pair's
-    # 8 nb entries padded to whole 32s, so that the loop computing a tile's scales has no
-    # remainder
-    lanes = -(-nb * 8 // 32) * 32
-    d = np.zeros((n2, nb), F32)
-    d[:n] = d_a
-    d_pairs = np.zeros((n2 // 2, lanes), F32)
-    d_pairs[:, :nb * 8] = avx2.pair_lanes(d).reshape(n2 // 2, nb * 8)
-    s_pairs = d_pairs
-    if s_a is not None:
-        d[:n] = s_a
-        s_pairs = avx2.pair_lanes(d)
     offset = LEGACY_BLOCKS[weight_type][4]
     kind = avx2.SIGNED if weight_type == "Q8_0" else avx2.OFFSET if offset else avx2.UNSIGNED
-    corr = (a.reshape(n2, nb * 8, 4).sum(-1, dtype=np.int32) * I32(offset) if kind == avx2.OFFSET
-            else np.zeros((n2, 1), I32))
+    a = np.zeros((n2, k), np.int8)
+    d_pairs = np.zeros((n2 // 2, -(-nb * 8 // 32) * 32), F32)
+    s_pairs = np.zeros((n2 // 2, nb, 8), F32)
+    corr = np.zeros((n2, nb * 8) if kind == avx2.OFFSET else (n2, 1), I32)
+    _tokens_for_tiles(np.ascontiguousarray(q, np.int8), np.ascontiguousarray(d_a, F32),
+                      np.ascontiguousarray(d_a if s_a is None else s_a, F32), I32(offset), a, d_pairs, s_pairs, corr)
     padded = out if (n2, -(-rows // 4) * 4) == out.shape else np.empty((n2, -(-rows // 4) * 4), F32)
     legacy_matmul_avx2(raw, *layout[:5], kind, a, corr, d_pairs, s_pairs, padded)
     if padded is not out:
         out[:] = padded[:n, :rows]
+
+
+@njit(cache=True)
+def _tokens_for_tiles(q, d_a, s_a, offset, a, d_pairs, s_pairs, corr):
+    """The activations (q int8 [n, k], d_a and s_a float32 [n, nb]) as the tiles read them,
+    into zeroed arrays padded to an even number of tokens n2: a int8 [n2, k] = q;
+    d_pairs[p, 8 b + 2 r + t] = d_a[2 p + t, b] and s_pairs[p, b, 2 r + t] = s_a[2 p + t, b]
+    for each of a tile's four rows r (d_pairs' rows padded to whole 32s, so that the loop
+    computing a tile's scales has no remainder); and when corr has 8 nb columns, corr[t,
+    8 b + j] = offset * the sum of lane j's four activations of block b (which turns Q4_0 and
+    Q5_0's stored unsigned quants into the signed ones)."""
+    n, k = q.shape
+    nb = k // 32
+    for t in range(n):
+        a[t, :] = q[t, :]
+        p, u = t // 2, t % 2
+        for b in range(nb):
+            for r in range(4):
+                d_pairs[p, 8 * b + 2 * r + u] = d_a[t, b]
+                s_pairs[p, b, 2 * r + u] = s_a[t, b]
+        if corr.shape[1] == 8 * nb:
+            for j in range(8 * nb):
+                corr[t, j] = offset * (I32(q[t, 4 * j]) + I32(q[t, 4 * j + 1]) + I32(q[t, 4 * j + 2]) + I32(q[t, 4 * j + 3]))
 
 
 @njit(cache=True)
