@@ -45,8 +45,8 @@ ROWS, TOKENS = 4, 2             # the register tile: 8 accumulators of 8 lanes
 
 # q8_lanes_tile's kinds of weight quants
 UNSIGNED = 0                    # Q4_1, Q5_1: 0..31, multiplied as they are
-OFFSET = 1                      # Q4_0, Q5_0: stored unsigned (q, not q - offset); the caller's
-                                # `corr` holds offset * the activations' lane sums, subtracted
+OFFSET = 1                      # Q4_0, Q5_0: stored unsigned (q, not q - offset); offset times
+                                # the activations is subtracted from the int16 pair sums
 SIGNED = 2                      # Q8_0: -128..127; |w| times a with w's sign (vpsignb)
 
 _I8, _I16, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -75,9 +75,9 @@ def _q8_dot_tile(mode):
     """The intrinsic q8_dot_tile for one kind of weight quants (UNSIGNED, OFFSET or SIGNED)."""
 
     @intrinsic
-    def q8_dot_tile(typingctx, out, out_at, out_stride, w, w_abs, w_at, a, corr, scale, scale_at,
+    def q8_dot_tile(typingctx, out, out_at, out_stride, w, w_abs, w_at, a, offset, scale, scale_at,
                     m_rows, s_pairs, pair, nb):
-        sig = types.void(out, out_at, out_stride, w, w_abs, w_at, a, corr, scale, scale_at,
+        sig = types.void(out, out_at, out_stride, w, w_abs, w_at, a, offset, scale, scale_at,
                          m_rows, s_pairs, pair, nb)
         return sig, lambda *args: _q8_dot_tile_codegen(mode, *args)
 
@@ -85,20 +85,19 @@ def _q8_dot_tile(mode):
 
 
 def _q8_dot_tile_codegen(mode, context, builder, signature, args):
-    """q8_dot_tile(out, out_at, out_stride, w, w_abs, w_at, a, corr, scale, scale_at, m_rows,
+    """q8_dot_tile(out, out_at, out_stride, w, w_abs, w_at, a, offset, scale, scale_at, m_rows,
     s_pairs, pair, nb): the 4 x 2 dot products of weight rows r and tokens t = 2 pair,
     2 pair + 1 over nb blocks of 32, as llama.cpp's legacy-type kernels compute them. With
     p = 2 r + t the tile's pair of row and token:
 
         lane[j]   = sum(w[r, 32b + 4j + i] * a[t, 32b + 4j + i], i = 0..3)       int32
-                    (minus corr[t, 8b + j] for OFFSET)
+                    (w - offset for OFFSET)
         acc[p]    = fma(scale[b, p], float(lane), acc[p])                        8 float32 lanes
         summs[p] += m_rows[b, p] * s_pairs[pair, b, p]                           (UNSIGNED)
         out[t, r] = hsum8(acc[p]) (+ summs[p])
 
     into out[out_at + t * out_stride + r]. The arrays are flat and C-ordered: w int8 [4, k]
-    from w_at (w_abs the same rows' absolute values for SIGNED), a int8 [n, k], corr int32
-    [n, 8 nb] (OFFSET), scale float32 [nb, 8] from scale_at (d_w * d_a, rounded), m_rows float32
+    from w_at (w_abs the same rows' absolute values for SIGNED), a int8 [n, k], scale float32 [nb, 8] from scale_at (d_w * d_a, rounded), m_rows float32
     [nb, 8] (the rows' m_w, each twice) and s_pairs float32 [n / 2, nb, 8] (the tokens' s_a,
     four times; UNSIGNED); k = 32 nb. Arrays a kind does not read may be any."""
     def data(i, at=None):
@@ -114,7 +113,9 @@ def _q8_dot_tile_codegen(mode, context, builder, signature, args):
     first_token = builder.mul(pair, const(2))
     out_p, w_p, w_abs_p = data(0, 1), data(3, 5), data(4, 5)
     a_p = builder.gep(data(6), [builder.mul(first_token, k)])
-    corr_p = builder.gep(data(7), [builder.mul(first_token, builder.mul(blocks, const(8)))])
+    offsets = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(_V32I8, ir.Undefined), builder.trunc(args[7], _I8), ir.Constant(_I32, 0)),
+        ir.Constant(_V32I8, ir.Undefined), ir.Constant(ir.VectorType(_I32, 32), [0] * 32))
     scale_p = data(8, 9)
     m_rows_p = data(10)
     s_pairs_p = builder.gep(data(11), [builder.mul(pair, builder.mul(blocks, const(8)))])
@@ -144,16 +145,17 @@ def _q8_dot_tile_codegen(mode, context, builder, signature, args):
         for t in range(TOKENS):
             a_t = load(a_p, builder.add(builder.mul(const(t), k), first), _V32I8)
             if mode == OFFSET:
-                corr_t = load(corr_p, builder.mul(builder.add(builder.mul(const(t), blocks), b), const(8)), _V8I32)
+                # offset * a in int16 pairs, shared by the four rows (|(w - offset) a| pairs fit)
+                pairs_offset = builder.call(maddubs, [offsets, a_t])
             for r in range(ROWS):
                 if mode == SIGNED:       # |w| times a with w's sign, as llama.cpp does
                     w_abs = load(w_abs_p, builder.add(builder.mul(const(r), k), first), _V32I8)
                     pairs = builder.call(maddubs, [w_abs, builder.call(sign, [a_t, ws[r]])])
                 else:
                     pairs = builder.call(maddubs, [ws[r], a_t])
-                lanes = builder.call(maddwd, [pairs, ones])
                 if mode == OFFSET:
-                    lanes = builder.sub(lanes, corr_t)
+                    pairs = builder.sub(pairs, pairs_offset)
+                lanes = builder.call(maddwd, [pairs, ones])
                 # the pair's scale, broadcast from memory to the eight lanes
                 s = builder.load(builder.gep(scale_p, [builder.add(builder.mul(b, const(8)), const(TOKENS * r + t))]))
                 s8 = builder.shuffle_vector(builder.insert_element(ir.Constant(_V8F32, ir.Undefined), s, ir.Constant(_I32, 0)),

@@ -283,24 +283,21 @@ def _mul_mat_avx2(raw, weight_type, layout, q, d_a, s_a, out):
     a = np.zeros((n2, k), np.int8)
     d_pairs = np.zeros((n2 // 2, -(-nb * 8 // 32) * 32), F32)
     s_pairs = np.zeros((n2 // 2, nb, 8), F32)
-    corr = np.zeros((n2, nb * 8) if kind == avx2.OFFSET else (n2, 1), I32)
     _tokens_for_tiles(np.ascontiguousarray(q, np.int8), np.ascontiguousarray(d_a, F32),
-                      np.ascontiguousarray(d_a if s_a is None else s_a, F32), I32(offset), a, d_pairs, s_pairs, corr)
+                      np.ascontiguousarray(d_a if s_a is None else s_a, F32), a, d_pairs, s_pairs)
     padded = out if (n2, -(-rows // 4) * 4) == out.shape else np.empty((n2, -(-rows // 4) * 4), F32)
-    legacy_matmul_avx2(raw, *layout[:5], kind, a, corr, d_pairs, s_pairs, padded)
+    legacy_matmul_avx2(raw, *layout[:5], kind, offset, a, d_pairs, s_pairs, padded)
     if padded is not out:
         out[:] = padded[:n, :rows]
 
 
 @njit(cache=True)
-def _tokens_for_tiles(q, d_a, s_a, offset, a, d_pairs, s_pairs, corr):
+def _tokens_for_tiles(q, d_a, s_a, a, d_pairs, s_pairs):
     """The activations (q int8 [n, k], d_a and s_a float32 [n, nb]) as the tiles read them,
     into zeroed arrays padded to an even number of tokens n2: a int8 [n2, k] = q;
     d_pairs[p, 8 b + 2 r + t] = d_a[2 p + t, b] and s_pairs[p, b, 2 r + t] = s_a[2 p + t, b]
     for each of a tile's four rows r (d_pairs' rows padded to whole 32s, so that the loop
-    computing a tile's scales has no remainder); and when corr has 8 nb columns, corr[t,
-    8 b + j] = offset * the sum of lane j's four activations of block b (which turns Q4_0 and
-    Q5_0's stored unsigned quants into the signed ones)."""
+    computing a tile's scales has no remainder)."""
     n, k = q.shape
     nb = k // 32
     for t in range(n):
@@ -310,18 +307,15 @@ def _tokens_for_tiles(q, d_a, s_a, offset, a, d_pairs, s_pairs, corr):
             for r in range(4):
                 d_pairs[p, 8 * b + 2 * r + u] = d_a[t, b]
                 s_pairs[p, b, 2 * r + u] = s_a[t, b]
-        if corr.shape[1] == 8 * nb:
-            for j in range(8 * nb):
-                corr[t, j] = offset * (I32(q[t, 4 * j]) + I32(q[t, 4 * j + 1]) + I32(q[t, 4 * j + 2]) + I32(q[t, 4 * j + 3]))
 
 
 @njit(cache=True)
-def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, a, corr, d_pairs, s_pairs, out):
+def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, offset, a, d_pairs, s_pairs, out):
     """out [n2, rows4] = the legacy-type products by avx2's q8_dot tiles (batches), for the
     rows of raw (rows4 = rows rounded up to whole 4s; the padding is garbage).
 
-    raw and the layout arguments as legacy_matmul_rows; kind avx2.UNSIGNED, OFFSET or SIGNED;
-    a int8 [n2, k] (the Q8 quants, n2 even), corr int32 [n2, 8 nb] (OFFSET), d_pairs float32
+    raw and the layout arguments as legacy_matmul_rows; kind avx2.UNSIGNED, OFFSET (with the
+    type's quant offset) or SIGNED; a int8 [n2, k] (the Q8 quants, n2 even), d_pairs float32
     [n2 / 2, >= 8 nb] (d_a per tile, padded) and s_pairs float32 [n2 / 2, nb, 8] (s_a per
     tile). Rows are decoded AVX2_ROWS at a time to int8 (unsigned but for Q8_0) and swept
     four at a time over AVX2_TOKENS tokens at a time, after the scales d_w * d_a of every tile
@@ -340,7 +334,7 @@ def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, a, cor
     d_rows = np.zeros(lanes, F32)
     m_rows = np.zeros(nb * 8, F32)
     scale = np.empty(AVX2_TOKENS // 2 * lanes, F32)
-    a_flat, corr_flat, w_flat, w_abs_flat, out_flat = a.reshape(-1), corr.reshape(-1), w.reshape(-1), w_abs.reshape(-1), out.reshape(-1)
+    a_flat, w_flat, w_abs_flat, out_flat = a.reshape(-1), w.reshape(-1), w_abs.reshape(-1), out.reshape(-1)
     d_flat, s_flat = d_pairs.reshape(-1), s_pairs.reshape(-1)
     stride = U64(out.shape[1])
     for start in range(0, rows, chunk):
@@ -360,14 +354,14 @@ def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, a, cor
             w[rr, :] = 0
             d_w[rr, :] = 0
             m_w[rr, :] = 0
-        for r0 in range(U64(0), U64(count), U64(4)):
-            for b in range(nbu):
-                for i in range(U64(8)):
-                    d_rows[b * U64(8) + i] = d_w[r0 + i // U64(2), b]
-                    m_rows[b * U64(8) + i] = m_w[r0 + i // U64(2), b]
-            w_at = r0 * k
-            for p0 in range(U64(0), n2 // U64(2), U64(AVX2_TOKENS // 2)):
-                p1 = min(n2 // U64(2), p0 + U64(AVX2_TOKENS // 2))
+        for p0 in range(U64(0), n2 // U64(2), U64(AVX2_TOKENS // 2)):
+            p1 = min(n2 // U64(2), p0 + U64(AVX2_TOKENS // 2))
+            for r0 in range(U64(0), U64(count), U64(4)):
+                for b in range(nbu):
+                    for i in range(U64(8)):
+                        d_rows[b * U64(8) + i] = d_w[r0 + i // U64(2), b]
+                        m_rows[b * U64(8) + i] = m_w[r0 + i // U64(2), b]
+                w_at = r0 * k
                 # scale[p - p0, 8 b + 2 r + t] = d_w[r, b] * d_a[2 p + t, b]
                 for p in range(p0, p1):
                     s_at = (p - p0) * lanes
@@ -378,12 +372,12 @@ def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, a, cor
                 for p in range(p0, p1):
                     s_at = (p - p0) * lanes
                     if kind == avx2.UNSIGNED:
-                        avx2.q8_dot_unsigned(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, corr_flat, scale, s_at,
+                        avx2.q8_dot_unsigned(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, offset, scale, s_at,
                                              m_rows, s_flat, p, nbu)
                     elif kind == avx2.OFFSET:
-                        avx2.q8_dot_offset(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, corr_flat, scale, s_at,
+                        avx2.q8_dot_offset(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, offset, scale, s_at,
                                            m_rows, s_flat, p, nbu)
                     else:
-                        avx2.q8_dot_signed(out_flat, o_at, stride, w_flat, w_abs_flat, w_at, a_flat, corr_flat, scale, s_at,
+                        avx2.q8_dot_signed(out_flat, o_at, stride, w_flat, w_abs_flat, w_at, a_flat, offset, scale, s_at,
                                            m_rows, s_flat, p, nbu)
                     o_at += U64(2) * stride
