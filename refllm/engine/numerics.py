@@ -144,18 +144,20 @@ def gelu_tanh_ggml(x: np.ndarray) -> np.ndarray:
     return x86.fp16_table_lookup(x, _GELU_TABLE[0], np.float32(-10), np.float32(10))
 
 
-def cache_matmul_f32(rows: np.ndarray, columns: np.ndarray, n_tokens: int) -> np.ndarray:
-    """columns [N, K] @ rows [M, K].T -> [N, M], float32 BLAS."""
+def cache_matmul_f32(rows: np.ndarray, columns: np.ndarray, n_tokens: int, needed=None, nonzero=None) -> np.ndarray:
+    """columns [N, K] @ rows [M, K].T -> [N, M], float32 BLAS (the hints are not used)."""
     return columns @ rows.T
 
 
-def cache_matmul_ggml(rows: np.ndarray, columns: np.ndarray, n_tokens: int) -> np.ndarray:
+def cache_matmul_ggml(rows: np.ndarray, columns: np.ndarray, n_tokens: int, needed=None, nonzero=None) -> np.ndarray:
     """columns [N, K] @ rows [M, K].T -> [N, M] as ggml multiplies an F16 KV cache: tinyBLAS
     when the batch has two or more tokens, vec_dot_f16 for one. K (a head's width, or the
     cells attended) is whole 32s (kv_cache.CELL_PAD), as in llama.cpp, whose padded cache length
-    decides which kernel runs and where its lanes fall."""
+    decides which kernel runs and where its lanes fall. Hints that let the kernel skip work
+    without changing a bit the caller reads: needed[i] (only out[i, :needed[i]] is read) and
+    nonzero[i] (columns[i, nonzero[i]:] is zero)."""
     assert rows.shape[1] % 32 == 0, rows.shape
-    return x86.f16_matmul(rows, columns, tinyblas=n_tokens >= 2)
+    return x86.f16_matmul(rows, columns, tinyblas=n_tokens >= 2, needed=needed, nonzero=nonzero)
 
 
 def soft_max_f32(scores: np.ndarray, scale, hidden: np.ndarray) -> np.ndarray:
@@ -173,7 +175,7 @@ class Numerics:
     name: str
     matmul: Callable[[np.ndarray, Matrix], np.ndarray]    # (x [n, in], W [out, in]) -> [n, out]
     kv_dtype: type                                         # keys and values are stored as this
-    cache_matmul: Callable[[np.ndarray, np.ndarray, int], np.ndarray]   # (rows, columns, n_tokens)
+    cache_matmul: Callable[..., np.ndarray]         # (rows, columns, n_tokens, needed=, nonzero=)
     soft_max: Callable[[np.ndarray, np.float32, np.ndarray], np.ndarray]  # (scores, scale, hidden)
     activations: dict[str, Callable[[np.ndarray], np.ndarray]]
     inexact_matrices: Callable[[ModelWeights], list[str]]  # what it does not reproduce bit for bit

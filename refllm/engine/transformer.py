@@ -298,14 +298,17 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np
     hidden = key_pos[None, :] > positions[:, None]                               # [n, T] future keys
     if window > 0:
         hidden |= positions[:, None] - key_pos[None, :] >= window
+    # a query sees no key past its own position: the scores past it are masked and their
+    # probabilities 0, which the products may skip
+    seen = np.tile(np.minimum(positions + 1, n_keys), group)                  # [group * n]
     out = np.empty((n_head, n, dv), F32)
     for g in range(n_kv):
         # the group's query heads stacked: one product per KV head  [group * n, d]
         q_group = q[:, g * group:(g + 1) * group].transpose(1, 0, 2).reshape(group * n, d)
         q_group = as_cache_type(q_group, keys.dtype)
-        scores = numerics.cache_matmul(keys[g].astype(F32, copy=False), q_group, n)   # [group * n, T]
+        scores = numerics.cache_matmul(keys[g].astype(F32, copy=False), q_group, n, needed=seen)   # [group * n, T]
         probs = numerics.soft_max(scores.reshape(group, n, n_keys), scale, hidden)     # [group, n, T]
         probs = as_cache_type(probs.reshape(group * n, n_keys), values.dtype)
         v_rows = np.ascontiguousarray(values[g].T, dtype=F32)                          # [dv, T]
-        out[g * group:(g + 1) * group] = numerics.cache_matmul(v_rows, probs, n).reshape(group, n, dv)
+        out[g * group:(g + 1) * group] = numerics.cache_matmul(v_rows, probs, n, nonzero=seen).reshape(group, n, dv)
     return out.transpose(1, 0, 2).reshape(n, n_head * dv)

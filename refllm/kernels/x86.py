@@ -205,23 +205,30 @@ def silu_reference(x: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _soft_max_rows(w, out):
-    """w float32 [rows, T] (scaled and masked, T whole 8s) -> out: ggml_vec_soft_max_f32 then
-    the scale by float32(1 / sum)."""
-    for r in range(w.shape[0]):
-        row, p = w[r], out[r]
-        top = row[0]
-        for i in range(1, row.shape[0]):
-            if row[i] > top:
-                top = row[i]
-        for i in range(row.shape[0]):                        # vectorized
-            p[i] = expf_scalar(np.float32(row[i] - top))
+def _soft_max_rows(scores, scale, hidden, out):
+    """out float32 [rows, T8] (T8: T rounded up to whole 8s) = ggml_vec_soft_max_f32 of
+    w = scores * scale, -inf where hidden, then the scale by float32(1 / sum). scores float32
+    [rows, T]; hidden bool [n, T] masks row r with its row r % n; the columns past T count as
+    -inf (llama.cpp's padded KV length). A hidden score is never read."""
+    n, t_len = hidden.shape
+    for r in range(scores.shape[0]):
+        row, mask, p = scores[r], hidden[r % n], out[r]
+        for i in range(t_len):
+            p[i] = -np.inf if mask[i] else np.float32(row[i] * scale)
+        for i in range(t_len, p.shape[0]):
+            p[i] = -np.inf
+        top = p[0]
+        for i in range(1, p.shape[0]):
+            if p[i] > top:
+                top = p[i]
+        for i in range(p.shape[0]):                          # vectorized
+            p[i] = expf_scalar(np.float32(p[i] - top))
         total = 0.0
-        for base in range(0, row.shape[0], 8):
+        for base in range(0, p.shape[0], 8):
             total += np.float64(hsum8((p[base], p[base + 1], p[base + 2], p[base + 3],
                                        p[base + 4], p[base + 5], p[base + 6], p[base + 7])))
         inverse = np.float32(1.0 / total)
-        for i in range(row.shape[0]):
+        for i in range(p.shape[0]):
             p[i] = np.float32(p[i] * inverse)
 
 
@@ -230,18 +237,20 @@ def soft_max(scores: np.ndarray, scale, hidden: np.ndarray, backend: str = "numb
     (broadcast against scores), then expf(w - max) times float32(1 / sum). The sum adds each
     8 lanes with hsum8 and the 8-lane sums in float64 (ggml_vec_soft_max_f32); the rows are
     padded with -inf to whole 8s, as llama.cpp's padded KV length makes them. backend "numpy"
-    is the readable reference the Numba kernel must equal."""
+    is the readable reference the Numba kernel must equal (the Numba kernel takes hidden of
+    the shape of scores' last two axes, and never reads a hidden score)."""
+    t_len = scores.shape[-1]
+    if backend == "numba":
+        rows = np.ascontiguousarray(scores, F32).reshape(-1, t_len)
+        mask = np.ascontiguousarray(np.broadcast_to(hidden, scores.shape[-2:]))
+        p = np.empty((rows.shape[0], -(-t_len // 8) * 8), F32)
+        _soft_max_rows(rows, F32(scale), mask, p)
+        return p[:, :t_len].reshape(scores.shape)
     w = scores * F32(scale)
     w = np.where(hidden, F32(-np.inf), w).astype(F32)
     pad = -w.shape[-1] % 8
     if pad:
         w = np.concatenate([w, np.full(w.shape[:-1] + (pad,), -np.inf, F32)], axis=-1)
-    if backend == "numba":
-        rows = np.ascontiguousarray(w.reshape(-1, w.shape[-1]))
-        p = np.empty_like(rows)
-        _soft_max_rows(rows, p)
-        p = p.reshape(w.shape)
-        return p[..., :scores.shape[-1]] if pad else p
     e = expf(w - w.max(axis=-1, keepdims=True))
     lanes = e.reshape(e.shape[:-1] + (-1, 8))
     total = hsum8_array(lanes).astype(np.float64).sum(axis=-1, keepdims=True)
@@ -279,26 +288,37 @@ def tinyblas_lanes(a_t, b, out):
 USE_AVX2 = avx2.AVAILABLE
 
 
-def tinyblas_tiles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def tinyblas_tiles(a: np.ndarray, b: np.ndarray, needed=None, nonzero=None) -> np.ndarray:
     """b @ a.T [N, M] with tinyblas_lanes' bits, by avx2.f32_dot_tile: a [M, K] and b [N, K]
-    float32 (K whole 8s) padded with zero rows to whole tiles."""
+    float32 (K whole 8s) padded with zero rows to whole tiles. Work that cannot change what
+    the caller reads is skipped: with needed (int [N]) only out[i, :needed[i]] is computed
+    (the rest is garbage), and nonzero (int [N]) says b[i, nonzero[i]:] is zero."""
     (m, k), n = a.shape, b.shape[0]
     m4, n2 = -(-m // avx2.ROWS) * avx2.ROWS, -(-n // avx2.TOKENS) * avx2.TOKENS
     if (m4, n2) != (m, n):
         a = np.concatenate([a, np.zeros((m4 - m, k), F32)])
         b = np.concatenate([b, np.zeros((n2 - n, k), F32)])
+    limits = np.empty((2, n2), np.int64)
+    limits[0, :n] = m if needed is None else needed
+    limits[1, :n] = k if nonzero is None else -(-np.asarray(nonzero) // 8) * 8
+    limits[:, n:] = 0
     out = np.empty((n2, m4), F32)
-    _tinyblas_tiles(a.reshape(-1), b.reshape(-1), k, out)
+    _tinyblas_tiles(a.reshape(-1), b.reshape(-1), k, limits, out)
     return out[:n, :m] if (m4, n2) != (m, n) else out
 
 
 @numba.njit(cache=True)
-def _tinyblas_tiles(a, b, k, out):
+def _tinyblas_tiles(a, b, k, limits, out):
+    """out [n2, m4]: the tiles of rows r0.. of a and t0, t0 + 1 of b, skipping those whose
+    rows of a are all past limits[0] of both rows of b, and multiplying the first
+    max(limits[1]) elements."""
     n2, m4 = out.shape
     out_flat = out.reshape(-1)
-    for r0 in range(0, m4, avx2.ROWS):
-        for t0 in range(0, n2, avx2.TOKENS):
-            avx2.f32_dot_tile(out_flat, t0 * m4 + r0, m4, a, r0 * k, b, t0 * k, k)
+    for t0 in range(0, n2, avx2.TOKENS):
+        rows = max(limits[0, t0], limits[0, t0 + 1])
+        k_used = max(limits[1, t0], limits[1, t0 + 1])
+        for r0 in range(0, min(m4, rows), avx2.ROWS):
+            avx2.f32_dot_tile(out_flat, t0 * m4 + r0, m4, a, r0 * k, b, t0 * k, k, k_used)
 
 
 @numba.njit(cache=True)
@@ -357,16 +377,17 @@ def f16_matmul_reference(a: np.ndarray, b: np.ndarray, tinyblas: bool) -> np.nda
     return total.astype(F32)
 
 
-def f16_matmul(a: np.ndarray, b: np.ndarray, tinyblas: bool) -> np.ndarray:
+def f16_matmul(a: np.ndarray, b: np.ndarray, tinyblas: bool, needed=None, nonzero=None) -> np.ndarray:
     """b @ a.T for an F16 mul_mat whose src0 rows are a [M, K] and whose src1 columns are
     b [N, K] (float32 arrays holding fp16 values), by tinyBLAS (ggml-cpu takes it when the
     batch has two or more tokens and K is whole 8s) or else by vec_dot_f16. Returns float32
-    [N, M]."""
+    [N, M]. needed and nonzero, hints that let tinyblas_tiles skip work, change no bit the
+    caller reads."""
     a = np.ascontiguousarray(a, F32)
     b = np.ascontiguousarray(b, F32)
     out = np.empty((b.shape[0], a.shape[0]), F32)
     if tinyblas and a.shape[1] % 8 == 0 and USE_AVX2:
-        return tinyblas_tiles(a, b)
+        return tinyblas_tiles(a, b, needed, nonzero)
     if tinyblas and a.shape[1] % 8 == 0:
         tinyblas_lanes(np.ascontiguousarray(a.T), b, out)
     else:

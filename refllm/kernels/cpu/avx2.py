@@ -190,13 +190,14 @@ def _store_hsums(builder, accs, out_p, out_stride, summs=None):
 
 
 @intrinsic
-def f32_dot_tile(typingctx, out, out_at, out_stride, a, a_at, b, b_at, k):
-    """f32_dot_tile(out, out_at, out_stride, a, a_at, b, b_at, k): the 4 x 2 dot products of
-    rows r of a and rows t of b as tinyBLAS's AVX2 float kernel computes them: lane j of 8
-    adds the products of elements j, j + 8, j + 16, ... with fused multiply-adds, then hsum8,
-    into out[out_at + t * out_stride + r]. a float32 [4, k] from a_at, b float32 [2, k] from
-    b_at, flat and C-ordered; k a multiple of 8."""
-    sig = types.void(out, out_at, out_stride, a, a_at, b, b_at, k)
+def f32_dot_tile(typingctx, out, out_at, out_stride, a, a_at, b, b_at, k, k_used):
+    """f32_dot_tile(out, out_at, out_stride, a, a_at, b, b_at, k, k_used): the 4 x 2 dot
+    products of rows r of a and rows t of b as tinyBLAS's AVX2 float kernel computes them:
+    lane j of 8 adds the products of elements j, j + 8, j + 16, ... with fused multiply-adds,
+    then hsum8, into out[out_at + t * out_stride + r]. a float32 [4, k] from a_at, b float32
+    [2, k] from b_at, flat and C-ordered; only the first k_used elements (a multiple of 8) are
+    multiplied: the caller knows the rest of b is zero, and adding 0 * a is exact."""
+    sig = types.void(out, out_at, out_stride, a, a_at, b, b_at, k, k_used)
 
     def codegen(context, builder, signature, args):
         out_p, a_p, b_p = (builder.gep(_data(context, builder, signature.args[i], args[i]), [args[i + 1]])
@@ -209,7 +210,7 @@ def f32_dot_tile(typingctx, out, out_at, out_stride, a, a_at, b, b_at, k):
             return builder.load(builder.bitcast(at, _V8F32.as_pointer()), align=4)
 
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(ROWS * TOKENS)]
-        steps = builder.udiv(k, ir.Constant(_I64, 8))
+        steps = builder.udiv(args[8], ir.Constant(_I64, 8))
         with cgutils.for_range(builder, steps) as loop:
             column = builder.mul(loop.index, ir.Constant(_I64, 8))
             a_rows = [load(a_p, r, column) for r in range(ROWS)]
