@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -80,6 +80,28 @@ def matmul_ggml(x: np.ndarray, w: Matrix) -> np.ndarray:
         minimums = vec_dot.block_minimums(w.raw, weight_type, w.shape[0], w.byteorder)    # [out, blocks]
         y += vec_dot.q8_1_sum_correction(rows) @ minimums.T
     return y
+
+
+def matmuls_f32(x: np.ndarray, ws: Sequence[Matrix]) -> list[np.ndarray]:
+    """matmul_f32 of x by each of ws."""
+    return [matmul_f32(x, w) for w in ws]
+
+
+def matmuls_ggml(x: np.ndarray, ws: Sequence[Matrix]) -> list[np.ndarray]:
+    """matmul_ggml of x by each of ws, with x converted once per vec_dot_type: the same rows
+    each matmul would convert (llama.cpp converts them once per matmul, to the same bits)."""
+    converted = {}
+    ys = []
+    for w in ws:
+        weight_type = type_name(w.ggml_type)
+        if not matmul_ggml_is_exact(w):
+            ys.append(matmul_ggml(x, w))
+            continue
+        key = vec_dot.vec_dot_type(weight_type)
+        if key not in converted:
+            converted[key] = vec_dot.activation_rows(np.ascontiguousarray(x, np.float32), weight_type)
+        ys.append(ggml_matmul.mul_mat(x, w.raw, weight_type, w.shape, mul_mat_weight=True, act=converted[key]))
+    return ys
 
 
 def _all_matrices(weights: ModelWeights) -> list[Matrix]:
@@ -170,10 +192,10 @@ def soft_max_f32(scores: np.ndarray, scale, hidden: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Numerics:
-    """How the forward pass computes: its matmul, its KV cache element type and the products
+    """How the forward pass computes: its matmuls, its KV cache element type and the products
     with the cache, its softmax, its activations."""
     name: str
-    matmul: Callable[[np.ndarray, Matrix], np.ndarray]    # (x [n, in], W [out, in]) -> [n, out]
+    matmuls: Callable[[np.ndarray, Sequence[Matrix]], list[np.ndarray]]   # (x [n, in], [W [out, in]]) -> [[n, out]]
     kv_dtype: type                                         # keys and values are stored as this
     cache_matmul: Callable[..., np.ndarray]         # (rows, columns, n_tokens, needed=, nonzero=)
     soft_max: Callable[[np.ndarray, np.float32, np.ndarray], np.ndarray]  # (scores, scale, hidden)
@@ -182,8 +204,8 @@ class Numerics:
 
 
 NUMERICS: dict[str, Numerics] = {
-    "f32": Numerics("f32", matmul_f32, np.float32, cache_matmul_f32, soft_max_f32,
+    "f32": Numerics("f32", matmuls_f32, np.float32, cache_matmul_f32, soft_max_f32,
                     {"silu": silu_f32, "gelu_tanh": gelu_tanh_f32}, no_inexact_matrices),
-    "ggml": Numerics("ggml", matmul_ggml, np.float16, cache_matmul_ggml, x86.soft_max,
+    "ggml": Numerics("ggml", matmuls_ggml, np.float16, cache_matmul_ggml, x86.soft_max,
                      {"silu": x86.silu, "gelu_tanh": gelu_tanh_ggml}, ggml_inexact_matrices),
 }

@@ -135,9 +135,10 @@ class Transformer:
         h = rms_norm(x, layer.vector("attn_norm"), cfg.rms_eps)                  # [n, n_embd]
 
         # q, k, v projections, split into heads
-        q = self.linear(h, layer, "attn_q").reshape(n, cfg.n_head, cfg.head_dim)
-        k = self.linear(h, layer, "attn_k").reshape(n, cfg.n_head_kv, cfg.head_dim)
-        v = self.linear(h, layer, "attn_v").reshape(n, cfg.n_head_kv, cfg.head_dim_v)
+        q, k, v = self.linears(h, layer, ("attn_q", "attn_k", "attn_v"))
+        q = q.reshape(n, cfg.n_head, cfg.head_dim)
+        k = k.reshape(n, cfg.n_head_kv, cfg.head_dim)
+        v = v.reshape(n, cfg.n_head_kv, cfg.head_dim_v)
 
         # per-head q/k norm (qwen3, gemma3)
         if spec.qk_norm:
@@ -168,8 +169,8 @@ class Transformer:
 
         # feed-forward: norm, gated activation, down projection (gemma3: post-FFN norm), residual
         h = rms_norm(x, layer.vector("ffn_norm"), cfg.rms_eps)
-        gate = self.numerics.activations[spec.activation](self.linear(h, layer, "ffn_gate"))
-        f = self.linear(gate * self.linear(h, layer, "ffn_up"), layer, "ffn_down")
+        gate, up = self.linears(h, layer, ("ffn_gate", "ffn_up"))
+        f = self.linear(self.numerics.activations[spec.activation](gate) * up, layer, "ffn_down")
         if spec.post_norms:
             f = rms_norm(f, layer.vector("post_ffw_norm"), cfg.rms_eps)
         return x + f
@@ -178,7 +179,7 @@ class Transformer:
         """Final norm and output projection: x [n, n_embd] -> logits float32 [n, n_vocab]."""
         cfg, w = self.config, self.weights
         h = rms_norm(x, w.output_norm, cfg.rms_eps)
-        logits = self.numerics.matmul(h, w.output)
+        logits = self.numerics.matmuls(h, [w.output])[0]
         if w.output_bias is not None:
             logits += w.output_bias
         if cfg.final_softcap > 0:
@@ -188,9 +189,14 @@ class Transformer:
 
     def linear(self, x: np.ndarray, layer: Layer, name: str) -> np.ndarray:
         """x [n, in] through the layer's matrix `name` [out, in], plus its bias if it has one."""
-        y = self.numerics.matmul(x, layer.matrices[name])
-        bias = layer.vector(name + ".bias")
-        return y if bias is None else y + bias
+        return self.linears(x, layer, (name,))[0]
+
+    def linears(self, x: np.ndarray, layer: Layer, names: tuple[str, ...]) -> list[np.ndarray]:
+        """x [n, in] through each of the layer's matrices `names`, plus their biases (one
+        input: the numerics may convert it once for all of them)."""
+        ys = self.numerics.matmuls(x, [layer.matrices[name] for name in names])
+        biases = [layer.vector(name + ".bias") for name in names]
+        return [y if bias is None else y + bias for y, bias in zip(ys, biases)]
 
     # -- context shift ----------------------------------------------------------------------------
 

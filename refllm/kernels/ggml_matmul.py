@@ -82,13 +82,16 @@ def family(weight_type: str, shape: tuple[int, int], mul_mat_weight: bool = True
 
 
 def mul_mat(x: np.ndarray, raw: np.ndarray, weight_type: str, shape: tuple[int, int],
-            backend: str = "numba", mul_mat_weight: bool = True) -> np.ndarray:
+            backend: str = "numba", mul_mat_weight: bool = True, act=None) -> np.ndarray:
     """x float32 [n, k] times the little-endian `weight_type` matrix `raw` (uint8, shape
     (rows, k)) -> float32 [n, rows], with llama.cpp's activation rounding and its kernels'
-    float32 operations (see `family` for mul_mat_weight). KeyError when `family` is None."""
+    float32 operations (see `family` for mul_mat_weight). KeyError when `family` is None.
+    act: x already converted (vec_dot.activation_rows for this weight type), when several
+    matrices multiply the same x."""
     family_name = family(weight_type, shape, mul_mat_weight)
     if family_name is None:
         raise KeyError(weight_type)
     module = importlib.import_module(f"refllm.kernels.{_BACKEND_PACKAGE[backend]}.ggml_{family_name}")
-    act = vec_dot.activation_rows(np.ascontiguousarray(x, np.float32), weight_type, backend)
+    if act is None:
+        act = vec_dot.activation_rows(np.ascontiguousarray(x, np.float32), weight_type, backend)
     return module.mul_mat(raw, weight_type, shape, act)
