@@ -326,6 +326,7 @@ def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, offset
     nbu = U64(nb)
     bb = U64(block_bytes)
     lanes = U64(d_pairs.shape[1])
+    half = k // nbu // U64(2)                 # 16, unknown to LLVM: see the module docstring
     chunk = AVX2_ROWS
     w = np.zeros((chunk, k), np.int8)
     w_abs = np.zeros((chunk, k), np.int8)
@@ -343,7 +344,7 @@ def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, offset
             row = U64(start + rr) * nbu * bb
             for b in range(nbu):
                 at = row + b * bb
-                _decode_block(raw, at, qs_at, qh_at, I32(0), kind == avx2.SIGNED, U64(16), w[rr], b * U64(32))
+                _decode_block(raw, at, qs_at, qh_at, I32(0), kind == avx2.SIGNED, half, w[rr], b * (half + half))
                 d_w[rr, b] = _f16(raw, at)
                 if has_min:
                     m_w[rr, b] = _f16(raw, at + U64(2))
