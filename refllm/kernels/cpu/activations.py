@@ -55,25 +55,35 @@ def _q8_0(x, q, d, s, with_sum):
 
 @njit(cache=True)
 def _q8_k(x, q, d, bsums):
-    """Fill q int8 [n, k], d float32 [n, nb], bsums int16 [n, k / 16] from x float32 [n, k]."""
+    """Fill q int8 [n, k], d float32 [n, nb], bsums int16 [n, k / 16] from x float32 [n, k].
+    The block's largest |x| (first of equals) is found as _q8_0 finds amax, then as the
+    smallest index holding it, so that every loop vectorizes (block sizes unknown to LLVM)."""
     n, k = x.shape
+    nb = U64(k // 256)
+    size = U64(k) // nb
+    sixteen = size // U64(16)
     for t in range(n):
-        for b in range(k // 256):
-            amax = F32(0)
-            signed_max = F32(0)
-            for i in range(256 * b, 256 * b + 256):
-                a = abs(x[t, i])
-                if a > amax:
-                    amax = a
-                    signed_max = x[t, i]
+        row, q_row = x[t], q[t]
+        for b in range(nb):
+            first = b * size
+            amax_bits = U32(0)
+            for i in range(size):
+                bits = F32(abs(row[first + i])).view(U32)
+                bits = bits if bits <= U32(0x7F800000) else U32(0)
+                amax_bits = max(amax_bits, bits)
+            at = size
+            for i in range(size):
+                hit = F32(abs(row[first + i])).view(U32) == amax_bits
+                at = min(at, i if hit else size)
+            signed_max = row[first + at] if at < size else F32(0)
             iscale = F32(F32(-127) / signed_max) if signed_max != 0 else F32(0)
-            for i in range(256 * b, 256 * b + 256):
-                q[t, i] = np.int8(min(np.rint(F32(iscale * x[t, i])), F32(127)))
+            for i in range(size):
+                q_row[first + i] = np.int8(min(np.rint(F32(iscale * row[first + i])), F32(127)))
             d[t, b] = F32(F32(1) / iscale) if iscale != 0 else F32(0)
-        for j in range(k // 16):
+        for j in range(U64(k) // sixteen):
             total = np.int32(0)
-            for i in range(16 * j, 16 * j + 16):
-                total += np.int32(q[t, i])
+            for i in range(sixteen):
+                total += np.int32(q_row[j * sixteen + i])
             bsums[t, j] = np.int16(total)
 
 
