@@ -415,6 +415,39 @@ kquant_dot_plain = _kquant_dot_tile(False)
 kquant_dot_mins = _kquant_dot_tile(True)
 
 
+@intrinsic
+def unpack_nibbles(typingctx, out, out_at, raw, qs_at, qh_at, with_high):
+    """out[out_at + i] = the 32 unsigned quants of a legacy block, with vector operations
+    (bytes_from_nibbles_32, bytes_from_bits_32): quant i < 16 is the low nibble of byte i
+    of qs (raw[qs_at:]), quant 16 + i its high nibble, and with_high adds bit i of the
+    little-endian uint32 at raw[qh_at] as the quant's fifth bit (Q5_0, Q5_1). out int8 or
+    uint8, raw uint8; the offsets in elements."""
+    sig = types.void(out, out_at, raw, qs_at, qh_at, with_high)
+
+    def codegen(context, builder, signature, args):
+        out_p = builder.gep(_data(context, builder, signature.args[0], args[0]), [args[1]])
+        raw_p = _data(context, builder, signature.args[2], args[2])
+        v16 = ir.VectorType(_I8, 16)
+        qs = builder.load(builder.bitcast(builder.gep(raw_p, [args[3]]), v16.as_pointer()), align=1)
+        low = builder.and_(qs, ir.Constant(v16, [ir.Constant(_I8, 0x0F)] * 16))
+        high = builder.lshr(qs, ir.Constant(v16, [ir.Constant(_I8, 4)] * 16))
+        quants = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+        with_high = builder.icmp_unsigned("!=", args[5], ir.Constant(args[5].type, 0))
+        with builder.if_then(with_high):
+            qh = builder.load(builder.bitcast(builder.gep(raw_p, [args[4]]), _I32.as_pointer()), align=1)
+            v32 = ir.VectorType(_I32, 32)
+            every = builder.shuffle_vector(builder.insert_element(ir.Constant(v32, ir.Undefined), qh, ir.Constant(_I32, 0)),
+                                           ir.Constant(v32, ir.Undefined), ir.Constant(v32, [0] * 32))
+            bits = builder.and_(builder.lshr(every, ir.Constant(v32, list(range(32)))), ir.Constant(v32, [1] * 32))
+            fifth = builder.trunc(builder.shl(bits, ir.Constant(v32, [4] * 32)), _V32I8)
+            builder.store(builder.or_(quants, fifth), builder.bitcast(out_p, _V32I8.as_pointer()), align=1)
+        with builder.if_then(builder.not_(with_high)):
+            builder.store(quants, builder.bitcast(out_p, _V32I8.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _sum_lanes(builder, vectors):
     """The int32 x 8 vector whose lane p is the sum of vectors[p]'s eight lanes (exact: any
     order), by three rounds of pairwise horizontal adds."""
