@@ -415,23 +415,33 @@ kquant_dot_plain = _kquant_dot_tile(False)
 kquant_dot_mins = _kquant_dot_tile(True)
 
 
-@intrinsic
-def unpack_nibbles(typingctx, out, out_at, raw, qs_at, qh_at, with_high):
-    """out[out_at + i] = the 32 unsigned quants of a legacy block, with vector operations
-    (bytes_from_nibbles_32, bytes_from_bits_32): quant i < 16 is the low nibble of byte i
-    of qs (raw[qs_at:]), quant 16 + i its high nibble, and with_high adds bit i of the
-    little-endian uint32 at raw[qh_at] as the quant's fifth bit (Q5_0, Q5_1). out int8 or
-    uint8, raw uint8; the offsets in elements."""
-    sig = types.void(out, out_at, raw, qs_at, qh_at, with_high)
+def _unpack_nibbles(count):
+    """The intrinsic unpack_nibbles for `count` bytes of nibbles (16 or 32)."""
 
-    def codegen(context, builder, signature, args):
-        out_p = builder.gep(_data(context, builder, signature.args[0], args[0]), [args[1]])
-        raw_p = _data(context, builder, signature.args[2], args[2])
-        v16 = ir.VectorType(_I8, 16)
-        qs = builder.load(builder.bitcast(builder.gep(raw_p, [args[3]]), v16.as_pointer()), align=1)
-        low = builder.and_(qs, ir.Constant(v16, [ir.Constant(_I8, 0x0F)] * 16))
-        high = builder.lshr(qs, ir.Constant(v16, [ir.Constant(_I8, 4)] * 16))
-        quants = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+    @intrinsic
+    def unpack_nibbles(typingctx, out, out_at, raw, qs_at, qh_at, with_high):
+        sig = types.void(out, out_at, raw, qs_at, qh_at, with_high)
+        return sig, lambda *args: _unpack_nibbles_codegen(count, *args)
+
+    return unpack_nibbles
+
+
+def _unpack_nibbles_codegen(count, context, builder, signature, args):
+    """unpack_nibbles(out, out_at, raw, qs_at, qh_at, with_high): out[out_at + i] = the
+    2 count unsigned quants in `count` bytes of nibbles, with vector operations
+    (bytes_from_nibbles_32): quant i < count is the low nibble of byte i of qs (raw[qs_at:]),
+    quant count + i its high nibble. With with_high (count 16 only: Q5_0, Q5_1), bit i of the
+    little-endian uint32 at raw[qh_at] is quant i's fifth bit (bytes_from_bits_32). out int8
+    or uint8, raw uint8; the offsets in elements."""
+    out_p = builder.gep(_data(context, builder, signature.args[0], args[0]), [args[1]])
+    raw_p = _data(context, builder, signature.args[2], args[2])
+    bytes_type = ir.VectorType(_I8, count)
+    quants_type = ir.VectorType(_I8, 2 * count)
+    qs = builder.load(builder.bitcast(builder.gep(raw_p, [args[3]]), bytes_type.as_pointer()), align=1)
+    low = builder.and_(qs, ir.Constant(bytes_type, [ir.Constant(_I8, 0x0F)] * count))
+    high = builder.lshr(qs, ir.Constant(bytes_type, [ir.Constant(_I8, 4)] * count))
+    quants = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, 2 * count), list(range(2 * count))))
+    if count == 16:
         with_high = builder.icmp_unsigned("!=", args[5], ir.Constant(args[5].type, 0))
         with builder.if_then(with_high):
             qh = builder.load(builder.bitcast(builder.gep(raw_p, [args[4]]), _I32.as_pointer()), align=1)
@@ -442,10 +452,14 @@ def unpack_nibbles(typingctx, out, out_at, raw, qs_at, qh_at, with_high):
             fifth = builder.trunc(builder.shl(bits, ir.Constant(v32, [4] * 32)), _V32I8)
             builder.store(builder.or_(quants, fifth), builder.bitcast(out_p, _V32I8.as_pointer()), align=1)
         with builder.if_then(builder.not_(with_high)):
-            builder.store(quants, builder.bitcast(out_p, _V32I8.as_pointer()), align=1)
-        return context.get_dummy_value()
+            builder.store(quants, builder.bitcast(out_p, quants_type.as_pointer()), align=1)
+    else:
+        builder.store(quants, builder.bitcast(out_p, quants_type.as_pointer()), align=1)
+    return context.get_dummy_value()
 
-    return sig, codegen
+
+unpack_nibbles16 = _unpack_nibbles(16)
+unpack_nibbles32 = _unpack_nibbles(32)
 
 
 def _sum_lanes(builder, vectors):

@@ -347,7 +347,7 @@ def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, offset
                 if kind == avx2.SIGNED:
                     _decode_block(raw, at, qs_at, qh_at, I32(0), True, half, w[rr], b * (half + half))
                 else:
-                    avx2.unpack_nibbles(w_flat, U64(rr) * k + b * (half + half), raw, at + U64(qs_at),
+                    avx2.unpack_nibbles16(w_flat, U64(rr) * k + b * (half + half), raw, at + U64(qs_at),
                                         at + U64(max(qh_at, 0)), qh_at >= 0)
                 d_w[rr, b] = _f16(raw, at)
                 if has_min:

@@ -190,6 +190,7 @@ def q4_k_8x8_avx2(blocks, a, d_pairs, bs_pairs, out):
     dmin_rows = np.empty(nb * 8, F32)
     m_rows = np.empty(nb * 64, F32)
     q_flat, sc_flat, a_flat, out_flat = q.reshape(-1), sc.reshape(-1), a.reshape(-1), out.reshape(-1)
+    blocks_flat = blocks.reshape(-1)
     d_flat, bs_flat = d_pairs.reshape(-1), bs_pairs.reshape(-1)
     stride = rows
     for start in range(0, rows, chunk):
@@ -207,11 +208,9 @@ def q4_k_8x8_avx2(blocks, a, d_pairs, bs_pairs, out):
                     mn[rr, b, j] = m0 & I32(63)
                     sc[rr, b, j + 4] = I32(hi & I32(0x0F)) | I32(I32(s0 >> I32(6)) << I32(4))
                     mn[rr, b, j + 4] = I32(hi >> I32(4)) | I32(I32(m0 >> I32(6)) << I32(4))
-                for c in range(4):
-                    for l in range(32):
-                        byte = blocks[r, b, 16 + 32 * c + l]
-                        q[rr, 256 * b + 64 * c + l] = byte & np.uint8(0x0F)
-                        q[rr, 256 * b + 64 * c + 32 + l] = byte >> np.uint8(4)
+                for c in range(4):                      # qs byte 32c + l: weights 64c + l, 64c + 32 + l
+                    avx2.unpack_nibbles32(q_flat, rr * k + 256 * b + 64 * c, blocks_flat,
+                                          (r * nb + b) * 144 + 16 + 32 * c, 0, False)
         for r0 in range(0, count, 4):
             for b in range(nb):
                 for p in range(8):
