@@ -327,3 +327,28 @@ def test_ggml_numerics_name_the_matrices_they_do_not_reproduce(tmp_path, capsys,
     assert code == 0 and (tmp_path / "l.npz").exists()
     warning = [line for line in err.splitlines() if "warning" in line]
     assert len(warning) == 1 and "blk.0.attn_output.weight (Q8_0)" in warning[0]
+
+
+def test_ggml_matmuls_of_one_input_equal_separate_matmuls(tmp_path, monkeypatch):
+    """numerics.matmuls_ggml converts an input once for all the matrices of one vec_dot_type
+    (q/k/v, gate/up): the same bits as one matmul_ggml each, reproduced or not (Q8_0's family
+    taken away), and one conversion per type."""
+    from refllm.engine import numerics
+    from refllm.engine.synth import write_synthetic_model
+    from refllm.formats.ggml_types import type_name
+    from refllm.kernels import ggml_matmul, vec_dot
+    net = Transformer(refllm.open(write_synthetic_model(tmp_path / "m.gguf", "llama", seed=5)), "ggml")
+    layer = net.weights.layers[0]
+    matrices = [layer.matrices[name] for name in ("attn_q", "attn_k", "attn_v", "attn_output")]
+    x = np.random.default_rng(0).standard_normal((9, matrices[0].shape[1])).astype(np.float32)
+    conversions = []
+    original = vec_dot.activation_rows
+    monkeypatch.setattr(vec_dot, "activation_rows", lambda *a, **k: conversions.append(a[1]) or original(*a, **k))
+    together = numerics.matmuls_ggml(x, matrices)
+    types = {vec_dot.vec_dot_type(type_name(m.ggml_type)) for m in matrices}
+    assert len(conversions) == len(types) < len(matrices)
+    for y, w in zip(together, matrices):
+        assert np.array_equal(y.view(np.uint32), numerics.matmul_ggml(x, w).view(np.uint32))
+    monkeypatch.delitem(ggml_matmul.FAMILY, "Q8_0")
+    for y, w in zip(numerics.matmuls_ggml(x, matrices), matrices):
+        assert np.array_equal(y.view(np.uint32), numerics.matmul_ggml(x, w).view(np.uint32))

@@ -48,8 +48,9 @@ def random_case(weight_type_: str, rows: int, k: int, n: int, seed: int):
 
 @pytest.mark.parametrize("weight_type_", KQUANTS)
 @pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 33])
-def test_numba_gives_the_reference_bits(weight_type_, n):
-    # 3 K blocks; 200 rows: more than one decoded chunk (step 170 at k 768), not whole 16s
+def test_numba_gives_the_reference_bits(weight_type_, n, cpu_path):
+    # 3 K blocks; 200 rows: more than one decoded chunk (step 170 at k 768; AVX2_ROWS 64),
+    # not whole 16s (AVX2 tiles: whole 4s)
     rows, k = 200, 768
     raw, act = random_case(weight_type_, rows, k, n, seed=n)
     expected = reference.mul_mat(raw, weight_type_, (rows, k), act)

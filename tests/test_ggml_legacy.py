@@ -28,15 +28,17 @@ GOLDEN_TYPES = ("Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 
 @pytest.mark.parametrize("weight_type", LEGACY_TYPES)
-def test_numba_gives_the_reference_bits(weight_type, monkeypatch):
-    """Both Numba kernels against the reference: row by row (n < FEW_TOKENS, here 4) and by
-    tokens (here over chunks of 4 rows, the last one short, and tiles of 8 tokens, the last
+def test_numba_gives_the_reference_bits(weight_type, monkeypatch, cpu_path):
+    """The Numba kernels against the reference: row by row (n < FEW_TOKENS, here 4) and for
+    batches, by the AVX2 tiles (rows padded to whole 4s, tokens to whole 2s; 70 rows: two
+    decoded chunks of AVX2_ROWS; 300 tokens: three passes of AVX2_TOKENS) or by the portable
+    kernel (here over chunks of 4 rows, the last one short, and tiles of 8 tokens, the last
     ones padding)."""
     monkeypatch.setattr(cpu, "CHUNK_BYTES", 1)
     monkeypatch.setattr(cpu, "FEW_TOKENS", 4)
     monkeypatch.setattr(cpu, "TILE_BYTES", 1)
-    for seed, (rows, k) in enumerate(((8, 32), (13, 96), (40, 256))):
-        for n in (1, 2, 3, 4, 5, 9, 17):
+    for seed, (rows, k) in enumerate(((8, 32), (13, 96), (40, 256), (70, 64))):
+        for n in (1, 2, 3, 4, 5, 9, 17) + ((300,) if rows == 70 else ()):
             raw, act = random_case(weight_type, rows, k, n, seed)
             expected = reference.mul_mat(raw, weight_type, (rows, k), act)
             got = cpu.mul_mat(raw, weight_type, (rows, k), act)
@@ -46,7 +48,7 @@ def test_numba_gives_the_reference_bits(weight_type, monkeypatch):
 
 @pytest.mark.parametrize("few_tokens", (1, 1000))
 @pytest.mark.parametrize("weight_type", LEGACY_TYPES)
-def test_every_token_is_its_own_dot_product(weight_type, few_tokens, monkeypatch):
+def test_every_token_is_its_own_dot_product(weight_type, few_tokens, monkeypatch, cpu_path):
     """vec_dot and tinyBLAS do the same float operations per output: a batch gives each
     token's one-token result (in either Numba kernel)."""
     monkeypatch.setattr(cpu, "FEW_TOKENS", few_tokens)

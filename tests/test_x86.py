@@ -53,7 +53,7 @@ def test_numba_expf_silu_and_softmax_equal_their_references():
 
 @pytest.mark.parametrize("tinyblas", [True, False])
 @pytest.mark.parametrize("k", [8, 32, 40, 64, 70, 256])
-def test_f16_matmul_equals_its_reference(k, tinyblas):
+def test_f16_matmul_equals_its_reference(k, tinyblas, cpu_path):
     rng = np.random.default_rng(k)
     a = (rng.standard_normal((19, k)) * 10.0 ** rng.uniform(-2, 2, (19, k))).astype(np.float16).astype(F32)
     b = (rng.standard_normal((5, k)) * 10.0 ** rng.uniform(-2, 2, (5, k))).astype(np.float16).astype(F32)
@@ -124,3 +124,42 @@ def test_round_to_f16_is_numpys_float16_rounding():
         expected = x.astype(np.float16).astype(F32)
     assert same_bits(x86.round_to_f16(x), expected)
     assert np.isnan(x86.round_to_f16(np.array([np.nan], F32))[0])
+
+
+def test_the_numba_softmax_never_reads_a_hidden_score():
+    """The kernel masks before it scales: a hidden score may be anything, even NaN (the
+    tinyBLAS tiles leave the scores a query cannot see uncomputed)."""
+    rng = np.random.default_rng(7)
+    scores = (rng.standard_normal((2, 6, 40)) * 20).astype(F32)
+    hidden = np.triu(np.ones((6, 40), bool), 35)
+    garbage = scores.copy()
+    garbage[:, hidden] = np.nan
+    with np.errstate(all="raise"):
+        assert same_bits(x86.soft_max(garbage, 0.125, hidden), x86.soft_max(scores, 0.125, hidden, backend="numpy"))
+
+
+def test_tinyblas_hints_skip_only_what_the_caller_does_not_read(cpu_path):
+    """needed: out[i, :needed[i]] is computed (the rest is not read); nonzero: b[i] is zero
+    from nonzero[i] on, and stopping the lanes there changes no bit (0 * a adds nothing)."""
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((37, 64)).astype(np.float16).astype(F32)
+    b = rng.standard_normal((9, 64)).astype(np.float16).astype(F32)
+    full = x86.f16_matmul(a, b, tinyblas=True)
+    needed = rng.integers(1, 38, 9)
+    partial = x86.f16_matmul(a, b, tinyblas=True, needed=needed)
+    for i, m in enumerate(needed):
+        assert same_bits(partial[i, :m], full[i, :m])
+    nonzero = rng.integers(1, 65, 9)
+    b[np.arange(64)[None, :] >= nonzero[:, None]] = 0
+    assert same_bits(x86.f16_matmul(a, b, tinyblas=True, nonzero=nonzero), x86.f16_matmul(a, b, tinyblas=True))
+
+
+def test_fp16_table_lookup_takes_the_fp16_bits_and_the_bounds():
+    rng = np.random.default_rng(9)
+    table = rng.standard_normal(1 << 16).astype(F32)
+    x = (rng.standard_normal(50_000) * 8).astype(F32)
+    x[:6] = [-10, 10, -10.001, 10.001, 65520.0, -np.inf]
+    with np.errstate(over="ignore"):
+        looked_up = table[x.astype(np.float16).view(np.uint16)]
+    expected = np.where(x <= -10, F32(0), np.where(x >= 10, x, looked_up))
+    assert same_bits(x86.fp16_table_lookup(x, table, -10, 10), expected)

@@ -14,10 +14,14 @@ reduces its lanes, and its polynomial exp. This module holds those pieces:
                      expf_scalar is its Numba twin)
     silu             ggml_v_silu: x / (1 + expf(-x))
     soft_max         ggml_compute_forward_soft_max_f32 on rows: scale, mask, exp, float64 sum
-    tinyblas_lanes   tinyBLAS's AVX2 float kernel (8 FMA lanes over k, then hsum8)
+    tinyblas_lanes   tinyBLAS's AVX2 float kernel (8 FMA lanes over k, then hsum8);
+    tinyblas_tiles   the same bits by refllm.kernels.cpu.avx2's register tiles, skipping
+                     what attention's mask makes unread or zero
     f16_matmul       the dot products of an F16 mul_mat (the KV cache against q or the
                      probabilities): tinyBLAS for two or more columns, ggml_vec_dot_f16 for one
     round_to_f16     an activation rounded to fp16, as ggml converts it for an F16 mul_mat
+    f16_bits,        F16C's conversion to fp16 (LLVM's fptrunc to half), in Numba;
+    f16_round        fp16_table_lookup: ggml's fp16-table unary ops (GELU)
     cos_sin, rotate  rope: the C library's cosf/sinf, and the rotation's fused multiply-adds
     tanhf            the C library's tanhf (ggml's GELU table)
 

@@ -1,23 +1,33 @@
-"""AVX2 integer dot products for the ggml kernels, through LLVM's x86 intrinsics.
+"""AVX2 register tiles for the ggml kernels, through LLVM's x86 intrinsics.
 
 llama.cpp's quantized kernels multiply 8-bit integers with two instructions: vpmaddubsw
-(unsigned bytes times signed bytes, adjacent pairs summed to int16) and vpmaddwd against ones
-(adjacent int16 pairs summed to int32). That gives eight int32 lanes, lane j holding the sum
-of the four products 4j..4j+3 of a 32-byte block. LLVM's loop vectorizer never emits those
-two instructions from Numba code, and without them an integer dot product runs at a third of
-the speed. This module calls them directly: an @intrinsic builds the LLVM IR of a whole
-register-tiled kernel, which Numba compiles into the calling function.
+(unsigned bytes times signed bytes, adjacent pairs summed to int16) and vpmaddwd (adjacent
+int16 pairs times int16 factors, summed to int32). Against ones that gives eight int32 lanes,
+lane j holding the sum of the four products 4j..4j+3 of a 32-byte block. LLVM's loop
+vectorizer never emits those instructions from Numba code, and keeping eight 8-lane float32
+accumulators in registers across a loop is beyond it too; without both an integer dot product
+runs at a third of the speed. This module writes them directly: each @intrinsic below builds
+the LLVM IR of one register-tiled kernel (a loop over the blocks of k), which Numba compiles
+into the calling function. A tile is 4 weight rows r x 2 tokens t, eight (row, token) pairs
+p = 2 r + t, each with its own vector accumulator(s) or its own lane of one.
 
-    AVAILABLE         whether this machine has AVX2 and FMA (else callers use their portable
-                      Numba kernels, which give the same bits more slowly)
-    q8_dot_unsigned,  4 weight rows x 2 tokens of a legacy-type product: per block of 32, the
-    q8_dot_offset,    eight int32 lanes, converted to float32 and folded into eight float32
-    q8_dot_signed     accumulators per (row, token) with fma(scale, lane, acc), then hsum8
-    f32_dot_tile      4 rows x 2 rows of tinyBLAS's float product: 8 lanes of fused
-                      multiply-adds along k, then hsum8
+    AVAILABLE         whether this machine has AVX2 and FMA (else the callers use their
+                      portable Numba kernels, which give the same bits more slowly)
+    q8_dot_unsigned,  legacy types (vec_dot / tinyBLAS): per block of 32, eight int32 lanes,
+    q8_dot_offset,    converted to float32 and folded into the pair's eight float32 lanes with
+    q8_dot_signed     fma(d_w * d_a, lane, acc), then hsum8 (+ the Q4_1/Q5_1 min term)
+    f32_dot_tile      tinyBLAS's float product: 8 lanes of fused multiply-adds along k, hsum8
+    q4_k_dot_tile     repack.cpp's Q4_K gemm: per two sub-blocks, one int32 per pair (lane p)
+                      and two fused multiply-adds, for the scales and for the mins
+    kquant_dot_plain, tiled.cpp's K-quant microtile: per super-block, s1 (and s2) as int32
+    kquant_dot_mins   in lane p, then d_w * s1, (fnmadd dmin_w s2), fma into y by d_a
+    unpack_nibbles16, a block's quants from their nibbles (and Q5's fifth bits) with vector
+    unpack_nibbles32  operations, for the decoding the tiles read from
+    pair_lanes        a per-token array laid out for the eight lanes (NumPy)
 
-The integer sums are exact (no int16 pair overflows: |w| <= 128, |a| <= 127), so they equal
-llama.cpp's whatever the instruction sequence; the float32 steps are llama.cpp's own.
+The integer sums are exact (no int16 pair saturates, no int32 overflows: each kernel says
+why), so they equal llama.cpp's whatever the instruction sequence; the float32 operations
+are llama.cpp's own, in its order, so every output has its bits.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ AVAILABLE = _host_has_avx2()
 
 ROWS, TOKENS = 4, 2             # the register tile: 8 accumulators of 8 lanes
 
-# q8_lanes_tile's kinds of weight quants
+# q8_dot's kinds of weight quants
 UNSIGNED = 0                    # Q4_1, Q5_1: 0..31, multiplied as they are
 OFFSET = 1                      # Q4_0, Q5_0: stored unsigned (q, not q - offset); offset times
                                 # the activations is subtracted from the int16 pair sums

@@ -13,7 +13,10 @@ same):
                                   it: the integer and float work is vectorized across rows
 
 Which of llama.cpp's paths is reproduced (tiled.cpp for n >= 8, vec_dot below) is decided
-apart from that, as in the reference.
+apart from that, as in the reference. On a machine with AVX2, tiled.cpp's batches go instead
+through refllm.kernels.cpu.avx2's kquant tiles (`kquant_tiled_avx2`: the codes c(e) as int8
+(Q6_K's made signed, c - 32), the activations biased to unsigned (q + 128) for vpmaddubsw,
+and each row's 128 * sum sc c per block subtracted again).
 """
 
 from __future__ import annotations

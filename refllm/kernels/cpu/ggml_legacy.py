@@ -5,14 +5,19 @@ with fused multiply-adds by d_w * d_a, adds m_w * s_a to a running sum (Q4_1, Q5
 the end reduces the lanes with hsum8. The integer sums are exact, so any arrangement of them
 gives the same bits; the float32 steps are kept as they are, one chain per (row, token).
 
-Two arrangements, both reading the weight bytes directly (no NumPy decoding, no copy of the
+Three arrangements, all reading the weight bytes directly (no NumPy decoding, no copy of the
 matrix; only a chunk of rows is ever decoded):
 
     few tokens (n < FEW_TOKENS)   `legacy_matmul_rows`: row by row, the row's quants are
                                   decoded to int16, multiplied by each token's in pairs
                                   (vpmaddwd), paired up into the lanes, and the lanes folded
                                   into eight scalar accumulators
-    batches                       `legacy_matmul_tokens`: a chunk of rows is decoded to
+    batches, AVX2                 `legacy_matmul_avx2`: a chunk of rows decoded to int8, then
+                                  refllm.kernels.cpu.avx2's register tiles (4 rows x 2 tokens,
+                                  vpmaddubsw lanes, the accumulators in registers), after the
+                                  tile's scales d_w * d_a (`_tokens_for_tiles` lays out the
+                                  activations once per product)
+    batches, elsewhere            `legacy_matmul_tokens`: a chunk of rows is decoded to
                                   float32, the tokens are transposed (tokens contiguous) and
                                   every lane is computed for many tokens at once: the four
                                   products and their sum in float32 (exact: integers below

@@ -6,7 +6,10 @@ Each weight row is read straight from its bytes, one block at a time: the block'
 unpacked once into a small int16 buffer (for Q4_K already times their sub-block scale, at
 most 63 * 15), every activation row is dotted with it (exact int32 sums), and the sums are
 folded into that row's float32 accumulators in the kernels' order (the reference's
-docstring). No float32 copy of the matrix is made. Single-threaded, like the engine.
+docstring). No float32 copy of the matrix is made. Single-threaded, like the engine. On a machine with
+AVX2, Q4_K's gemm rows go instead through refllm.kernels.cpu.avx2.q4_k_dot_tile
+(`q4_k_8x8_avx2`: 4 rows x 2 tokens per register tile, the rows decoded to uint8 quants, 6-bit
+scales and mins a chunk at a time); the gemv rows stay here.
 
 What makes it fast: loop trip counts taken from array shapes, so
 that LLVM's loop vectorizer (not the full unroller) gets the integer loops and emits
