@@ -116,7 +116,7 @@ def kquant_tiled_avx2(blocks, code, aq, d_pairs, bs_pairs, out):
     stride = out.shape[1]
     for start in range(0, rows, chunk):
         count = min(chunk, rows - start)
-        _decode_codes(blocks, code, start, start + count, c_w, sc_w, d_w, dmin_w, bw)
+        _decode_codes(blocks, code, start, start + count, c_w, sc_w, d_w, dmin_w, bw, False)
         for i in range(count, -(-count // 4) * 4):
             c_w[i, :] = 0
             sc_w[i, :, :] = 0
@@ -160,13 +160,23 @@ def _u16(blk, at):
     return np.uint32(blk[at]) | (np.uint32(blk[at + 1]) << 8)
 
 
+@njit(inline="always")
+def _factors(sc_w, i, b, first, times_scale):
+    """What the two halves of a 32-weight run are multiplied by when decoded: their 16-weight
+    groups' scales (first, first + 1), or 1 when only the codes are wanted. (Read before the
+    run's loop: sc_w may alias the int16 output.)"""
+    if times_scale:
+        return I32(sc_w[i, b, first]), I32(sc_w[i, b, first + 1])
+    return I32(1), I32(1)
+
+
 @njit(cache=True)
-def _decode_codes(blocks, code, start, stop, c_w, sc_w, d_w, dmin_w, bw):
+def _decode_codes(blocks, code, start, stop, c_w, sc_w, d_w, dmin_w, bw, times_scale):
     """Rows start..stop-1 of a Q<code>_K matrix (blocks uint8 [rows, nb, block bytes]) into
-    c_w int8 [rows', k] (the codes c(e); Q6_K's unsigned, 0..63), sc_w int16 [rows', nb, 16]
-    (the scale of each 16 weights), d_w and dmin_w float32 [rows', nb] and bw int32 [rows',
-    nb, 16] (the bsum multipliers; see the reference's KQuantRows). Block layouts:
-    refllm.kernels.reference.kquants."""
+    c_w [rows', k] (the codes c(e), int8, Q6_K's unsigned 0..63; or with times_scale sc(e) *
+    c(e), int16), sc_w int16 [rows', nb, 16] (the scale of each 16 weights), d_w and dmin_w
+    float32 [rows', nb] and bw int32 [rows', nb, 16] (the bsum multipliers; see the
+    reference's KQuantRows). Block layouts: refllm.kernels.reference.kquants."""
     nb = blocks.shape[1]
     sc = np.empty(16, np.int32)
     for i in range(stop - start):
@@ -181,8 +191,9 @@ def _decode_codes(blocks, code, start, stop, c_w, sc_w, d_w, dmin_w, bw):
                         sc_w[i, b, 8 * h + 2 * c] = blk[8 * h + 2 * c] & 15
                         sc_w[i, b, 8 * h + 2 * c + 1] = blk[8 * h + 2 * c + 1] & 15
                         e = o + 128 * h + 32 * c
+                        f0, f1 = _factors(sc_w, i, b, 8 * h + 2 * c, times_scale)
                         for l in range(32):
-                            c_w[i, e + l] = I32((blk[16 + 32 * h + l] >> (2 * c)) & 3)
+                            c_w[i, e + l] = I32((blk[16 + 32 * h + l] >> (2 * c)) & 3) * (f0 if l < 16 else f1)
                 for m in range(16):
                     bw[i, b, m] = I32(blk[m] >> 4)
                 d_w[i, b] = f16_to_f32(_u16(blk, 80))
@@ -199,10 +210,11 @@ def _decode_codes(blocks, code, start, stop, c_w, sc_w, d_w, dmin_w, bw):
                         sc_w[i, b, 8 * h + 2 * c] = sc[8 * h + 2 * c]
                         sc_w[i, b, 8 * h + 2 * c + 1] = sc[8 * h + 2 * c + 1]
                         e = o + 128 * h + 32 * c
+                        f0, f1 = _factors(sc_w, i, b, 8 * h + 2 * c, times_scale)
                         for l in range(32):
                             low = I32((blk[32 + 32 * h + l] >> (2 * c)) & 3)
                             high = I32((blk[l] >> (4 * h + c)) & 1)
-                            c_w[i, e + l] = low + 4 * high - 4
+                            c_w[i, e + l] = (low + 4 * high - 4) * (f0 if l < 16 else f1)
                 d_w[i, b] = f16_to_f32(_u16(blk, 108))
             elif code == 4 or code == 5:
                 # block_q4_K { d; dmin; scales[12] (6-bit sc, m: get_scale_min_k4); qs[128] }
@@ -224,10 +236,11 @@ def _decode_codes(blocks, code, start, stop, c_w, sc_w, d_w, dmin_w, bw):
                         sc_w[i, b, 4 * j + 2 * u] = sc[2 * j + u]
                         sc_w[i, b, 4 * j + 2 * u + 1] = sc[2 * j + u]
                         e = o + 64 * j + 32 * u
+                        f0, f1 = _factors(sc_w, i, b, 4 * j + 2 * u, times_scale)
                         for l in range(32):
                             low = I32((blk[qs_at + 32 * j + l] >> (4 * u)) & 15)
                             high = I32((blk[16 + l] >> (2 * j + u)) & 1) if code == 5 else I32(0)
-                            c_w[i, e + l] = low + 16 * high
+                            c_w[i, e + l] = (low + 16 * high) * (f0 if l < 16 else f1)
                 d_w[i, b] = f16_to_f32(_u16(blk, 0))
                 dmin_w[i, b] = f16_to_f32(_u16(blk, 2))
             else:
@@ -239,10 +252,11 @@ def _decode_codes(blocks, code, start, stop, c_w, sc_w, d_w, dmin_w, bw):
                         sc_w[i, b, 8 * h + 2 * c + 1] = np.int8(blk[192 + 8 * h + 2 * c + 1])
                         at = 64 * h + 32 * (c & 1)
                         e = o + 128 * h + 32 * c
+                        f0, f1 = _factors(sc_w, i, b, 8 * h + 2 * c, times_scale)
                         for l in range(32):
                             low = I32((blk[at + l] >> (4 * (c >> 1))) & 15)
                             high = I32((blk[128 + 32 * h + l] >> (2 * c)) & 3)
-                            c_w[i, e + l] = low + 16 * high
+                            c_w[i, e + l] = (low + 16 * high) * (f0 if l < 16 else f1)
                 for m in range(16):
                     bw[i, b, m] = 32 * I32(np.int8(blk[192 + m]))
                 d_w[i, b] = f16_to_f32(_u16(blk, 208))
@@ -252,13 +266,8 @@ def _decode_codes(blocks, code, start, stop, c_w, sc_w, d_w, dmin_w, bw):
 def _decode_rows(blocks, code, start, stop, w, d_w, dmin_w, bw):
     """Rows start..stop-1 of a Q<code>_K matrix into w int16 [rows', k] (sc(e) * c(e)) and
     _decode_codes' scales."""
-    nb = blocks.shape[1]
-    c_w = np.empty((stop - start, 256 * nb), np.int8)
-    sc_w = np.empty((stop - start, nb, 16), np.int16)
-    _decode_codes(blocks, code, start, stop, c_w, sc_w, d_w, dmin_w, bw)
-    for i in range(stop - start):
-        for e in range(256 * nb):
-            w[i, e] = np.int16(I32(c_w[i, e]) * I32(sc_w[i, e // 256, (e % 256) // 16]))
+    sc_w = np.empty((stop - start, blocks.shape[1], 16), np.int16)
+    _decode_codes(blocks, code, start, stop, w, sc_w, d_w, dmin_w, bw, True)
 
 
 @njit(cache=True)
