@@ -8,10 +8,14 @@ Prefill is one `Transformer.forward` of the 256 tokens into an empty cache (last
 as generation needs). Decode is greedy: forward one token, take the argmax, repeat; the rate
 is tokens per second over --decode steps after the prefill. With --llama-python, the same is
 measured with llama-cpp-python in that interpreter (`Llama.eval`, i.e. llama_decode, with
-n_batch 512 and the same thread count). Each --numerics mode (default: f32 and ggml) is
-measured in the same run. Medians of --runs; prints Markdown for RESULTS.md.
-OPENBLAS_NUM_THREADS must equal --threads: refllm's products run on numpy's BLAS threads (its
-weight decoding is single-threaded), and BLAS reads the variable at import.
+n_batch 512 and the same thread count). The --numerics modes (default: f32 and ggml) take
+turns within each run, so that a busy spell of the machine slows them alike; prints the
+medians of --runs and, against the first mode, the median of the per-run prefill ratios.
+Markdown for RESULTS.md.
+--threads is both thread pools: OPENBLAS_NUM_THREADS, which must equal it (the f32 products run
+on numpy's BLAS threads, and BLAS reads the variable at import; the weight decoding is
+single-threaded), and Numba's (numba.set_num_threads: the ggml batch kernels share their rows
+among them).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 
 import refllm
@@ -60,19 +65,17 @@ def prompt_tokens(tokenizer: Tokenizer) -> list[int]:
     return ids[:N_PROMPT]
 
 
-def measure_refllm(net: Transformer, tokens: list[int], runs: int, n_decode: int) -> tuple[float, float]:
-    prefill, decode = [], []
-    for _ in range(runs):
-        cache = net.new_cache(len(tokens) + n_decode + 1)
-        t = time.perf_counter()
-        logits = net.forward(tokens, cache)
-        prefill.append(time.perf_counter() - t)
-        token = int(np.argmax(logits[-1]))
-        t = time.perf_counter()
-        for _ in range(n_decode):
-            token = int(np.argmax(net.forward([token], cache)[-1]))
-        decode.append(n_decode / (time.perf_counter() - t))
-    return statistics.median(prefill), statistics.median(decode)
+def measure_refllm(net: Transformer, tokens: list[int], n_decode: int) -> tuple[float, float]:
+    """One run: (prefill seconds, decode tokens per second)."""
+    cache = net.new_cache(len(tokens) + n_decode + 1)
+    t = time.perf_counter()
+    logits = net.forward(tokens, cache)
+    prefill = time.perf_counter() - t
+    token = int(np.argmax(logits[-1]))
+    t = time.perf_counter()
+    for _ in range(n_decode):
+        token = int(np.argmax(net.forward([token], cache)[-1]))
+    return prefill, n_decode / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -84,21 +87,31 @@ def main() -> None:
     ap.add_argument("--llama-python", help="a Python with llama-cpp-python==0.3.36, to measure llama.cpp too")
     args = ap.parse_args()
     if os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
-        sys.exit(f"set OPENBLAS_NUM_THREADS={args.threads}: refllm's products run on numpy's BLAS threads "
+        sys.exit(f"set OPENBLAS_NUM_THREADS={args.threads}: refllm's f32 products run on numpy's BLAS threads "
                  "(its weight decoding is single-threaded), and BLAS reads the variable at import")
+    numba.set_num_threads(args.threads)
     print(f"{args.threads} thread(s), {N_PROMPT}-token prompt, {args.decode} greedy decode steps, "
           f"median of {args.runs}.\n")
-    print("| model | numerics | refllm prefill 256 | refllm decode | llama.cpp prefill 256 | llama.cpp decode |")
-    print("|---|---|---|---|---|---|")
+    base = args.numerics[0]
+    print(f"| model | numerics | refllm prefill 256 | prefill / {base} (median of runs) | refllm decode "
+          "| llama.cpp prefill 256 | llama.cpp decode |")
+    print("|---|---|---|---|---|---|---|")
     for name in ("smollm2", "gemma3"):
         path = fetch.ensure_pack(name, quiet=True)
         model = refllm.open(path)
         tokens = prompt_tokens(Tokenizer.from_model(model))
+        nets = {numerics: Transformer(model, numerics) for numerics in args.numerics}
+        for net in nets.values():
+            measure_refllm(net, tokens, 2)                         # warm-up: Numba kernels loaded
+        runs: dict[str, list[tuple[float, float]]] = {numerics: [] for numerics in nets}
+        for _ in range(args.runs):
+            for numerics, net in nets.items():
+                runs[numerics].append(measure_refllm(net, tokens, args.decode))
         figures = {}
-        for numerics in args.numerics:
-            net = Transformer(model, numerics)
-            measure_refllm(net, tokens[:8], 1, 2)                 # warm-up: Numba kernels loaded
-            figures[numerics] = measure_refllm(net, tokens, args.runs, args.decode)
+        for numerics, measured in runs.items():
+            ratio = statistics.median(p / b[0] for (p, _), b in zip(measured, runs[base]))
+            figures[numerics] = (statistics.median(p for p, _ in measured), ratio,
+                                 statistics.median(d for _, d in measured))
         llama = "| - | - |"
         if args.llama_python:
             result = subprocess.run([args.llama_python, "-c", LLAMA_CPP_SCRIPT, str(path), json.dumps(tokens),
@@ -106,8 +119,8 @@ def main() -> None:
                                     capture_output=True, text=True, check=True)
             ll = json.loads(result.stdout.strip().splitlines()[-1])
             llama = f"| {ll['prefill']:.2f} s | {ll['decode']:.1f} tok/s |"
-        for numerics, (prefill, decode) in figures.items():
-            print(f"| {name} | {numerics} | {prefill:.2f} s | {decode:.1f} tok/s {llama}", flush=True)
+        for numerics, (prefill, ratio, decode) in figures.items():
+            print(f"| {name} | {numerics} | {prefill:.2f} s | {ratio:.2f} | {decode:.1f} tok/s {llama}", flush=True)
 
 
 if __name__ == "__main__":

@@ -311,14 +311,15 @@ def tinyblas_tiles(a: np.ndarray, b: np.ndarray, needed=None, nonzero=None) -> n
     return out[:n, :m] if (m4, n2) != (m, n) else out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _tinyblas_tiles(a, b, k, limits, out):
     """out [n2, m4]: the tiles of rows r0.. of a and t0, t0 + 1 of b, skipping those whose
     rows of a are all past limits[0] of both rows of b, and multiplying the first
-    max(limits[1]) elements."""
+    max(limits[1]) elements; the pairs of b's rows shared among Numba's threads."""
     n2, m4 = out.shape
     out_flat = out.reshape(-1)
-    for t0 in range(0, n2, avx2.TOKENS):
+    for pair in numba.prange(n2 // avx2.TOKENS):
+        t0 = pair * avx2.TOKENS
         rows = max(limits[0, t0], limits[0, t0 + 1])
         k_used = max(limits[1, t0], limits[1, t0 + 1])
         for r0 in range(0, min(m4, rows), avx2.ROWS):

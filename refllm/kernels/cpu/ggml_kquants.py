@@ -22,7 +22,7 @@ and each row's 128 * sum sc c per block subtracted again).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from refllm.kernels.cpu import avx2
 from refllm.kernels.cpu.fp import f16_to_f32
@@ -84,18 +84,28 @@ def _tiled_avx2(blocks, code, q, d_a, bsums, out):
         out[:] = padded[:n, :rows]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def kquant_tiled_avx2(blocks, code, aq, d_pairs, bs_pairs, out):
     """out [n2, rows4] = tiled.cpp's products of a Q<code>_K matrix by avx2's kquant tiles
-    (rows4: the rows rounded up to whole 4s, the padding garbage).
+    (rows4: the rows rounded up to whole 4s, the padding garbage), chunks of AVX2_ROWS rows
+    (_kquant_rows_avx2) shared among Numba's threads.
 
     blocks uint8 [rows, nb, block bytes]; aq uint8 [n2, k] (Q8_K quants + 128, n2 even);
     d_pairs float32 [n2 / 2, nb, 8] and bs_pairs int32 [n2 / 2, nb, 16, 8] (avx2.pair_lanes of
-    d_a and the bsums). Rows are decoded AVX2_ROWS at a time by _decode_codes, Q6_K's codes
+    d_a and the bsums)."""
+    rows = blocks.shape[0]
+    for c in prange(-(-rows // AVX2_ROWS)):
+        start = c * AVX2_ROWS
+        _kquant_rows_avx2(blocks, code, aq, d_pairs, bs_pairs, out, start, min(AVX2_ROWS, rows - start))
+
+
+@njit(cache=True)
+def _kquant_rows_avx2(blocks, code, aq, d_pairs, bs_pairs, out, start, count):
+    """kquant_tiled_avx2 for rows start..start+count-1: decoded by _decode_codes, Q6_K's codes
     made signed (c - 32: the bsum term folded in), each row's 128 * sum sc c per block noted
-    (what the bias of the quants adds), and the scales spread to vpmaddwd's layout; then the
-    rows are swept four at a time over the tokens."""
-    rows, nb, _ = blocks.shape
+    (what the bias of the quants adds), and the scales spread to vpmaddwd's layout; then swept
+    four at a time over the tokens."""
+    nb = blocks.shape[1]
     n2 = aq.shape[0]
     k = 256 * nb
     chunk = AVX2_ROWS
@@ -114,44 +124,42 @@ def kquant_tiled_avx2(blocks, code, aq, d_pairs, bs_pairs, out):
     c_flat, sc_flat, aq_flat, out_flat = c_w.reshape(-1), sc16.reshape(-1), aq.reshape(-1), out.reshape(-1)
     d_flat, bs_flat = d_pairs.reshape(-1), bs_pairs.reshape(-1)
     stride = out.shape[1]
-    for start in range(0, rows, chunk):
-        count = min(chunk, rows - start)
-        _decode_codes(blocks, code, start, start + count, c_w, sc_w, d_w, dmin_w, bw, False)
-        for i in range(count, -(-count // 4) * 4):
-            c_w[i, :] = 0
-            sc_w[i, :, :] = 0
-            d_w[i, :] = 0
-            dmin_w[i, :] = 0
-            bw[i, :, :] = 0
-        for i in range(-(-count // 4) * 4):
-            for b in range(nb):
-                total = I32(0)
-                for e in range(256):
-                    if code == 6:
-                        c_w[i, 256 * b + e] -= 32
-                    total += I32(c_w[i, 256 * b + e]) * I32(sc_w[i, b, e // 16])
-                wsum[i, b] = 128 * total
-                for run in range(8):
-                    for l in range(16):
-                        sc16[i, 128 * b + 16 * run + l] = sc_w[i, b, 2 * run + l // 8]
-        for r0 in range(0, count, 4):
-            for b in range(nb):
-                for p in range(8):
-                    r = r0 + p // 2
-                    d_rows[8 * b + p] = d_w[r, b]
-                    dmin_rows[8 * b + p] = dmin_w[r, b]
-                    wsum_rows[8 * b + p] = wsum[r, b]
-                    for m in range(16):
-                        bw_rows[128 * b + 8 * m + p] = bw[r, b, m]
-            for t in range(0, n2, 2):
-                if with_mins:
-                    avx2.kquant_dot_mins(out_flat, t * stride + start + r0, stride, c_flat, r0 * k, aq_flat, t * k,
-                                         sc_flat, r0 * (k // 2), wsum_rows, d_rows, dmin_rows, bw_rows,
-                                         d_flat, bs_flat, t * nb * 4, nb)
-                else:
-                    avx2.kquant_dot_plain(out_flat, t * stride + start + r0, stride, c_flat, r0 * k, aq_flat, t * k,
-                                          sc_flat, r0 * (k // 2), wsum_rows, d_rows, dmin_rows, bw_rows,
-                                          d_flat, bs_flat, t * nb * 4, nb)
+    _decode_codes(blocks, code, start, start + count, c_w, sc_w, d_w, dmin_w, bw, False)
+    for i in range(count, -(-count // 4) * 4):
+        c_w[i, :] = 0
+        sc_w[i, :, :] = 0
+        d_w[i, :] = 0
+        dmin_w[i, :] = 0
+        bw[i, :, :] = 0
+    for i in range(-(-count // 4) * 4):
+        for b in range(nb):
+            total = I32(0)
+            for e in range(256):
+                if code == 6:
+                    c_w[i, 256 * b + e] -= 32
+                total += I32(c_w[i, 256 * b + e]) * I32(sc_w[i, b, e // 16])
+            wsum[i, b] = 128 * total
+            for run in range(8):
+                for l in range(16):
+                    sc16[i, 128 * b + 16 * run + l] = sc_w[i, b, 2 * run + l // 8]
+    for r0 in range(0, count, 4):
+        for b in range(nb):
+            for p in range(8):
+                r = r0 + p // 2
+                d_rows[8 * b + p] = d_w[r, b]
+                dmin_rows[8 * b + p] = dmin_w[r, b]
+                wsum_rows[8 * b + p] = wsum[r, b]
+                for m in range(16):
+                    bw_rows[128 * b + 8 * m + p] = bw[r, b, m]
+        for t in range(0, n2, 2):
+            if with_mins:
+                avx2.kquant_dot_mins(out_flat, t * stride + start + r0, stride, c_flat, r0 * k, aq_flat, t * k,
+                                     sc_flat, r0 * (k // 2), wsum_rows, d_rows, dmin_rows, bw_rows,
+                                     d_flat, bs_flat, t * nb * 4, nb)
+            else:
+                avx2.kquant_dot_plain(out_flat, t * stride + start + r0, stride, c_flat, r0 * k, aq_flat, t * k,
+                                      sc_flat, r0 * (k // 2), wsum_rows, d_rows, dmin_rows, bw_rows,
+                                      d_flat, bs_flat, t * nb * 4, nb)
 
 
 @njit(cache=True)

@@ -36,7 +36,7 @@ only one Numba enables) sees them.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from refllm.kernels.cpu import avx2
 from refllm.kernels.reference.ggml_legacy import LEGACY_BLOCKS
@@ -314,18 +314,29 @@ def _tokens_for_tiles(q, d_a, s_a, a, d_pairs, s_pairs):
                 s_pairs[p, b, 2 * r + u] = s_a[t, b]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, offset, a, d_pairs, s_pairs, out):
     """out [n2, rows4] = the legacy-type products by avx2's q8_dot tiles (batches), for the
-    rows of raw (rows4 = rows rounded up to whole 4s; the padding is garbage).
+    rows of raw (rows4 = rows rounded up to whole 4s; the padding is garbage): chunks of
+    AVX2_ROWS rows (_legacy_rows_avx2) shared among Numba's threads.
 
     raw and the layout arguments as legacy_matmul_rows; kind avx2.UNSIGNED, OFFSET (with the
     type's quant offset) or SIGNED; a int8 [n2, k] (the Q8 quants, n2 even), d_pairs float32
     [n2 / 2, >= 8 nb] (d_a per tile, padded) and s_pairs float32 [n2 / 2, nb, 8] (s_a per
-    tile). Rows are decoded AVX2_ROWS at a time to int8 (unsigned but for Q8_0) and swept
-    four at a time over AVX2_TOKENS tokens at a time, after the scales d_w * d_a of every tile
-    of those four rows and tokens."""
+    tile)."""
     rows = raw.shape[0] // (nb * block_bytes)
+    for c in prange(-(-rows // AVX2_ROWS)):
+        start = c * AVX2_ROWS
+        _legacy_rows_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, offset, a, d_pairs, s_pairs, out,
+                          start, min(AVX2_ROWS, rows - start))
+
+
+@njit(cache=True)
+def _legacy_rows_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, offset, a, d_pairs, s_pairs, out,
+                      start, count):
+    """legacy_matmul_avx2 for rows start..start+count-1 (count <= AVX2_ROWS): decoded to int8
+    (unsigned but for Q8_0), then swept four at a time over AVX2_TOKENS tokens at a time, after
+    the scales d_w * d_a of every tile of those four rows and tokens."""
     n2 = U64(a.shape[0])
     k = U64(a.shape[1])
     nbu = U64(nb)
@@ -343,51 +354,49 @@ def legacy_matmul_avx2(raw, nb, block_bytes, qs_at, qh_at, has_min, kind, offset
     a_flat, w_flat, w_abs_flat, out_flat = a.reshape(-1), w.reshape(-1), w_abs.reshape(-1), out.reshape(-1)
     d_flat, s_flat = d_pairs.reshape(-1), s_pairs.reshape(-1)
     stride = U64(out.shape[1])
-    for start in range(0, rows, chunk):
-        count = min(chunk, rows - start)
-        for rr in range(count):
-            row = U64(start + rr) * nbu * bb
-            for b in range(nbu):
-                at = row + b * bb
-                if kind == avx2.SIGNED:
-                    _decode_block(raw, at, qs_at, qh_at, I32(0), True, half, w[rr], b * (half + half))
-                else:
-                    avx2.unpack_nibbles16(w_flat, U64(rr) * k + b * (half + half), raw, at + U64(qs_at),
-                                        at + U64(max(qh_at, 0)), qh_at >= 0)
-                d_w[rr, b] = _f16(raw, at)
-                if has_min:
-                    m_w[rr, b] = _f16(raw, at + U64(2))
+    for rr in range(count):
+        row = U64(start + rr) * nbu * bb
+        for b in range(nbu):
+            at = row + b * bb
             if kind == avx2.SIGNED:
-                for i in range(k):
-                    w_abs[rr, i] = abs(np.int16(w[rr, i]))
-        for rr in range(count, -(-count // 4) * 4):
-            w[rr, :] = 0
-            d_w[rr, :] = 0
-            m_w[rr, :] = 0
-        for p0 in range(U64(0), n2 // U64(2), U64(AVX2_TOKENS // 2)):
-            p1 = min(n2 // U64(2), p0 + U64(AVX2_TOKENS // 2))
-            for r0 in range(U64(0), U64(count), U64(4)):
-                for b in range(nbu):
-                    for i in range(U64(8)):
-                        d_rows[b * U64(8) + i] = d_w[r0 + i // U64(2), b]
-                        m_rows[b * U64(8) + i] = m_w[r0 + i // U64(2), b]
-                w_at = r0 * k
-                # scale[p - p0, 8 b + 2 r + t] = d_w[r, b] * d_a[2 p + t, b]
-                for p in range(p0, p1):
-                    s_at = (p - p0) * lanes
-                    d_at = p * lanes
-                    for j in range(lanes):            # vectorized: the trip count is unknown
-                        scale[s_at + j] = F32(d_rows[j] * d_flat[d_at + j])
-                o_at = U64(2) * p0 * stride + U64(start) + r0
-                for p in range(p0, p1):
-                    s_at = (p - p0) * lanes
-                    if kind == avx2.UNSIGNED:
-                        avx2.q8_dot_unsigned(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, offset, scale, s_at,
-                                             m_rows, s_flat, p, nbu)
-                    elif kind == avx2.OFFSET:
-                        avx2.q8_dot_offset(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, offset, scale, s_at,
-                                           m_rows, s_flat, p, nbu)
-                    else:
-                        avx2.q8_dot_signed(out_flat, o_at, stride, w_flat, w_abs_flat, w_at, a_flat, offset, scale, s_at,
-                                           m_rows, s_flat, p, nbu)
-                    o_at += U64(2) * stride
+                _decode_block(raw, at, qs_at, qh_at, I32(0), True, half, w[rr], b * (half + half))
+            else:
+                avx2.unpack_nibbles16(w_flat, U64(rr) * k + b * (half + half), raw, at + U64(qs_at),
+                                      at + U64(max(qh_at, 0)), qh_at >= 0)
+            d_w[rr, b] = _f16(raw, at)
+            if has_min:
+                m_w[rr, b] = _f16(raw, at + U64(2))
+        if kind == avx2.SIGNED:
+            for i in range(k):
+                w_abs[rr, i] = abs(np.int16(w[rr, i]))
+    for rr in range(count, -(-count // 4) * 4):
+        w[rr, :] = 0
+        d_w[rr, :] = 0
+        m_w[rr, :] = 0
+    for p0 in range(U64(0), n2 // U64(2), U64(AVX2_TOKENS // 2)):
+        p1 = min(n2 // U64(2), p0 + U64(AVX2_TOKENS // 2))
+        for r0 in range(U64(0), U64(count), U64(4)):
+            for b in range(nbu):
+                for i in range(U64(8)):
+                    d_rows[b * U64(8) + i] = d_w[r0 + i // U64(2), b]
+                    m_rows[b * U64(8) + i] = m_w[r0 + i // U64(2), b]
+            w_at = r0 * k
+            # scale[p - p0, 8 b + 2 r + t] = d_w[r, b] * d_a[2 p + t, b]
+            for p in range(p0, p1):
+                s_at = (p - p0) * lanes
+                d_at = p * lanes
+                for j in range(lanes):            # vectorized: the trip count is unknown
+                    scale[s_at + j] = F32(d_rows[j] * d_flat[d_at + j])
+            o_at = U64(2) * p0 * stride + U64(start) + r0
+            for p in range(p0, p1):
+                s_at = (p - p0) * lanes
+                if kind == avx2.UNSIGNED:
+                    avx2.q8_dot_unsigned(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, offset, scale, s_at,
+                                         m_rows, s_flat, p, nbu)
+                elif kind == avx2.OFFSET:
+                    avx2.q8_dot_offset(out_flat, o_at, stride, w_flat, w_flat, w_at, a_flat, offset, scale, s_at,
+                                       m_rows, s_flat, p, nbu)
+                else:
+                    avx2.q8_dot_signed(out_flat, o_at, stride, w_flat, w_abs_flat, w_at, a_flat, offset, scale, s_at,
+                                       m_rows, s_flat, p, nbu)
+                o_at += U64(2) * stride

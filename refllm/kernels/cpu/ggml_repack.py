@@ -20,7 +20,7 @@ int64); fp16 scales read through a lookup table.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from refllm.kernels.cpu import avx2
 from refllm.kernels.reference.ggml_repack import (INTERLEAVED_ROWS, LUT_TYPES, NOT_REPACKED_FAMILY, REPACK_BLOCKS,
@@ -172,14 +172,24 @@ def q4_k_8x8_q8_k(blocks, a, d_a, bsum32, n_gemm, out):
             out[t, r] = acc[t] - accm[t]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def q4_k_8x8_avx2(blocks, a, d_pairs, bs_pairs, out):
-    """out [n, rows] = the Q4_K gemm products by avx2.q4_k_dot_tile (n even: all gemm rows).
+    """out [n, rows] = the Q4_K gemm products by avx2.q4_k_dot_tile (n even: all gemm rows),
+    chunks of AVX2_ROWS rows (_q4_k_rows_avx2) shared among Numba's threads.
 
     blocks as q4_k_8x8_q8_k; a int8 [n, k] (the Q8_K quants); d_pairs float32 [n / 2, nb, 8]
-    and bs_pairs float32 [n / 2, nb, 8, 8] (d_a and the sums of 32 quants, avx2.pair_lanes).
-    Rows are decoded AVX2_ROWS at a time: the quants to uint8 in element order, the 6-bit
-    scales (int16) and mins, d and dmin; then swept four at a time over the tokens."""
+    and bs_pairs float32 [n / 2, nb, 8, 8] (d_a and the sums of 32 quants, avx2.pair_lanes)."""
+    rows = blocks.shape[0]
+    for c in prange(-(-rows // AVX2_ROWS)):
+        start = c * AVX2_ROWS
+        _q4_k_rows_avx2(blocks, a, d_pairs, bs_pairs, out, start, min(AVX2_ROWS, rows - start))
+
+
+@njit(cache=True)
+def _q4_k_rows_avx2(blocks, a, d_pairs, bs_pairs, out, start, count):
+    """q4_k_8x8_avx2 for rows start..start+count-1: decoded (the quants to uint8 in element
+    order, the 6-bit scales (int16) and mins, d and dmin), then swept four at a time over the
+    tokens."""
     rows, nb, _ = blocks.shape
     n = a.shape[0]
     k = nb * 256
@@ -196,31 +206,29 @@ def q4_k_8x8_avx2(blocks, a, d_pairs, bs_pairs, out):
     blocks_flat = blocks.reshape(-1)
     d_flat, bs_flat = d_pairs.reshape(-1), bs_pairs.reshape(-1)
     stride = rows
-    for start in range(0, rows, chunk):
-        count = min(chunk, rows - start)
-        for rr in range(count):
-            r = start + rr
-            for b in range(nb):
-                d_w[rr, b] = _f16(blocks, r, b, 0)
-                dmin_w[rr, b] = _f16(blocks, r, b, 2)
-                for j in range(4):                      # get_scale_min_k4 of scales[12] at 4
-                    s0 = I32(blocks[r, b, 4 + j])
-                    m0 = I32(blocks[r, b, 8 + j])
-                    hi = I32(blocks[r, b, 12 + j])
-                    sc[rr, b, j] = s0 & I32(63)
-                    mn[rr, b, j] = m0 & I32(63)
-                    sc[rr, b, j + 4] = I32(hi & I32(0x0F)) | I32(I32(s0 >> I32(6)) << I32(4))
-                    mn[rr, b, j + 4] = I32(hi >> I32(4)) | I32(I32(m0 >> I32(6)) << I32(4))
-                for c in range(4):                      # qs byte 32c + l: weights 64c + l, 64c + 32 + l
-                    avx2.unpack_nibbles32(q_flat, rr * k + 256 * b + 64 * c, blocks_flat,
-                                          (r * nb + b) * 144 + 16 + 32 * c, 0, False)
-        for r0 in range(0, count, 4):
-            for b in range(nb):
-                for p in range(8):
-                    d_rows[8 * b + p] = d_w[r0 + p // 2, b]
-                    dmin_rows[8 * b + p] = dmin_w[r0 + p // 2, b]
-                    for j in range(8):
-                        m_rows[64 * b + 8 * j + p] = mn[r0 + p // 2, b, j]
-            for t in range(0, n, 2):
-                avx2.q4_k_dot_tile(out_flat, t * stride + start + r0, stride, q_flat, r0 * k, a_flat, t * k,
-                                   sc_flat, r0 * nb * 8, d_rows, dmin_rows, m_rows, d_flat, bs_flat, t * nb * 4, nb)
+    for rr in range(count):
+        r = start + rr
+        for b in range(nb):
+            d_w[rr, b] = _f16(blocks, r, b, 0)
+            dmin_w[rr, b] = _f16(blocks, r, b, 2)
+            for j in range(4):                      # get_scale_min_k4 of scales[12] at 4
+                s0 = I32(blocks[r, b, 4 + j])
+                m0 = I32(blocks[r, b, 8 + j])
+                hi = I32(blocks[r, b, 12 + j])
+                sc[rr, b, j] = s0 & I32(63)
+                mn[rr, b, j] = m0 & I32(63)
+                sc[rr, b, j + 4] = I32(hi & I32(0x0F)) | I32(I32(s0 >> I32(6)) << I32(4))
+                mn[rr, b, j + 4] = I32(hi >> I32(4)) | I32(I32(m0 >> I32(6)) << I32(4))
+            for c in range(4):                      # qs byte 32c + l: weights 64c + l, 64c + 32 + l
+                avx2.unpack_nibbles32(q_flat, rr * k + 256 * b + 64 * c, blocks_flat,
+                                      (r * nb + b) * 144 + 16 + 32 * c, 0, False)
+    for r0 in range(0, count, 4):
+        for b in range(nb):
+            for p in range(8):
+                d_rows[8 * b + p] = d_w[r0 + p // 2, b]
+                dmin_rows[8 * b + p] = dmin_w[r0 + p // 2, b]
+                for j in range(8):
+                    m_rows[64 * b + 8 * j + p] = mn[r0 + p // 2, b, j]
+        for t in range(0, n, 2):
+            avx2.q4_k_dot_tile(out_flat, t * stride + start + r0, stride, q_flat, r0 * k, a_flat, t * k,
+                               sc_flat, r0 * nb * 8, d_rows, dmin_rows, m_rows, d_flat, bs_flat, t * nb * 4, nb)
