@@ -193,7 +193,8 @@ def soft_max_f32(scores: np.ndarray, scale, hidden: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Numerics:
     """How the forward pass computes: its matmuls, its KV cache element type and the products
-    with the cache, its softmax, its activations."""
+    with the cache, its softmax, its activations, and whether its kernels use Numba's threads
+    (numba.set_num_threads) or only BLAS's."""
     name: str
     matmuls: Callable[[np.ndarray, Sequence[Matrix]], list[np.ndarray]]   # (x [n, in], [W [out, in]]) -> [[n, out]]
     kv_dtype: type                                         # keys and values are stored as this
@@ -201,11 +202,13 @@ class Numerics:
     soft_max: Callable[[np.ndarray, np.float32, np.ndarray], np.ndarray]  # (scores, scale, hidden)
     activations: dict[str, Callable[[np.ndarray], np.ndarray]]
     inexact_matrices: Callable[[ModelWeights], list[str]]  # what it does not reproduce bit for bit
+    numba_threads: bool                                    # f32: no (decoding ~1 MiB at a time is
+                                                           # too little); ggml: batches share rows
 
 
 NUMERICS: dict[str, Numerics] = {
     "f32": Numerics("f32", matmuls_f32, np.float32, cache_matmul_f32, soft_max_f32,
-                    {"silu": silu_f32, "gelu_tanh": gelu_tanh_f32}, no_inexact_matrices),
+                    {"silu": silu_f32, "gelu_tanh": gelu_tanh_f32}, no_inexact_matrices, numba_threads=False),
     "ggml": Numerics("ggml", matmuls_ggml, np.float16, cache_matmul_ggml, x86.soft_max,
-                     {"silu": x86.silu, "gelu_tanh": gelu_tanh_ggml}, ggml_inexact_matrices),
+                     {"silu": x86.silu, "gelu_tanh": gelu_tanh_ggml}, ggml_inexact_matrices, numba_threads=True),
 }

@@ -94,11 +94,12 @@ class Transformer:
         if bad:
             raise ModelConfigError(f"token id {bad[0]} is out of range for a vocabulary of {self.config.n_vocab}")
         rows = []
-        # Weights are decoded ~1 MiB at a time, too little for Numba's parallel loops to pay off
-        # (measured: two threads decode SmolLM2 40% slower than one, and they fight BLAS's
-        # threads), so decoding is single-threaded; the products use BLAS's threads.
+        # f32: weights are decoded ~1 MiB at a time, too little for Numba's parallel loops to
+        # pay off (measured: two threads decode SmolLM2 40% slower than one, and they fight
+        # BLAS's threads), so decoding is single-threaded and the products use BLAS's threads.
+        # ggml: no BLAS; the batch kernels share their rows among Numba's threads.
         threads = numba.get_num_threads()
-        numba.set_num_threads(1)
+        numba.set_num_threads(threads if self.numerics.numba_threads else 1)
         try:
             for start in range(0, len(tokens), N_BATCH):
                 batch = tokens[start:start + N_BATCH]
