@@ -87,7 +87,7 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
                            np.ascontiguousarray(act.d, F32), np.ascontiguousarray(s_a, F32), out)
         return out
     if USE_AVX2:
-        _mul_mat_avx2(raw, weight_type, layout, act.q, act.d, act.s, out)
+        _mul_mat_avx2(raw, weight_type, layout, act, out)
         return out
     # the tokens transposed, padded with zeros to whole tiles of whole 8s
     n8 = -(-n // 8) * 8
@@ -276,24 +276,40 @@ def legacy_matmul_tokens(raw, nb, block_bytes, qs_at, qh_at, has_min, offset, is
                     out[t0 + t, r] = F32(hsum8(lanes) + summs[q, t])
 
 
-def _mul_mat_avx2(raw, weight_type, layout, q, d_a, s_a, out):
+def _mul_mat_avx2(raw, weight_type, layout, act, out):
     """out [n, rows] through avx2's q8_dot tiles, on the activations as _tokens_for_tiles lays
     them out; the products padded to whole tiles."""
-    nb = layout[0]
-    n, k = q.shape
     rows = out.shape[1]
-    n2 = n + n % 2
+    n2 = out.shape[0] + out.shape[0] % 2
     offset = LEGACY_BLOCKS[weight_type][4]
     kind = avx2.SIGNED if weight_type == "Q8_0" else avx2.OFFSET if offset else avx2.UNSIGNED
-    a = np.zeros((n2, k), np.int8)
-    d_pairs = np.zeros((n2 // 2, -(-nb * 8 // 32) * 32), F32)
-    s_pairs = np.zeros((n2 // 2, nb, 8), F32)
-    _tokens_for_tiles(np.ascontiguousarray(q, np.int8), np.ascontiguousarray(d_a, F32),
-                      np.ascontiguousarray(d_a if s_a is None else s_a, F32), a, d_pairs, s_pairs)
+    a, d_pairs, s_pairs = _laid_out_for_tiles(act)
     padded = out if (n2, -(-rows // 4) * 4) == out.shape else np.empty((n2, -(-rows // 4) * 4), F32)
     legacy_matmul_avx2(raw, *layout[:5], kind, offset, a, d_pairs, s_pairs, padded)
     if padded is not out:
-        out[:] = padded[:n, :rows]
+        out[:] = padded[:act.q.shape[0], :rows]
+
+
+# The last activations laid out for the tiles, and that layout: q, k and v (gate and up) multiply
+# one QuantizedRows, which is then laid out once.
+_LAST_LAYOUT: list = [None, None]
+
+
+def _laid_out_for_tiles(act):
+    """(a, d_pairs, s_pairs) of _tokens_for_tiles for the QuantizedRows act (Q8_0 or Q8_1)."""
+    if _LAST_LAYOUT[0] is act:
+        return _LAST_LAYOUT[1]
+    n, k = act.q.shape
+    nb = k // 32
+    n2 = n + n % 2
+    a = np.zeros((n2, k), np.int8)
+    d_pairs = np.zeros((n2 // 2, -(-nb * 8 // 32) * 32), F32)
+    s_pairs = np.zeros((n2 // 2, nb, 8), F32)
+    s_a = act.d if act.s is None else act.s
+    _tokens_for_tiles(np.ascontiguousarray(act.q, np.int8), np.ascontiguousarray(act.d, F32),
+                      np.ascontiguousarray(s_a, F32), a, d_pairs, s_pairs)
+    _LAST_LAYOUT[:] = [act, (a, d_pairs, s_pairs)]
+    return _LAST_LAYOUT[1]
 
 
 @njit(cache=True)
