@@ -22,12 +22,24 @@ def _fp16_value(v):
     return f16_to_f32(f32_to_f16_bits(np.float32(v)))
 
 
+@njit(inline="always", cache=True)
+def _amax_bits(row, first, size):
+    """The largest |row[first:first + size]| as its float32 bits: for non-NaN floats the bit
+    patterns of |x| sort as the values do (NaN counts as 0, as a comparison skips it), and an
+    integer maximum vectorizes where a float one does not."""
+    amax_bits = U32(0)
+    for i in range(size):
+        bits = F32(abs(row[first + i])).view(U32)
+        bits = bits if bits <= U32(0x7F800000) else U32(0)
+        amax_bits = max(amax_bits, bits)
+    return amax_bits
+
+
 @njit(cache=True)
 def _q8_0(x, q, d, s, with_sum):
     """Fill q int8 [n, k], d float32 [n, nb] (and s when with_sum) from x float32 [n, k].
-    amax is taken as the largest bit pattern of |x| (the same order for non-NaN floats; NaN
-    counts as 0, as a comparison skips it) so that the loops vectorize; so does the block size,
-    unknown to LLVM (k // nb), which would otherwise unroll them into scalar code."""
+    amax by _amax_bits; the block size is unknown to LLVM (k // nb), which would otherwise
+    unroll the loops into scalar code instead of vectorizing them."""
     n, k = x.shape
     nb = U64(k // 32)
     size = U64(k) // nb
@@ -35,11 +47,7 @@ def _q8_0(x, q, d, s, with_sum):
         row, q_row = x[t], q[t]
         for b in range(nb):
             first = b * size
-            amax_bits = U32(0)
-            for i in range(size):
-                bits = F32(abs(row[first + i])).view(U32)
-                bits = bits if bits <= U32(0x7F800000) else U32(0)
-                amax_bits = max(amax_bits, bits)
+            amax_bits = _amax_bits(row, first, size)
             amax = U32(amax_bits).view(F32)
             scale = F32(amax / F32(127))
             d[t, b] = _fp16_value(scale)
@@ -66,11 +74,7 @@ def _q8_k(x, q, d, bsums):
         row, q_row = x[t], q[t]
         for b in range(nb):
             first = b * size
-            amax_bits = U32(0)
-            for i in range(size):
-                bits = F32(abs(row[first + i])).view(U32)
-                bits = bits if bits <= U32(0x7F800000) else U32(0)
-                amax_bits = max(amax_bits, bits)
+            amax_bits = _amax_bits(row, first, size)
             at = size
             for i in range(size):
                 hit = F32(abs(row[first + i])).view(U32) == amax_bits

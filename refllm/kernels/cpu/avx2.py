@@ -81,6 +81,38 @@ def _function(builder, name, result, arguments):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(result, arguments), name)
 
 
+def _pointers(context, builder, signature, args):
+    """data(i, at=None): array argument i's data pointer, advanced by argument `at` elements."""
+    def data(i, at=None):
+        pointer = _data(context, builder, signature.args[i], args[i])
+        return pointer if at is None else builder.gep(pointer, [args[at]])
+
+    return data
+
+
+def _instructions(builder):
+    """The LLVM intrinsics the tiles call: vpmaddubsw, vpmaddwd, vpsignb and the 8-lane fused
+    multiply-add."""
+    return (_function(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8]),
+            _function(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16]),
+            _function(builder, "llvm.x86.avx2.psign.b", _V32I8, [_V32I8, _V32I8]),
+            _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32]))
+
+
+def _const(value):
+    return ir.Constant(_I64, value)
+
+
+def _load(builder, pointer, index, vector_type):
+    """An unaligned vector load at element `index` of pointer."""
+    at = builder.gep(pointer, [index])
+    return builder.load(builder.bitcast(at, vector_type.as_pointer()), align=1)
+
+
+def _shuffle(builder, x, y, mask):
+    return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, len(mask)), mask))
+
+
 def _q8_dot_tile(mode):
     """The intrinsic q8_dot_tile for one kind of weight quants (UNSIGNED, OFFSET or SIGNED)."""
 
@@ -110,17 +142,12 @@ def _q8_dot_tile_codegen(mode, context, builder, signature, args):
     from w_at (w_abs the same rows' absolute values for SIGNED), a int8 [n, k], scale float32 [nb, 8] from scale_at (d_w * d_a, rounded), m_rows float32
     [nb, 8] (the rows' m_w, each twice) and s_pairs float32 [n / 2, nb, 8] (the tokens' s_a,
     four times; UNSIGNED); k = 32 nb. Arrays a kind does not read may be any."""
-    def data(i, at=None):
-        # array argument i's data pointer, advanced by argument `at` elements
-        pointer = _data(context, builder, signature.args[i], args[i])
-        return pointer if at is None else builder.gep(pointer, [args[at]])
+    data = _pointers(context, builder, signature, args)
 
-    def const(value):
-        return ir.Constant(_I64, value)
 
     pair, blocks = args[12], args[13]
-    k = builder.mul(blocks, const(32))
-    first_token = builder.mul(pair, const(2))
+    k = builder.mul(blocks, _const(32))
+    first_token = builder.mul(pair, _const(2))
     out_p, w_p, w_abs_p = data(0, 1), data(3, 5), data(4, 5)
     a_p = builder.gep(data(6), [builder.mul(first_token, k)])
     offsets = builder.shuffle_vector(
@@ -128,38 +155,31 @@ def _q8_dot_tile_codegen(mode, context, builder, signature, args):
         ir.Constant(_V32I8, ir.Undefined), ir.Constant(ir.VectorType(_I32, 32), [0] * 32))
     scale_p = data(8, 9)
     m_rows_p = data(10)
-    s_pairs_p = builder.gep(data(11), [builder.mul(pair, builder.mul(blocks, const(8)))])
+    s_pairs_p = builder.gep(data(11), [builder.mul(pair, builder.mul(blocks, _const(8)))])
     out_stride = args[2]
-    maddubs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
-    maddwd = _function(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
-    sign = _function(builder, "llvm.x86.avx2.psign.b", _V32I8, [_V32I8, _V32I8])
-    fma = _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32])
+    maddubs, maddwd, sign, fma = _instructions(builder)
     ones = ir.Constant(_V16I16, [ir.Constant(_I16, 1)] * 16)
 
-    def load(pointer, index, vector_type):
-        # an unaligned vector load at element `index` of pointer
-        at = builder.gep(pointer, [index])
-        return builder.load(builder.bitcast(at, vector_type.as_pointer()), align=1)
 
     # the accumulators live in allocas, which LLVM promotes to registers
     accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(ROWS * TOKENS)]
     summs = cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None))
     with cgutils.for_range(builder, blocks) as loop:
         b = loop.index
-        first = builder.mul(b, const(32))                      # the block's first element
+        first = builder.mul(b, _const(32))                      # the block's first element
         if mode == UNSIGNED:
-            at = builder.mul(b, const(8))
-            term = builder.fmul(load(m_rows_p, at, _V8F32), load(s_pairs_p, at, _V8F32))
+            at = builder.mul(b, _const(8))
+            term = builder.fmul(_load(builder, m_rows_p, at, _V8F32), _load(builder, s_pairs_p, at, _V8F32))
             builder.store(builder.fadd(builder.load(summs), term), summs)
-        ws = [load(w_p, builder.add(builder.mul(const(r), k), first), _V32I8) for r in range(ROWS)]
+        ws = [_load(builder, w_p, builder.add(builder.mul(_const(r), k), first), _V32I8) for r in range(ROWS)]
         for t in range(TOKENS):
-            a_t = load(a_p, builder.add(builder.mul(const(t), k), first), _V32I8)
+            a_t = _load(builder, a_p, builder.add(builder.mul(_const(t), k), first), _V32I8)
             if mode == OFFSET:
                 # offset * a in int16 pairs, shared by the four rows (|(w - offset) a| pairs fit)
                 pairs_offset = builder.call(maddubs, [offsets, a_t])
             for r in range(ROWS):
                 if mode == SIGNED:       # |w| times a with w's sign, as llama.cpp does
-                    w_abs = load(w_abs_p, builder.add(builder.mul(const(r), k), first), _V32I8)
+                    w_abs = _load(builder, w_abs_p, builder.add(builder.mul(_const(r), k), first), _V32I8)
                     pairs = builder.call(maddubs, [w_abs, builder.call(sign, [a_t, ws[r]])])
                 else:
                     pairs = builder.call(maddubs, [ws[r], a_t])
@@ -167,7 +187,7 @@ def _q8_dot_tile_codegen(mode, context, builder, signature, args):
                     pairs = builder.sub(pairs, pairs_offset)
                 lanes = builder.call(maddwd, [pairs, ones])
                 # the pair's scale, broadcast from memory to the eight lanes
-                s = builder.load(builder.gep(scale_p, [builder.add(builder.mul(b, const(8)), const(TOKENS * r + t))]))
+                s = builder.load(builder.gep(scale_p, [builder.add(builder.mul(b, _const(8)), _const(TOKENS * r + t))]))
                 s8 = builder.shuffle_vector(builder.insert_element(ir.Constant(_V8F32, ir.Undefined), s, ir.Constant(_I32, 0)),
                                             ir.Constant(_V8F32, ir.Undefined), ir.Constant(_V8I32, [0] * 8))
                 slot = accs[TOKENS * r + t]
@@ -182,14 +202,12 @@ def _store_hsums(builder, accs, out_p, out_stride, summs=None):
     all eight sums at once: h[p] = (l4 + l0, l5 + l1, l6 + l2, l7 + l3) for each pair p, then
     the vectors u_i holding h[p][i] of every pair, and (u0 + u2) + (u1 + u3): hsum8's
     additions exactly."""
-    def shuffle(x, y, mask):
-        return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, len(mask)), mask))
 
-    halves = [builder.fadd(shuffle(acc, acc, [4, 5, 6, 7]), shuffle(acc, acc, [0, 1, 2, 3])) for acc in accs]
-    by8 = [shuffle(halves[i], halves[i + 1], list(range(8))) for i in range(0, 8, 2)]
-    by16 = [shuffle(by8[i], by8[i + 1], list(range(16))) for i in (0, 2)]
-    all32 = shuffle(by16[0], by16[1], list(range(32)))
-    u = [shuffle(all32, all32, [4 * p + i for p in range(8)]) for i in range(4)]
+    halves = [builder.fadd(_shuffle(builder, acc, acc, [4, 5, 6, 7]), _shuffle(builder, acc, acc, [0, 1, 2, 3])) for acc in accs]
+    by8 = [_shuffle(builder, halves[i], halves[i + 1], list(range(8))) for i in range(0, 8, 2)]
+    by16 = [_shuffle(builder, by8[i], by8[i + 1], list(range(16))) for i in (0, 2)]
+    all32 = _shuffle(builder, by16[0], by16[1], list(range(32)))
+    u = [_shuffle(builder, all32, all32, [4 * p + i for p in range(8)]) for i in range(4)]
     sums = builder.fadd(builder.fadd(u[0], u[2]), builder.fadd(u[1], u[3]))
     if summs is not None:
         sums = builder.fadd(sums, summs)
@@ -215,17 +233,16 @@ def f32_dot_tile(typingctx, out, out_at, out_stride, a, a_at, b, b_at, k, k_used
         k = args[7]
         fma = _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32])
 
-        def load(pointer, row, column):
-            at = builder.gep(pointer, [builder.add(builder.mul(ir.Constant(_I64, row), k), column)])
-            return builder.load(builder.bitcast(at, _V8F32.as_pointer()), align=4)
+        def at(row, column):
+            return builder.add(builder.mul(_const(row), k), column)
 
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(ROWS * TOKENS)]
-        steps = builder.udiv(args[8], ir.Constant(_I64, 8))
+        steps = builder.udiv(args[8], _const(8))
         with cgutils.for_range(builder, steps) as loop:
-            column = builder.mul(loop.index, ir.Constant(_I64, 8))
-            a_rows = [load(a_p, r, column) for r in range(ROWS)]
+            column = builder.mul(loop.index, _const(8))
+            a_rows = [_load(builder, a_p, at(r, column), _V8F32) for r in range(ROWS)]
             for t in range(TOKENS):
-                b_t = load(b_p, t, column)
+                b_t = _load(builder, b_p, at(t, column), _V8F32)
                 for r in range(ROWS):
                     slot = accs[TOKENS * r + t]
                     builder.store(builder.call(fma, [a_rows[r], b_t, builder.load(slot)]), slot)
@@ -259,56 +276,45 @@ def q4_k_dot_tile(typingctx, out, out_at, out_stride, q, q_at, a, a_at, sc, sc_a
                      d_pairs, bs_pairs, pair_at, nb)
 
     def codegen(context, builder, signature, args):
-        def data(i, at=None):
-            pointer = _data(context, builder, signature.args[i], args[i])
-            return pointer if at is None else builder.gep(pointer, [args[at]])
+        data = _pointers(context, builder, signature, args)
 
-        def const(value):
-            return ir.Constant(_I64, value)
 
-        def load(pointer, index, vector_type):
-            at = builder.gep(pointer, [index])
-            return builder.load(builder.bitcast(at, vector_type.as_pointer()), align=1)
 
-        def shuffle(x, y, mask):
-            return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, len(mask)), mask))
 
         out_p, q_p, a_p, sc_p = data(0, 1), data(3, 4), data(5, 6), data(7, 8)
         d_rows_p, dmin_rows_p, m_rows_p = data(9), data(10), data(11)
         d_pairs_p = data(12, 14)
-        bs_pairs_p = builder.gep(data(13), [builder.mul(args[14], const(8))])
+        bs_pairs_p = builder.gep(data(13), [builder.mul(args[14], _const(8))])
         out_stride, blocks = args[2], args[15]
-        k = builder.mul(blocks, const(256))
-        sc_stride = builder.mul(blocks, const(8))
-        maddubs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
-        maddwd = _function(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
-        fma = _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32])
+        k = builder.mul(blocks, _const(256))
+        sc_stride = builder.mul(blocks, _const(8))
+        maddubs, maddwd, _, fma = _instructions(builder)
         acc = cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None))
         accm = cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None))
         with cgutils.for_range(builder, blocks) as loop:
             b = loop.index
-            d_pair = load(d_pairs_p, builder.mul(b, const(8)), _V8F32)
-            scale = builder.fmul(load(d_rows_p, builder.mul(b, const(8)), _V8F32), d_pair)
-            scale_min = builder.fmul(load(dmin_rows_p, builder.mul(b, const(8)), _V8F32), d_pair)
+            d_pair = _load(builder, d_pairs_p, builder.mul(b, _const(8)), _V8F32)
+            scale = builder.fmul(_load(builder, d_rows_p, builder.mul(b, _const(8)), _V8F32), d_pair)
+            scale_min = builder.fmul(_load(builder, dmin_rows_p, builder.mul(b, _const(8)), _V8F32), d_pair)
             for g in range(4):
-                first = builder.add(builder.mul(b, const(256)), const(64 * g))
+                first = builder.add(builder.mul(b, _const(256)), _const(64 * g))
                 sums = []                                       # int32 x 8 per pair, in pair order
-                qs = [[load(q_p, builder.add(builder.mul(const(r), k), builder.add(first, const(32 * h))), _V32I8)
+                qs = [[_load(builder, q_p, builder.add(builder.mul(_const(r), k), builder.add(first, _const(32 * h))), _V32I8)
                        for h in (0, 1)] for r in range(ROWS)]
                 scs = []
                 for r in range(ROWS):
                     row_scales = []
                     for h in (0, 1):
-                        at = builder.add(builder.add(builder.mul(const(r), sc_stride), builder.mul(b, const(8))),
-                                         const(2 * g + h))
+                        at = builder.add(builder.add(builder.mul(_const(r), sc_stride), builder.mul(b, _const(8))),
+                                         _const(2 * g + h))
                         one = builder.load(builder.gep(sc_p, [at]))
-                        row_scales.append(shuffle(builder.insert_element(ir.Constant(_V16I16, ir.Undefined), one,
+                        row_scales.append(_shuffle(builder, builder.insert_element(ir.Constant(_V16I16, ir.Undefined), one,
                                                                          ir.Constant(_I32, 0)),
                                                   ir.Constant(_V16I16, ir.Undefined), [0] * 16))
                     scs.append(row_scales)
                 by_pair = {}
                 for t in range(TOKENS):
-                    a_t = [load(a_p, builder.add(builder.mul(const(t), k), builder.add(first, const(32 * h))), _V32I8)
+                    a_t = [_load(builder, a_p, builder.add(builder.mul(_const(t), k), builder.add(first, _const(32 * h))), _V32I8)
                            for h in (0, 1)]
                     for r in range(ROWS):
                         by_pair[TOKENS * r + t] = builder.add(
@@ -318,15 +324,15 @@ def q4_k_dot_tile(typingctx, out, out_at, out_stride, q, q_at, a, a_at, sc, sc_a
                 isum = _sum_lanes(builder, sums)
                 imin = None
                 for h in (0, 1):
-                    at = builder.add(builder.mul(b, const(64)), const(8 * (2 * g + h)))
-                    term = builder.fmul(load(m_rows_p, at, _V8F32), load(bs_pairs_p, at, _V8F32))
+                    at = builder.add(builder.mul(b, _const(64)), _const(8 * (2 * g + h)))
+                    term = builder.fmul(_load(builder, m_rows_p, at, _V8F32), _load(builder, bs_pairs_p, at, _V8F32))
                     imin = term if imin is None else builder.fadd(imin, term)
                 builder.store(builder.call(fma, [builder.sitofp(isum, _V8F32), scale, builder.load(acc)]), acc)
                 builder.store(builder.call(fma, [imin, scale_min, builder.load(accm)]), accm)
         result = builder.fsub(builder.load(acc), builder.load(accm))
         for r in range(ROWS):
             for t in range(TOKENS):
-                at = builder.add(builder.mul(const(t), out_stride), const(r))
+                at = builder.add(builder.mul(_const(t), out_stride), _const(r))
                 builder.store(builder.extract_element(result, ir.Constant(_I32, TOKENS * r + t)),
                               builder.gep(out_p, [at]))
         return context.get_dummy_value()
@@ -368,55 +374,46 @@ def _kquant_dot_tile_codegen(with_mins, context, builder, signature, args):
     float32 [nb, 8], bw_rows int32 [nb, 16, 8] (the bsum multipliers), d_pairs float32 [nb, 8]
     from pair_at and bs_pairs int32 [nb, 16, 8] from 16 pair_at (the tokens' d and bsums);
     k = 256 nb. Arrays the kind does not read may be any."""
-    def data(i, at=None):
-        pointer = _data(context, builder, signature.args[i], args[i])
-        return pointer if at is None else builder.gep(pointer, [args[at]])
+    data = _pointers(context, builder, signature, args)
 
-    def const(value):
-        return ir.Constant(_I64, value)
 
-    def load(pointer, index, vector_type):
-        at = builder.gep(pointer, [index])
-        return builder.load(builder.bitcast(at, vector_type.as_pointer()), align=1)
 
     out_p, c_p, aq_p, sc_p = data(0, 1), data(3, 4), data(5, 6), data(7, 8)
     wsum_p, d_rows_p, dmin_rows_p, bw_p = data(9), data(10), data(11), data(12)
     d_pairs_p = data(13, 15)
-    bs_pairs_p = builder.gep(data(14), [builder.mul(args[15], const(16))])
+    bs_pairs_p = builder.gep(data(14), [builder.mul(args[15], _const(16))])
     out_stride, blocks = args[2], args[16]
-    k = builder.mul(blocks, const(256))
-    half_k = builder.mul(blocks, const(128))
-    maddubs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
-    maddwd = _function(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
-    fma = _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32])
+    k = builder.mul(blocks, _const(256))
+    half_k = builder.mul(blocks, _const(128))
+    maddubs, maddwd, _, fma = _instructions(builder)
     y = cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None))
     with cgutils.for_range(builder, blocks) as loop:
         b = loop.index
         sums = [ir.Constant(_V8I32, None)] * (ROWS * TOKENS)
         for run in range(8):
-            first = builder.add(builder.mul(b, const(256)), const(32 * run))
-            aqs = [load(aq_p, builder.add(builder.mul(const(t), k), first), _V32I8) for t in range(TOKENS)]
+            first = builder.add(builder.mul(b, _const(256)), _const(32 * run))
+            aqs = [_load(builder, aq_p, builder.add(builder.mul(_const(t), k), first), _V32I8) for t in range(TOKENS)]
             for r in range(ROWS):
-                c_r = load(c_p, builder.add(builder.mul(const(r), k), first), _V32I8)
-                sc_r = load(sc_p, builder.add(builder.mul(const(r), half_k),
-                                              builder.add(builder.mul(b, const(128)), const(16 * run))), _V16I16)
+                c_r = _load(builder, c_p, builder.add(builder.mul(_const(r), k), first), _V32I8)
+                sc_r = _load(builder, sc_p, builder.add(builder.mul(_const(r), half_k),
+                                              builder.add(builder.mul(b, _const(128)), _const(16 * run))), _V16I16)
                 for t in range(TOKENS):
                     p = TOKENS * r + t
                     sums[p] = builder.add(sums[p], builder.call(maddwd, [builder.call(maddubs, [aqs[t], c_r]), sc_r]))
-        at8 = builder.mul(b, const(8))
-        s1 = builder.sub(_sum_lanes(builder, sums), load(wsum_p, at8, _V8I32))
-        r_vec = builder.fmul(load(d_rows_p, at8, _V8F32), builder.sitofp(s1, _V8F32))
+        at8 = builder.mul(b, _const(8))
+        s1 = builder.sub(_sum_lanes(builder, sums), _load(builder, wsum_p, at8, _V8I32))
+        r_vec = builder.fmul(_load(builder, d_rows_p, at8, _V8F32), builder.sitofp(s1, _V8F32))
         if with_mins:
             s2 = ir.Constant(_V8I32, None)
             for m in range(16):
-                at = builder.add(builder.mul(b, const(128)), const(8 * m))
-                s2 = builder.add(s2, builder.mul(load(bw_p, at, _V8I32), load(bs_pairs_p, at, _V8I32)))
-            r_vec = builder.call(fma, [builder.fneg(load(dmin_rows_p, at8, _V8F32)), builder.sitofp(s2, _V8F32), r_vec])
-        builder.store(builder.call(fma, [r_vec, load(d_pairs_p, at8, _V8F32), builder.load(y)]), y)
+                at = builder.add(builder.mul(b, _const(128)), _const(8 * m))
+                s2 = builder.add(s2, builder.mul(_load(builder, bw_p, at, _V8I32), _load(builder, bs_pairs_p, at, _V8I32)))
+            r_vec = builder.call(fma, [builder.fneg(_load(builder, dmin_rows_p, at8, _V8F32)), builder.sitofp(s2, _V8F32), r_vec])
+        builder.store(builder.call(fma, [r_vec, _load(builder, d_pairs_p, at8, _V8F32), builder.load(y)]), y)
     result = builder.load(y)
     for r in range(ROWS):
         for t in range(TOKENS):
-            at = builder.add(builder.mul(const(t), out_stride), const(r))
+            at = builder.add(builder.mul(_const(t), out_stride), _const(r))
             builder.store(builder.extract_element(result, ir.Constant(_I32, TOKENS * r + t)), builder.gep(out_p, [at]))
     return context.get_dummy_value()
 
@@ -475,20 +472,18 @@ unpack_nibbles32 = _unpack_nibbles(32)
 def _sum_lanes(builder, vectors):
     """The int32 x 8 vector whose lane p is the sum of vectors[p]'s eight lanes (exact: any
     order), by three rounds of pairwise horizontal adds."""
-    def shuffle(x, y, mask):
-        return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, len(mask)), mask))
 
     def hadd(x, y):
         # vphaddd: per 128-bit half, (x0+x1, x2+x3, y0+y1, y2+y3)
-        even = shuffle(x, y, [0, 2, 8, 10, 4, 6, 12, 14])
-        odd = shuffle(x, y, [1, 3, 9, 11, 5, 7, 13, 15])
+        even = _shuffle(builder, x, y, [0, 2, 8, 10, 4, 6, 12, 14])
+        odd = _shuffle(builder, x, y, [1, 3, 9, 11, 5, 7, 13, 15])
         return builder.add(even, odd)
 
     first = [hadd(vectors[i], vectors[i + 1]) for i in range(0, 8, 2)]
     second = [hadd(first[0], first[1]), hadd(first[2], first[3])]
     # second[0]: low half = the low-half sums of vectors 0..3, high half = their high-half sums
-    low = shuffle(second[0], second[1], [0, 1, 2, 3, 8, 9, 10, 11])
-    high = shuffle(second[0], second[1], [4, 5, 6, 7, 12, 13, 14, 15])
+    low = _shuffle(builder, second[0], second[1], [0, 1, 2, 3, 8, 9, 10, 11])
+    high = _shuffle(builder, second[0], second[1], [4, 5, 6, 7, 12, 13, 14, 15])
     return builder.add(low, high)
 
 
