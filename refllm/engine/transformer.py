@@ -37,7 +37,7 @@ import numpy as np
 from refllm.engine.config import ModelConfig, ModelConfigError
 from refllm.engine.kv_cache import KVCache
 from refllm.engine.numerics import NUMERICS, Numerics
-from refllm.engine.weights import Layer, Matrix, ModelWeights
+from refllm.engine.weights import Layer, ModelWeights
 from refllm.kernels import x86
 
 N_BATCH = 512       # tokens evaluated together; bounds the attention scores' memory, as llama.cpp's n_batch

@@ -44,8 +44,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from refllm.kernels.cpu import avx2
-from refllm.kernels.cpu.fp import f16_to_f32
-from refllm.kernels.cpu.quant_plain import f32_to_f16_bits
 
 F32 = np.float32
 U32 = np.uint32

@@ -16,7 +16,7 @@ matrix; only a chunk of rows is ever decoded):
                                   refllm.kernels.cpu.avx2's register tiles (4 rows x 2 tokens,
                                   vpmaddubsw lanes, the accumulators in registers), after the
                                   tile's scales d_w * d_a (`_tokens_for_tiles` lays out the
-                                  activations once per product)
+                                  activations once per input, for every matrix it meets)
     batches, elsewhere            `legacy_matmul_tokens`: a chunk of rows is decoded to
                                   float32, the tokens are transposed (tokens contiguous) and
                                   every lane is computed for many tokens at once: the four
