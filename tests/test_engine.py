@@ -340,7 +340,7 @@ def test_ggml_matmuls_of_one_input_equal_separate_matmuls(tmp_path, monkeypatch)
     net = Transformer(refllm.open(write_synthetic_model(tmp_path / "m.gguf", "llama", seed=5)), "ggml")
     layer = net.weights.layers[0]
     matrices = [layer.matrices[name] for name in ("attn_q", "attn_k", "attn_v", "attn_output")]
-    x = np.random.default_rng(0).standard_normal((9, matrices[0].shape[1])).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((20, matrices[0].shape[1])).astype(np.float32)   # batch kernels
     conversions = []
     original = vec_dot.activation_rows
     monkeypatch.setattr(vec_dot, "activation_rows", lambda *a, **k: conversions.append(a[1]) or original(*a, **k))

@@ -59,6 +59,22 @@ def test_every_token_is_its_own_dot_product(weight_type, few_tokens, monkeypatch
         assert np.array_equal(cpu.mul_mat(raw, weight_type, (16, 128), one), batch[t:t + 1])
 
 
+def test_one_activation_layout_serves_every_matrix(cpu_path):
+    """The AVX2 path lays out a QuantizedRows once for the tiles and reuses it for the next
+    matrix that multiplies the same rows (q, k, v): each product still has the reference's
+    bits, whatever the type, and fresh rows get a fresh layout."""
+    raw_q8, act = random_case("Q8_0", 12, 96, 20, 21)
+    raw_q5, _ = random_case("Q5_0", 12, 96, 20, 22)
+    raw_q4, _ = random_case("Q4_0", 12, 96, 20, 23)
+    for raw, weight_type in ((raw_q8, "Q8_0"), (raw_q5, "Q5_0"), (raw_q4, "Q4_0"), (raw_q8, "Q8_0")):
+        expected = reference.mul_mat(raw, weight_type, (12, 96), act)
+        assert np.array_equal(cpu.mul_mat(raw, weight_type, (12, 96), act).view(np.uint32), expected.view(np.uint32))
+    _, other = random_case("Q8_0", 12, 96, 20, 24)
+    expected = reference.mul_mat(raw_q8, "Q8_0", (12, 96), other)
+    assert np.array_equal(cpu.mul_mat(raw_q8, "Q8_0", (12, 96), other), expected)
+    assert not np.array_equal(expected, reference.mul_mat(raw_q8, "Q8_0", (12, 96), act))
+
+
 @pytest.fixture(scope="module")
 def golden_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("legacy-golden")
