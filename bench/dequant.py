@@ -8,9 +8,10 @@ Prints Markdown tables for bench/RESULTS.md. Each figure is the median of --runs
 tensor of --elems random blocks, already in memory. Rates are M elements/s. "Numba 1T, new
 array" is `dequantize` allocating its result (so it pays the page faults of a fresh array);
 the other Numba columns decode into one reused `out` array. "in GB/s" counts the quantized
-bytes read; "in+out GB/s" adds the float32 bytes written. Numba runs with 1 and then 2 threads (numba.set_num_threads); the NumPy
-reference and gguf-py are single-threaded. The machine's memory bandwidth is measured first,
-by the same kind of Numba loop: a sum over 1 GiB (read) and a copy of 512 MiB (read + write).
+bytes read; "in+out GB/s" adds the float32 bytes written. Numba runs with 1 and then 2
+threads (numba.set_num_threads); the NumPy reference and gguf-py are single-threaded. The
+machine's memory bandwidth is measured first, by the same kind of Numba loop: a sum over 1 GiB
+(read) and a copy of 512 MiB (read + write).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from refllm.formats.ggml_types import ggml_type
-from refllm.kernels.dequant import decoder, dequantize, supported_types
+from refllm.kernels.dequant import dequantize, supported_types
+from refllm.type_traits import ggml_type
 
 GGUF_PY_LACKS = {"Q8_1", "Q8_K", "Q1_0", "Q2_0"}
 ASTYPE = {"F64": "<f8", "I8": "i1", "I16": "<i2", "I32": "<i4", "I64": "<i8"}   # gguf-py: typed views
@@ -147,7 +148,7 @@ def gpu_tables(types: list[str], elems: int, runs: int) -> None:
         return statistics.median(times)
 
     copy = 2 * big.nbytes / timed(lambda: copy_to.__setitem__(Ellipsis, big)) / 1e9
-    del big, copy_to
+    big = copy_to = None                   # frees the device memory
     print(f"GPU: {device}; spec peak {peak:.0f} GB/s; device-to-device copy {copy:.0f} GB/s "
           "(read+write).\n")
     print("| type | elements | M/s | in+out GB/s | % of copy bandwidth | % of spec peak |")
@@ -161,14 +162,14 @@ def gpu_tables(types: list[str], elems: int, runs: int) -> None:
         io = (raw.nbytes + n * 4) / 1e9 / seconds
         print(f"| {name} | {n} | {n / seconds / 1e6:.0f} | {io:.0f} | {100 * io / copy:.0f}% "
               f"| {100 * io / peak:.0f}% |", flush=True)
-        del raw
+        raw = None
 
 
 _FIRST_CALLS = """
 import json, sys, time
 t0 = time.perf_counter()
 from refllm.kernels.dequant import dequantize, supported_types
-from refllm.formats.ggml_types import ggml_type
+from refllm.type_traits import ggml_type
 imported = time.perf_counter() - t0
 times = {}
 for name in supported_types():

@@ -34,8 +34,8 @@ import numpy as np
 
 import refllm
 from refllm import fetch
-from refllm.engine import Tokenizer
 from refllm.engine.transformer import Transformer
+from refllm.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PROMPT = 256
@@ -43,7 +43,8 @@ N_PROMPT = 256
 LLAMA_CPP_SCRIPT = r"""
 import json, sys, time, statistics
 import llama_cpp
-path, tokens, threads, runs, n_decode = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+path, tokens = sys.argv[1], json.loads(sys.argv[2])
+threads, runs, n_decode = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 llm = llama_cpp.Llama(path, n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
 prefill, decode = [], []
 for _ in range(runs):

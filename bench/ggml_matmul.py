@@ -1,4 +1,4 @@
-"""`--numerics ggml` legacy-family matmuls (refllm/kernels/cpu/ggml_legacy.py) against the f32 path.
+"""`--numerics ggml` legacy-family matmuls (refllm/ggml_cpu/cpu/legacy.py) against the f32 path.
 
     python bench/ggml_matmul.py [--runs 5] [--tokens 1,44,256] [--baseline OLD.py]
 
@@ -10,16 +10,16 @@ Numba get one thread each (set below, before NumPy loads). Columns, each the med
 sub-millisecond shapes are not all timer noise; the columns' samples alternate, so that a slow
 spell of a shared machine hits them alike):
 
-    kernel            refllm.kernels.cpu.ggml_legacy.mul_mat on activations already rounded to
+    kernel            refllm.ggml_cpu.cpu.legacy.mul_mat on activations already rounded to
                       Q8_0/Q8_1 (what this family's Numba code costs)
     G weights/s       n * rows * cols / kernel: weights times tokens (multiply-adds) per second
-    whole call        refllm.kernels.ggml_matmul.mul_mat on float32 x: the activation rounding
+    whole call        refllm.ggml_cpu.matmul.mul_mat on float32 x: the activation rounding
                       (NumPy) and the kernel
     f32 path          what engine/numerics.py matmul_f32 does: decode ~1 MiB of rows at a time
                       with dequantize(..., backend="numba") into one scratch array, then
                       x @ chunk.T (OpenBLAS sgemm)
     baseline kernel   with --baseline OLD.py: that file's mul_mat (e.g. the module before a
-                      change, `git show REV:refllm/kernels/cpu/ggml_legacy.py > /tmp/old.py`),
+                      change, `git show REV:refllm/ggml_cpu/cpu/legacy.py > /tmp/old.py`),
                       measured in the same run, so that the ratio compares like with like
 
 The baseline's output is checked bit for bit against the kernel's. Shapes are numpy order,
@@ -33,20 +33,21 @@ import os
 
 os.environ["OPENBLAS_NUM_THREADS"] = "1"         # before NumPy loads OpenBLAS
 
-import argparse                                  # noqa: E402
-import importlib.util                            # noqa: E402
-import shutil                                    # noqa: E402
-import statistics                                # noqa: E402
-import sys                                       # noqa: E402
-import tempfile                                  # noqa: E402
-import time                                      # noqa: E402
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 
-import numba                                     # noqa: E402
-import numpy as np                               # noqa: E402
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
-from refllm.kernels import dequantize, ggml_matmul, quantize  # noqa: E402
-from refllm.kernels.cpu import ggml_legacy        # noqa: E402
-from refllm.kernels.vec_dot import converted_activations  # noqa: E402
+from refllm.ggml_cpu import matmul as ggml_matmul  # noqa: E402
+from refllm.ggml_cpu.cpu import legacy as ggml_legacy  # noqa: E402
+from refllm.ggml_cpu.vec_dot import converted_activations  # noqa: E402
+from refllm.kernels import dequantize, quantize  # noqa: E402
 
 # (tensor, rows, cols, type): SmolLM2-135M's legacy-type matrices
 SHAPES = [
@@ -156,7 +157,7 @@ def main() -> None:
             if baseline:
                 line += f" {base[0]:.3f} ms | {base[0] / kernel:.2f}x |"
             print(line, flush=True)
-        del raw
+        raw = None
     print()
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

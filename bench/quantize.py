@@ -5,7 +5,7 @@ process, with 1 and 2 threads, next to llama-quantize (llama-cpp-python's
     OPENBLAS_NUM_THREADS=1 python bench/quantize.py [--ftype Q4_K_M] [--runs 3]
         [--llama-python /tmp/golden-venv/bin/python]
 
-The F32 source is written once (refllm.kernels.quantize_file.write_f32_copy) into a temporary
+The F32 source is written once (refllm.tools.quantize_model.write_f32_copy) into a temporary
 directory. Each run is a new process, so Numba's start-up and cached-kernel loading count, as
 they do for a user. Medians; prints Markdown for RESULTS.md.
 """
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from refllm import fetch
-from refllm.kernels.quantize_file import FTYPES, write_f32_copy
+from refllm.tools.quantize_model import FTYPES, write_f32_copy
 
 LLAMA_CPP_SCRIPT = r"""
 import ctypes, sys, llama_cpp

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import refllm
 from refllm import fetch
-from refllm.engine.tokenizer import Tokenizer
+from refllm.tokenizer.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +75,8 @@ def main() -> None:
         seconds, seconds_again = statistics.median(first), statistics.median(again)
         kind = model.metadata.get("tokenizer.ggml.model")
         print(f"| {name} | {kind} ({model.metadata.get('tokenizer.ggml.pre', '-')}) | {build * 1e3:.0f} ms "
-              f"| {seconds:.2f} s | {len(text.encode('utf-8')) / 1e6 / seconds:.2f} | {seconds_again:.2f} s | {n_tokens} |", flush=True)
+              f"| {seconds:.2f} s | {len(text.encode('utf-8')) / 1e6 / seconds:.2f} | {seconds_again:.2f} s "
+              f"| {n_tokens} |", flush=True)
 
 
 if __name__ == "__main__":

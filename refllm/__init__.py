@@ -7,10 +7,15 @@
     refllm.dequantize(model.tensor_bytes(t.name), t.ggml_type, t.shape)   # exact float32 values
 """
 
-from refllm.errors import RefllmError
-from refllm.formats import FormatError, ModelFile, TensorInfo
-from refllm.formats import open_model as open  # noqa: A001  (refllm.open is the public name)
-from refllm.kernels import DequantError, QuantizeError, dequantize, quantize
+from refllm import numba_cache
+
+numba_cache.configure()     # before anything loads Numba: see refllm/numba_cache.py
+
+from refllm.errors import RefllmError  # noqa: E402
+from refllm.formats import FormatError, ModelFile, TensorInfo  # noqa: E402
+from refllm.formats import open_model as open  # noqa: A001, E402  (refllm.open is the public name)
+from refllm.kernels import DequantError, QuantizeError, dequantize, quantize  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["open", "dequantize", "DequantError", "quantize", "QuantizeError", "FormatError", "ModelFile", "TensorInfo", "RefllmError", "__version__"]
+__all__ = ["open", "dequantize", "DequantError", "quantize", "QuantizeError", "FormatError", "ModelFile",
+           "TensorInfo", "RefllmError", "__version__"]

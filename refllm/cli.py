@@ -16,11 +16,9 @@ from pathlib import Path
 
 import click
 
+from refllm.engine.numerics import NUMERICS
+from refllm.engine.sampling import SamplingOptions
 from refllm.errors import RefllmError
-
-# refllm.engine.numerics.NUMERICS's keys, spelled out so that `refllm --help` need not import the
-# engine (tests/test_cli.py checks that the two agree)
-NUMERICS_MODES = ("f32", "ggml")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -187,7 +185,7 @@ def inspect_store(as_json: bool) -> int:
 def convert(src: Path, dst: Path, context_length: int, eps: float, gqa: int, name: str | None,
             desc: str | None) -> int:
     """Convert a legacy GGML/GGMF/GGJT llama file SRC to GGUF DST (written atomically)."""
-    from refllm.formats.legacy import convert_legacy, file_label
+    from refllm.formats.ggjt import convert_legacy, file_label
 
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise RefllmError(f"refusing to overwrite the input {src}")
@@ -259,9 +257,9 @@ def tokenize(model: str, text: str | None, no_bos: bool, parse_special: bool, as
     MODEL is a path, a blob digest or an ollama model name. TEXT is read from stdin when it is
     - or left out.
     """
-    from refllm.engine.tokenizer import Tokenizer
     from refllm.formats import open_model
     from refllm.formats.ollama import resolve_target
+    from refllm.tokenizer.tokenizer import Tokenizer
 
     if text is None or text == "-":
         data = sys.stdin.buffer.read()
@@ -302,8 +300,8 @@ def quantize(src, dst, ftype, pure, output_tensor_type, token_embedding_type, al
     byte as llama-quantize does without an importance matrix. FTYPE: Q4_0, Q4_1, Q5_0, Q5_1,
     Q8_0, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, F16, BF16."""
     from refllm.formats.ollama import resolve_target
-    from refllm.kernels.quantize_file import FTYPES, quantize_model
     from refllm.progress import Progress
+    from refllm.tools.quantize_model import FTYPES, quantize_model
 
     ftype = ftype.upper()
     if ftype not in FTYPES:
@@ -347,7 +345,7 @@ def synth(arch, output, layers, dim, heads, kv_heads, ff, vocab, weight_type, se
     """Write a random-weight ARCH model (llama, qwen2, qwen3, gemma3) that refllm and llama.cpp
     both load, with a small working BPE vocabulary. Tensors are drawn while the file is
     written, so models far larger than memory can be made. The same options give the same bytes."""
-    from refllm.engine.synth import DEFAULT_WEIGHT_TYPES, write_synthetic_model
+    from refllm.tools.synth import DEFAULT_WEIGHT_TYPES, write_synthetic_model
 
     types = {name: weight_type.upper() for name in DEFAULT_WEIGHT_TYPES} if weight_type else None
     started = time.perf_counter()
@@ -395,68 +393,58 @@ def _read_stdin_text() -> str:
                           "(expected UTF-8 text)") from None
 
 
-def _prompt_tokens(tokenizer, metadata, prompt: str, system: str | None, raw: bool) -> list[int]:
-    """The prompt's token ids: through the model's chat template unless `raw` or it has none."""
-    from refllm.engine import ChatTemplate
+# generate's sampling flags: (flags, SamplingOptions field, help). Each flag's type and default
+# are the field's (tests/test_cli.py checks that they stay so).
+SAMPLING_FLAGS = (
+    (("-n", "--num-predict"), "num_predict", "Most tokens to generate; -1: no limit."),
+    (("--temperature",), "temperature", "0 means greedy."),
+    (("--top-k",), "top_k", "0 disables."),
+    (("--top-p",), "top_p", "1 disables."),
+    (("--min-p",), "min_p", "0 disables."),
+    (("--repeat-penalty",), "repeat_penalty", "1 disables."),
+    (("--repeat-last-n",), "repeat_last_n", "0 disables; -1: the whole context."),
+    (("--presence-penalty",), "presence_penalty", "0 disables."),
+    (("--frequency-penalty",), "frequency_penalty", "0 disables."),
+    (("--seed",), "seed", "-1: a random seed."),
+    (("--keep",), "num_keep", "Tokens kept at the start when the context shifts; -1: the whole prompt."),
+)
 
-    vocab = tokenizer.vocab
-    texts = {role: vocab.text(vocab.special_ids[role]) if vocab.special_ids[role] is not None else ""
-             for role in ("bos", "eos")}
-    template = None if raw else ChatTemplate.from_metadata(metadata, bos_token=texts["bos"], eos_token=texts["eos"])
-    if template is None:
-        if system:
-            raise RefllmError("--system needs a chat template, and this model has none (or --raw was given)")
-        return tokenizer.tokenize(prompt, add_special=True, parse_special=False)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = template.render(messages, add_generation_prompt=True)
-    # a template that writes the BOS itself must not get a second one from the tokenizer
-    starts_with_bos = bool(texts["bos"]) and vocab.add_bos and text.startswith(texts["bos"])
-    ids = tokenizer.tokenize(text, add_special=not starts_with_bos, parse_special=True)
-    return ids
+
+def sampling_flags(command):
+    """Add SAMPLING_FLAGS and --stop (SamplingOptions.stop) to a click command."""
+    defaults = SamplingOptions()
+    command = click.option("--stop", "stop", multiple=True, help="Stop before this text (repeatable).")(command)
+    for flags, field, help_text in reversed(SAMPLING_FLAGS):
+        default = getattr(defaults, field)
+        command = click.option(*flags, field, type=type(default), default=default, show_default=True,
+                               help=help_text)(command)
+    return command
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("args", nargs=-1)
 @click.option("--system", help="A system message, for models with a chat template.")
 @click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template.")
-@click.option("-n", "--num-predict", type=int, default=-1, show_default=True, help="Most tokens to generate; -1: no limit.")
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="0 means greedy.")
-@click.option("--top-k", type=int, default=40, show_default=True, help="0 disables.")
-@click.option("--top-p", type=float, default=0.9, show_default=True, help="1 disables.")
-@click.option("--min-p", type=float, default=0.0, show_default=True, help="0 disables.")
-@click.option("--repeat-penalty", type=float, default=1.0, show_default=True)
-@click.option("--repeat-last-n", type=int, default=64, show_default=True, help="0 disables; -1: the whole context.")
-@click.option("--presence-penalty", type=float, default=0.0, show_default=True)
-@click.option("--frequency-penalty", type=float, default=0.0, show_default=True)
-@click.option("--seed", type=int, default=-1, show_default=True, help="-1: a random seed.")
-@click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
+@sampling_flags
 @click.option("--ctx", type=int, default=None, help="Context size in tokens  [default: 4096, at most the model's]")
-@click.option("--keep", type=int, default=4, show_default=True, help="Tokens kept at the start when the context shifts; -1: the whole prompt.")
 @click.option("--truncate", is_flag=True, help="Drop the middle of a prompt that does not fit, instead of failing.")
 @click.option("--no-shift", is_flag=True, help="Fail when the context fills, instead of shifting it.")
-@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="f32", show_default=True,
+@click.option("--numerics", type=click.Choice(list(NUMERICS)), default="f32", show_default=True,
               help="f32: the float32 reference; ggml: llama.cpp's CPU roundings (quantized activations, f16 KV cache)")
 @click.option("--verbose", is_flag=True, help="Print ollama's timing statistics to stderr afterwards.")
-def generate(args, system, raw, num_predict, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-             presence_penalty, frequency_penalty, seed, stop, ctx, keep, truncate, no_shift, numerics,
-             verbose) -> int:
+def generate(args, system, raw, ctx, truncate, no_shift, numerics, verbose, **sampling) -> int:
     """Generate text: refllm generate [MODEL] [PROMPT].
 
     MODEL is a path, a blob digest or an ollama name (default: SmolLM2, pulled on first use).
     With one argument it is the PROMPT, unless it is an existing file. PROMPT '-' or no PROMPT
     reads stdin. Chat models get their chat template unless --raw. The text streams as it comes.
     """
-    from refllm.engine import Tokenizer
-    from refllm.engine.sampling import SamplingOptions
-    from refllm.engine.session import Session
-    from refllm.engine.transformer import Transformer
+    from refllm.engine import Session, Transformer, prompt_tokens
+    from refllm.tokenizer import Tokenizer
 
     started = time.perf_counter()
     model_name, prompt = _split_model_and_prompt(args)
-    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                              repeat_last_n=repeat_last_n, repeat_penalty=repeat_penalty,
-                              presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                              seed=seed, num_predict=num_predict, stop=tuple(stop), num_keep=keep)
+    options = SamplingOptions(**sampling)
     model = _open_for_running(model_name)
     if prompt is None:
         prompt = _read_stdin_text()
@@ -467,9 +455,7 @@ def generate(args, system, raw, num_predict, temperature, top_k, top_p, min_p, r
     if n_ctx < 8:
         raise RefllmError(f"--ctx must be at least 8 tokens, not {n_ctx}")
     session = Session(transformer, n_ctx, context_shift=not no_shift)
-    ids = _prompt_tokens(tokenizer, model.metadata, prompt, system, raw)
-    if not ids:
-        raise RefllmError("the prompt is empty (and the model adds no BOS token)")
+    ids = prompt_tokens(tokenizer, model.metadata, prompt, system, raw)
     load_duration = time.perf_counter() - started
     try:
         for text in session.generate(ids, tokenizer, options, truncate=truncate):
@@ -504,17 +490,17 @@ def _parse_token_list(text: str) -> list[int]:
 @click.option("--no-bos", is_flag=True, help="Add no BOS/EOS to --prompt.")
 @click.option("--parse-special", is_flag=True, help="Read special-token text in --prompt as those tokens.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
-@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="f32", show_default=True,
+@click.option("--numerics", type=click.Choice(list(NUMERICS)), default="f32", show_default=True,
               help="f32: the float32 reference; ggml: llama.cpp's CPU roundings (quantized activations, f16 KV cache)")
 def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -> int:
     """Write the logits at every position of a prompt to OUTPUT (.npz: tokens int32 [n],
     logits float32 [n, n_vocab]; row i scores the token after tokens[i])."""
     import numpy as np
 
-    from refllm.engine import Tokenizer
-    from refllm.engine.compare import save_logits
     from refllm.engine.session import Session
     from refllm.engine.transformer import Transformer
+    from refllm.tokenizer import Tokenizer
+    from refllm.tools.compare import save_logits
 
     if (prompt is None) == (token_list is None):
         raise RefllmError("give exactly one of --prompt TEXT and --tokens 1,2,3")
@@ -552,8 +538,7 @@ def compare(ref, test, as_json) -> int:
     stores (rows identical once TEST is rounded to their float16)."""
     import numpy as np
 
-    from refllm.engine.compare import (check_same_tokens, compare_logits, format_report, load_logits,
-                                       load_reference)
+    from refllm.tools.compare import check_same_tokens, compare_logits, format_report, load_logits, load_reference
 
     ref_tokens, ref_rows, positions = load_reference(ref)
     test_tokens, test_logits = load_logits(test)

@@ -26,9 +26,9 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from refllm.errors import RefllmError
 from refllm.formats.files import atomic_output, sha256_file

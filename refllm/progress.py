@@ -38,7 +38,7 @@ class Progress:
         if self.enabled:
             self._draw(end="\n")
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

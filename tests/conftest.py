@@ -31,13 +31,13 @@ def vocab_dir():
 @pytest.fixture(params=["avx2", "portable"])
 def cpu_path(request, monkeypatch):
     """Run a test of the Numba kernels on both CPU paths, which must give the same bits: the
-    AVX2 register tiles (refllm.kernels.cpu.avx2, on a machine with AVX2) and the portable
+    AVX2 register tiles (refllm.ggml_cpu.avx2, on a machine with AVX2) and the portable
     Numba kernels (every machine)."""
-    from refllm.kernels import x86
-    from refllm.kernels.cpu import avx2, ggml_kquants, ggml_legacy, ggml_repack
+    from refllm.ggml_cpu import avx2, x86
+    from refllm.ggml_cpu.cpu import kquants, legacy, repack
     if request.param == "avx2" and not avx2.AVAILABLE:
         pytest.skip("this machine has no AVX2 and FMA: only the portable kernels run here")
-    for module in (x86, ggml_legacy, ggml_repack, ggml_kquants):
+    for module in (x86, legacy, repack, kquants):
         monkeypatch.setattr(module, "USE_AVX2", request.param == "avx2")
     return request.param
 

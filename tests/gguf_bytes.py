@@ -20,7 +20,7 @@ class Built:
     data: bytearray
     offsets: dict[str, int] = field(default_factory=dict)
 
-    def patch(self, name: str, fmt: str, value) -> "Built":
+    def patch(self, name: str, fmt: str, value) -> Built:
         """Overwrite the field recorded as `name` with struct `fmt` (byte order included)."""
         struct.pack_into(fmt, self.data, self.offsets[name], value)
         return self

@@ -1,6 +1,6 @@
 """Builds legacy llama files (ggml, ggmf, ggjt) for the tests, from the documented layout.
 
-It shares no code with refllm.formats.legacy on purpose: it is what the decoder is checked
+It shares no code with refllm.formats.ggjt on purpose: it is what the decoder is checked
 against. It records the offset and size of every field it writes, so a test can cut a file
 inside any field or corrupt exactly one.
 

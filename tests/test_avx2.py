@@ -1,4 +1,4 @@
-"""refllm.kernels.cpu.avx2: the AVX2 register tiles' helpers. The tiles themselves are checked
+"""refllm.ggml_cpu.avx2: the AVX2 register tiles' helpers. The tiles themselves are checked
 bit for bit against the NumPy references through every family's tests (the cpu_path fixture
 runs them on the AVX2 and the portable paths) and against llama.cpp's own products
 (tests/test_matmul_golden.py, tests/test_engine_golden.py)."""
@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from refllm.kernels.cpu import avx2
+from refllm.ggml_cpu import avx2
 from refllm.kernels.reference.fields import nibbles
-
 
 
 def test_available_only_on_x86_with_avx2_and_fma():

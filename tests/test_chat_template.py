@@ -10,13 +10,19 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import refllm
-from refllm.engine.chat_template import (ChatTemplate, ChatTemplateError, ChatTemplateSandboxError,
-                                         ChatTemplateSyntaxError, ConversationRejected)
 from refllm.errors import RefllmError
 from refllm.formats.values import StringArray
+from refllm.tokenizer.chat_template import (
+    ChatTemplate,
+    ChatTemplateError,
+    ChatTemplateSandboxError,
+    ChatTemplateSyntaxError,
+    ConversationRejected,
+)
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "chat_templates"
 VOCABS_WITH_TEMPLATES = ["ggml-vocab-command-r.gguf", "ggml-vocab-gemma-4.gguf", "ggml-vocab-phi-3.gguf",
@@ -153,7 +159,7 @@ def test_sandbox_escape_fails_cleanly_without_side_effects(source):
 
 def test_escape_cannot_run_a_command(tmp_path):
     marker = tmp_path / "pwned"
-    source = "{{ cycler.__init__.__globals__.os.system('touch %s') }}" % marker
+    source = "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}"
     with pytest.raises(ChatTemplateSandboxError):
         ChatTemplate(source).render([])
     assert not marker.exists()
@@ -169,7 +175,8 @@ def test_huge_range_and_endless_recursion_are_errors_not_hangs():
 # --- globals, errors, metadata ----------------------------------------------------------------
 
 def test_raise_exception_is_a_clear_refllm_error():
-    source = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok"
+    source = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}"
+              "{% endif %}ok")
     template = ChatTemplate(source)
     assert template.render([{"role": "user", "content": ""}]) == "ok"
     with pytest.raises(ConversationRejected, match="rejected the conversation: Conversation must start with user"):

@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
-
-from refllm.cli import main
-
 from gguf_bytes import small_model
 from ollama_store import PARAMS, SYSTEM, TEMPLATE, add_model
+
+from refllm.cli import main
 
 
 def run(args, capsys):

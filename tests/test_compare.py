@@ -1,4 +1,4 @@
-"""refllm.engine.compare: logits files and llama-perplexity's KL-divergence statistics.
+"""refllm.tools.compare: logits files and llama-perplexity's KL-divergence statistics.
 
 No model files: every input is built here, and the expected numbers are worked out by hand
 or by a direct whole-array float64 formula written independently of the module.
@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from refllm.engine import compare
-from refllm.engine.compare import (
+from refllm.errors import RefllmError
+from refllm.tools import compare
+from refllm.tools.compare import (
     CompareError,
     check_same_tokens,
     compare_logits,
@@ -30,7 +31,6 @@ from refllm.engine.compare import (
     save_logits,
     top1_margin_agreement,
 )
-from refllm.errors import RefllmError
 
 LN2 = math.log(2.0)
 
@@ -515,7 +515,7 @@ def test_load_missing_file(tmp_path):
 
 
 def test_coarse_kld_is_a_lower_bound_that_tightens_with_k():
-    from refllm.engine.compare import per_position_coarse_kld, per_position_kld
+    from refllm.tools.compare import per_position_coarse_kld, per_position_kld
     rng = np.random.default_rng(3)
     ref = rng.standard_normal((6, 50)) * 3
     test = ref + rng.standard_normal((6, 50)) * 0.3
@@ -533,7 +533,8 @@ def test_coarse_kld_is_a_lower_bound_that_tightens_with_k():
 
 def test_load_reference_reads_logits_files_and_compact_golden_files(tmp_path):
     from pathlib import Path
-    from refllm.engine.compare import load_reference
+
+    from refllm.tools.compare import load_reference
     golden = Path(__file__).resolve().parent.parent / "golden" / "logits" / "synth-qwen2.npz"
     tokens, rows, positions = load_reference(golden)
     with np.load(golden) as g:

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import refllm
 from refllm.cli import main
-from refllm.engine import Tokenizer
 from refllm.engine.config import ModelConfig, ModelConfigError
 from refllm.engine.sampling import SamplingOptions
 from refllm.engine.session import ContextFullError, Session
 from refllm.engine.transformer import RopeFrequencies, Transformer, rope
+from refllm.tokenizer import Tokenizer
 
 GREEDY = SamplingOptions(temperature=0, num_predict=12)
 
@@ -184,27 +184,29 @@ def test_missing_tensors_and_keys_are_named(smollm2_path):
         ModelConfig.from_model(model)
 
 
-def test_rope_by_a_then_b_is_rope_by_a_plus_b():
+@pytest.mark.parametrize("mode", ["f32", "ggml"])
+def test_rope_by_a_then_b_is_rope_by_a_plus_b(mode):
+    from refllm.engine.numerics import NUMERICS
+    numerics = NUMERICS[mode]
     x = np.random.default_rng(0).standard_normal((5, 2, 8)).astype(np.float32)
-    freqs = RopeFrequencies(10000.0, 1.0, None, 8)
+    freqs = RopeFrequencies(10000.0, 1.0, None, 8, numerics.cos_sin)
     for kind in ("norm", "neox"):
-        twice = rope(rope(x, np.arange(5), freqs, kind), np.full(5, 3), freqs, kind)
-        once = rope(x, np.arange(5) + 3, freqs, kind)
+        twice = rope(rope(x, np.arange(5), freqs, kind, numerics.rotate), np.full(5, 3), freqs, kind, numerics.rotate)
+        once = rope(x, np.arange(5) + 3, freqs, kind, numerics.rotate)
         np.testing.assert_allclose(twice, once, atol=1e-5)
-        assert not np.allclose(rope(x, np.arange(5), freqs, kind)[1:], x[1:])
+        assert not np.allclose(rope(x, np.arange(5), freqs, kind, numerics.rotate)[1:], x[1:])
 
 
 def test_rope_angles_follow_ggml_float32_recurrence():
     """ggml's rope cache multiplies theta by theta_scale once per pair, in float32; a float64
     power differs in the last bits, which shows once q and k are rounded to f16."""
-    freqs = RopeFrequencies(10000.0, 0.5, np.array([1.0, 2.0, 4.0, 8.0], np.float32), 8)
-    cos, _ = freqs.cos_sin(np.array([7]))
+    freqs = RopeFrequencies(10000.0, 0.5, np.array([1.0, 2.0, 4.0, 8.0], np.float32), 8, None)
     theta = np.float32(7)
     expected = []
     for divisor in (1, 2, 4, 8):
         expected.append(np.float32(0.5) * (theta / np.float32(divisor)))
         theta = theta * freqs.theta_scale
-    np.testing.assert_array_equal(cos[0], np.cos(np.array(expected, np.float64)).astype(np.float32))
+    np.testing.assert_array_equal(freqs.angles(np.array([7]))[0], np.array(expected, np.float32))
 
 
 # -- the commands ----------------------------------------------------------------------------------
@@ -238,7 +240,7 @@ def test_cli_generate_bad_options_are_one_line(smollm2_path, capsys, args, messa
 
 def test_cli_system_needs_a_chat_template(gemma3_path, capsys):
     code, out, err = run(["generate", gemma3_path, "Hello", "--system", "Be brief."], capsys)
-    assert code == 2 and err.count("\n") == 1 and "--system needs a chat template" in err
+    assert code == 2 and err.count("\n") == 1 and "a system message needs a chat template" in err
 
 
 def test_cli_logits_and_compare(smollm2_path, tmp_path, capsys):
@@ -261,7 +263,8 @@ def test_cli_logits_numerics_ggml_is_the_golden_bits(smollm2_path, tmp_path, cap
     golden = np.load(Path(__file__).parent.parent / "golden" / "logits" / "smollm2-chat.npz")
     tokens = ",".join(map(str, golden["tokens"][:12]))
     for mode in ("ggml", "f32"):
-        code, _, _ = run(["logits", smollm2_path, "--tokens", tokens, "--numerics", mode, "-o", tmp_path / f"{mode}.npz"], capsys)
+        code, _, _ = run(["logits", smollm2_path, "--tokens", tokens, "--numerics", mode,
+                          "-o", tmp_path / f"{mode}.npz"], capsys)
         assert code == 0
     with np.load(tmp_path / "ggml.npz") as ggml, np.load(tmp_path / "f32.npz") as f32:
         ids = golden["topk_ids"][:12]
@@ -269,10 +272,22 @@ def test_cli_logits_numerics_ggml_is_the_golden_bits(smollm2_path, tmp_path, cap
         assert not np.array_equal(f32["logits"], ggml["logits"])
 
 
-def test_cli_numerics_choices_are_the_engine_modes():
-    from refllm.cli import NUMERICS_MODES
-    from refllm.engine.numerics import NUMERICS
-    assert NUMERICS_MODES == tuple(NUMERICS)
+def test_cli_sampling_flags_are_the_library_options():
+    """Every SamplingOptions field is a `generate` flag whose default is the field's, and what the
+    CLI parses goes to SamplingOptions unchanged."""
+    import dataclasses
+
+    from refllm.cli import cli
+    generate = cli.commands["generate"]
+    fields = [field.name for field in dataclasses.fields(SamplingOptions)]
+
+    def options(args):
+        parsed = generate.make_context("generate", args).params
+        return SamplingOptions(**{name: parsed[name] for name in fields})
+
+    assert options([]) == SamplingOptions()
+    assert options(["--top-p", "0.5", "--top-k", "3", "--stop", "a", "--stop", "b", "--keep", "-1", "-n", "7"]) == \
+        SamplingOptions(top_p=0.5, top_k=3, stop=("a", "b"), num_keep=-1, num_predict=7)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -288,7 +303,7 @@ def test_cli_logits_bad_input(smollm2_path, tmp_path, capsys, args, message):
 
 
 def test_cli_compare_refuses_different_tokens_and_bad_files(tmp_path, capsys):
-    from refllm.engine.compare import save_logits
+    from refllm.tools.compare import save_logits
     logits = np.zeros((3, 10), np.float32)
     save_logits(tmp_path / "a.npz", np.array([1, 2, 3], np.int32), logits)
     save_logits(tmp_path / "b.npz", np.array([1, 2, 4], np.int32), logits)
@@ -312,18 +327,27 @@ def test_cli_compare_against_a_compact_golden_file(smollm2_path, tmp_path, capsy
     assert 0 < stats["kld_mean"] <= 2e-2
 
 
+def without_matmul(monkeypatch, type_name: str) -> None:
+    """Take a type's reproduced x86 kernels away (its matmul family in refllm/type_traits.py)."""
+    import dataclasses
+
+    from refllm import type_traits
+    row = type_traits.ggml_type(type_name)
+    monkeypatch.setitem(type_traits.GGML_TYPES_BY_NAME, row.name, dataclasses.replace(row, matmul=None))
+
+
 def test_ggml_numerics_name_the_matrices_they_do_not_reproduce(tmp_path, capsys, monkeypatch):
     """Every synth type has a reproduced kernel; take Q8_0's away and its matrices are named by
     Transformer.inexact_matrices, and the CLI warns on one line (the logits are still written)."""
-    from refllm.engine.synth import write_synthetic_model
-    from refllm.kernels import ggml_matmul
+    from refllm.tools.synth import write_synthetic_model
     path = write_synthetic_model(tmp_path / "m.gguf", "llama", seed=3)
     assert Transformer(refllm.open(path), "ggml").inexact_matrices == []
-    monkeypatch.delitem(ggml_matmul.FAMILY, "Q8_0")
+    without_matmul(monkeypatch, "Q8_0")
     net = Transformer(refllm.open(path), "ggml")
     assert net.inexact_matrices == ["blk.0.attn_output.weight (Q8_0)", "blk.1.attn_output.weight (Q8_0)"]
     assert Transformer(refllm.open(path), "f32").inexact_matrices == []
-    code, _, err = run(["logits", str(path), "--tokens", "1,2,3", "--numerics", "ggml", "-o", tmp_path / "l.npz"], capsys)
+    code, _, err = run(["logits", str(path), "--tokens", "1,2,3", "--numerics", "ggml", "-o", tmp_path / "l.npz"],
+                       capsys)
     assert code == 0 and (tmp_path / "l.npz").exists()
     warning = [line for line in err.splitlines() if "warning" in line]
     assert len(warning) == 1 and "blk.0.attn_output.weight (Q8_0)" in warning[0]
@@ -334,9 +358,9 @@ def test_ggml_matmuls_of_one_input_equal_separate_matmuls(tmp_path, monkeypatch)
     (q/k/v, gate/up): the same bits as one matmul_ggml each, reproduced or not (Q8_0's family
     taken away), and one conversion per type."""
     from refllm.engine import numerics
-    from refllm.engine.synth import write_synthetic_model
-    from refllm.formats.ggml_types import type_name
-    from refllm.kernels import ggml_matmul, vec_dot
+    from refllm.ggml_cpu import vec_dot
+    from refllm.tools.synth import write_synthetic_model
+    from refllm.type_traits import type_name
     net = Transformer(refllm.open(write_synthetic_model(tmp_path / "m.gguf", "llama", seed=5)), "ggml")
     layer = net.weights.layers[0]
     matrices = [layer.matrices[name] for name in ("attn_q", "attn_k", "attn_v", "attn_output")]
@@ -349,6 +373,6 @@ def test_ggml_matmuls_of_one_input_equal_separate_matmuls(tmp_path, monkeypatch)
     assert len(conversions) == len(types) < len(matrices)
     for y, w in zip(together, matrices):
         assert np.array_equal(y.view(np.uint32), numerics.matmul_ggml(x, w).view(np.uint32))
-    monkeypatch.delitem(ggml_matmul.FAMILY, "Q8_0")
+    without_matmul(monkeypatch, "Q8_0")
     for y, w in zip(numerics.matmuls_ggml(x, matrices), matrices):
         assert np.array_equal(y.view(np.uint32), numerics.matmul_ggml(x, w).view(np.uint32))

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 import refllm
-from refllm.engine.compare import per_position_coarse_kld, per_position_kld
 from refllm.engine.session import Session, prompt_logits
-from refllm.engine.synth import write_synthetic_model
 from refllm.engine.transformer import Transformer
 from refllm.formats.files import sha256_file
+from refllm.tools.compare import per_position_coarse_kld, per_position_kld
+from refllm.tools.synth import write_synthetic_model
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "logits"
 PROVENANCE = json.loads((GOLDEN / "provenance.json").read_text(encoding="utf-8"))
@@ -43,7 +43,7 @@ _logits: dict[tuple[str, str], np.ndarray] = {}
 
 def case_model_path(request, tmp_path_factory, name: str) -> str:
     """The model file the case was made with: a fetched real model, or the synthetic model
-    rebuilt by refllm.engine.synth (checked against the sha256 llama.cpp saw)."""
+    rebuilt by refllm.tools.synth (checked against the sha256 llama.cpp saw)."""
     case = PROVENANCE["cases"][name]
     if "synth" in case:
         args = dict(case["synth"])

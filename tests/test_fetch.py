@@ -49,7 +49,7 @@ def test_cache_stamp_goes_stale_when_the_file_changes(tmp_path, monkeypatch):
     out.parent.mkdir(parents=True)
     out.write_bytes(b"x")
     assert not fetch.is_cached(p, tmp_path)                    # no stamp
-    fetch._stamp_path(out).write_text('{"file": %s}' % __import__("json").dumps(fetch._stamp_of(out)))
+    fetch._stamp_path(out).write_text('{"file": ' + __import__("json").dumps(fetch._stamp_of(out)) + "}")
     assert fetch.is_cached(p, tmp_path)
     out.write_bytes(b"xy")                                      # size changes
     assert not fetch.is_cached(p, tmp_path)

@@ -1,8 +1,8 @@
 """The iquants family of --numerics ggml (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M,
 IQ4_XS, TQ1_0, TQ2_0): llama.cpp's x86 matmul bit for bit.
 
-- The Numba kernels (refllm/kernels/cpu/ggml_iquants.py) give the NumPy reference's bits
-  (refllm/kernels/reference/ggml_iquants.py) on random blocks, on both sides of llama.cpp's switch
+- The Numba kernels (refllm/ggml_cpu/cpu/iquants.py) give the NumPy reference's bits
+  (refllm/ggml_cpu/reference/iquants.py) on random blocks, on both sides of llama.cpp's switch
   from vec_dot (fewer than 8 tokens) to tiled.cpp (8 or more), over several K blocks and row
   chunks.
 - Both give llama.cpp's own products in golden/matmul_kernels/<T>.npz (llama.cpp's compiled
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_matmul_kernels_golden import assert_llama_cpp_bits
 
 import refllm
-from refllm.kernels import ggml_matmul
-from refllm.kernels.cpu import ggml_iquants as numba_iquants
-from refllm.kernels.reference import activations
-from refllm.kernels.reference import ggml_iquants as reference
-from test_matmul_kernels_golden import assert_llama_cpp_bits
+from refllm.ggml_cpu import matmul as ggml_matmul
+from refllm.ggml_cpu.cpu import iquants as numba_iquants
+from refllm.ggml_cpu.reference import iquants as reference
+from refllm.ggml_cpu.reference import quantize_activations as activations
+from refllm.type_traits import ggml_type
 
 TYPES = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_XS", "TQ1_0", "TQ2_0")
 BACKENDS = ("numpy", "numba")
@@ -120,7 +121,7 @@ def test_ternary_types_have_no_tiled_kernel():
 
 def test_the_family_is_registered():
     for t in TYPES:
-        assert ggml_matmul.FAMILY[t] == "iquants"
+        assert ggml_type(t).matmul == "iquants"
         assert ggml_matmul.family(t, (256, 256)) == "iquants"
         assert ggml_matmul.family(t, (256, 256), mul_mat_weight=False) == "iquants"
 

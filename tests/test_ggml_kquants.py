@@ -1,7 +1,7 @@
 """The kquants family of --numerics ggml (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): llama.cpp's x86 matmul bit for bit.
 
-- The Numba kernels (refllm/kernels/cpu/ggml_kquants.py) give the NumPy reference's bits
-  (refllm/kernels/reference/ggml_kquants.py) on random matrices, on both sides of llama.cpp's
+- The Numba kernels (refllm/ggml_cpu/cpu/kquants.py) give the NumPy reference's bits
+  (refllm/ggml_cpu/reference/kquants.py) on random matrices, on both sides of llama.cpp's
   switch from vec_dot (fewer than 8 tokens) to tiled.cpp (8 or more), and of the Numba
   kernels' own switch of arrangement (FEW_TOKENS), over several K blocks and row chunks.
 - Both give llama.cpp's own products in golden/matmul/<T>.npz: nb512 (32 tokens in one batch:
@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import refllm
-from refllm.kernels import ggml_matmul
-from refllm.kernels.cpu import ggml_kquants as numba_kquants
-from refllm.kernels.reference import activations
-from refllm.kernels.reference import ggml_kquants as reference
 from test_matmul_golden import MODES, load_matmul_golden, rebuild_model, weight_type
 from test_matmul_kernels_golden import assert_llama_cpp_bits
+
+import refllm
+from refllm.ggml_cpu import matmul as ggml_matmul
+from refllm.ggml_cpu.cpu import kquants as numba_kquants
+from refllm.ggml_cpu.reference import kquants as reference
+from refllm.ggml_cpu.reference import quantize_activations as activations
+from refllm.type_traits import ggml_type
 
 KQUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 # golden/matmul's models whose layer matrices llama.cpp multiplies with these kernels (its Q4_K
@@ -77,7 +78,7 @@ def test_the_two_paths_differ(n):
 
 def test_the_family_is_registered():
     for t in KQUANTS:
-        assert ggml_matmul.FAMILY[t] == "kquants"
+        assert ggml_type(t).matmul == "kquants"
         assert ggml_matmul.family(t, (256, 256), mul_mat_weight=t != "Q4_K") == "kquants"
     assert ggml_matmul.family("Q4_K", (255, 256)) == "kquants"
 

@@ -1,8 +1,8 @@
-"""The "legacy" family of refllm.kernels.ggml_matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights):
+"""The "legacy" family of refllm.ggml_cpu.matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights):
 llama.cpp's x86 matmul bit for bit.
 
-The NumPy reference (refllm/kernels/reference/ggml_legacy.py) and its Numba twin
-(refllm/kernels/cpu/ggml_legacy.py: a row-by-row kernel for few tokens, and for batches a
+The NumPy reference (refllm/ggml_cpu/reference/legacy.py) and its Numba twin
+(refllm/ggml_cpu/cpu/legacy.py: a row-by-row kernel for few tokens, and for batches a
 kernel vectorized over the tokens) give the same bits on random matrices, and both give
 exactly llama.cpp's products stored in golden/matmul/<T>.npz: one batch of 32 tokens
 (tinyBLAS, or vec_dot for Q4_1/Q5_1, which tinyBLAS does not take) and token by token
@@ -18,9 +18,9 @@ from test_ggml_repack import random_case
 from test_matmul_golden import load_matmul_golden, rebuild_model
 
 import refllm
-from refllm.kernels.cpu import ggml_legacy as cpu
-from refllm.kernels.reference import ggml_legacy as reference
-from refllm.kernels.vec_dot import converted_activations
+from refllm.ggml_cpu.cpu import legacy as cpu
+from refllm.ggml_cpu.reference import legacy as reference
+from refllm.ggml_cpu.vec_dot import converted_activations
 
 BACKENDS = {"numpy": reference, "numba": cpu}
 LEGACY_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
@@ -98,7 +98,8 @@ def test_bit_exact_against_llama_cpp(golden_models, kind, backend):
             src1, dst = arrays["src1"], arrays["dst"]
             shape = (dst.shape[1], src1.shape[1])
             weight_type = kind if key != "output.weight" else "Q8_0"
-            convert = lambda x: converted_activations(x, weight_type)[1]     # noqa: E731
+            def convert(x, weight_type=weight_type):
+                return converted_activations(x, weight_type)[1]
             if mode == "nb1":
                 y = np.concatenate([module.mul_mat(raw, weight_type, shape, convert(src1[t:t + 1]))
                                     for t in range(len(src1))])
@@ -115,8 +116,8 @@ def test_the_fallback_identity_adds_the_q8_1_block_sum_rounding(weight_type):
     file): dequantized(x) @ dequantized(W).T plus q8_1_sum_correction @ block_minimums.T. For
     Q4_1/Q5_1 that equals llama.cpp's kernel up to float32 summation order; without the
     correction (the fp16 rounding of each activation block's sum s) it is visibly off."""
+    from refllm.ggml_cpu.vec_dot import block_minimums, q8_1_sum_correction
     from refllm.kernels import dequantize
-    from refllm.kernels.vec_dot import block_minimums, q8_1_sum_correction
     rows, k, n = 24, 256, 5
     raw, act = random_case(weight_type, rows, k, n, seed=21)
     exact = cpu.mul_mat(raw, weight_type, (rows, k), act).astype(np.float64)

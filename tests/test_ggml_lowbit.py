@@ -1,7 +1,7 @@
 """The lowbit family of --numerics ggml (Q1_0 and Q2_0): llama.cpp's x86 matmul bit for bit.
 
-- The Numba kernels (refllm/kernels/cpu/ggml_lowbit.py) give the NumPy reference's bits
-  (refllm/kernels/reference/ggml_lowbit.py) on random blocks.
+- The Numba kernels (refllm/ggml_cpu/cpu/lowbit.py) give the NumPy reference's bits
+  (refllm/ggml_cpu/reference/lowbit.py) on random blocks.
 - Both give llama.cpp's own products in golden/matmul_kernels/<T>.npz (vec_dot at every batch
   size: no tinyBLAS, tiled or x86 repack kernel exists for these types), batch sizes 1 to 33.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from refllm.kernels import ggml_matmul
-from refllm.kernels.cpu import ggml_lowbit as numba_lowbit
-from refllm.kernels.reference import activations
-from refllm.kernels.reference import ggml_lowbit as reference
 from test_matmul_kernels_golden import assert_llama_cpp_bits
+
+from refllm.ggml_cpu.cpu import lowbit as numba_lowbit
+from refllm.ggml_cpu.reference import lowbit as reference
+from refllm.ggml_cpu.reference import quantize_activations as activations
+from refllm.type_traits import ggml_type
 
 TYPES = ("Q1_0", "Q2_0")
 BACKENDS = ("numpy", "numba")
@@ -58,7 +58,7 @@ def test_weights():
 
 def test_the_family_is_registered():
     for t in TYPES:
-        assert ggml_matmul.FAMILY[t] == "lowbit" and t not in ggml_matmul.REPACKED
+        assert ggml_type(t).matmul == "lowbit" and not ggml_type(t).repack_rows
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,7 +1,7 @@
 """The lut4 family of --numerics ggml (IQ4_NL and MXFP4 where llama.cpp does not repack them; NVFP4).
 
-- The Numba kernels (refllm/kernels/cpu/ggml_lut4.py) give the NumPy reference's bits
-  (refllm/kernels/reference/ggml_lut4.py) on random matrices, on both sides of IQ4_NL's switch
+- The Numba kernels (refllm/ggml_cpu/cpu/lut4.py) give the NumPy reference's bits
+  (refllm/ggml_cpu/reference/lut4.py) on random matrices, on both sides of IQ4_NL's switch
   from vec_dot (one token) to tinyBLAS (two or more), with even and odd block counts.
 - Both give llama.cpp's own products in golden/matmul_kernels/<T>.npz (its "cpu" cases: a plain
   CPU buffer, as for rows not whole 8s), every batch size stored.
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from refllm.kernels import ggml_matmul
-from refllm.kernels.cpu import ggml_lut4 as numba_lut4
-from refllm.kernels.reference import activations
-from refllm.kernels.reference import ggml_lut4 as reference
 from test_matmul_kernels_golden import assert_llama_cpp_bits
+
+from refllm.ggml_cpu import matmul as ggml_matmul
+from refllm.ggml_cpu.cpu import lut4 as numba_lut4
+from refllm.ggml_cpu.reference import lut4 as reference
+from refllm.ggml_cpu.reference import quantize_activations as activations
+from refllm.type_traits import ggml_type
 
 TYPES = ("IQ4_NL", "MXFP4")                 # the two with a repacked layout
 BACKENDS = ("numpy", "numba")
@@ -60,8 +61,8 @@ def test_iq4_nl_paths_differ():
     """vec_dot (two accumulators) and tinyBLAS (one) round differently: the path is observable."""
     rows, k = 32, 512
     raw, act = random_case("IQ4_NL", rows, k, 1, seed=3)
-    from refllm.kernels.reference.ggml_legacy import legacy_matmul
-    from refllm.kernels.reference.ggml_repack import lut_quants
+    from refllm.ggml_cpu.reference.legacy import legacy_matmul
+    from refllm.ggml_cpu.reference.repack import lut_quants
     w, d_w = lut_quants(raw, "IQ4_NL", rows)
     vec_dot = reference.vec_dot_matmul(w, d_w, act.q, act.d)
     tinyblas = legacy_matmul(w, d_w, None, act.q, act.d, None)
@@ -71,11 +72,11 @@ def test_iq4_nl_paths_differ():
 
 def test_the_family_is_registered():
     for t in TYPES:
-        assert ggml_matmul.FAMILY[t] == "lut4"
+        assert ggml_type(t).matmul == "lut4"
         assert ggml_matmul.family(t, (36, 256)) == "lut4"                        # rows not whole 8s
         assert ggml_matmul.family(t, (40, 256), mul_mat_weight=False) == "lut4"  # a plain buffer
         assert ggml_matmul.family(t, (40, 256)) == "repack"
-    assert ggml_matmul.FAMILY["NVFP4"] == "lut4" and "NVFP4" not in ggml_matmul.REPACKED
+    assert ggml_type("NVFP4").matmul == "lut4" and not ggml_type("NVFP4").repack_rows
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,4 +1,4 @@
-"""The repack family (refllm/kernels/{reference,cpu}/ggml_repack.py): Q4_0, IQ4_NL, MXFP4 and Q4_K
+"""The repack family (refllm/ggml_cpu/{reference,cpu}/repack.py): Q4_0, IQ4_NL, MXFP4 and Q4_K
 as llama.cpp's AVX2 build multiplies them (q4_0_8x8 / iq4_nl_8x8 / mxfp4_8x8 / q4_K_8x8 gemv and
 gemm).
 
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import refllm
-from refllm.kernels import ggml_matmul
-from refllm.kernels.cpu import ggml_repack as cpu
-from refllm.kernels.vec_dot import activation_rows
-from refllm.kernels.reference import activations
-from refllm.kernels.reference import ggml_repack as reference
 from test_ggml_lut4 import random_case as random_lut4_case
 from test_matmul_golden import load_matmul_golden, rebuild_model
 from test_matmul_kernels_golden import assert_llama_cpp_bits
+
+import refllm
+from refllm.ggml_cpu import matmul as ggml_matmul
+from refllm.ggml_cpu.cpu import repack as cpu
+from refllm.ggml_cpu.reference import quantize_activations as activations
+from refllm.ggml_cpu.reference import repack as reference
+from refllm.ggml_cpu.vec_dot import activation_rows
 
 BACKENDS = {"numpy": reference, "numba": cpu}
 CONVERT = {"Q4_0": activations.q8_0, "Q4_K": activations.q8_k}
@@ -61,15 +61,6 @@ def test_lut_types_numba_equals_numpy_bit_for_bit(weight_type, n):
     got = cpu.mul_mat(raw, weight_type, (rows, k), act)
     assert expected.shape == got.shape == (n, rows) and np.all(np.isfinite(expected))
     assert np.array_equal(expected.view(np.uint32), got.view(np.uint32))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("weight_type", ["IQ4_NL", "MXFP4"])
-def test_lut_types_not_repacked_go_to_the_lut4_family(backend, weight_type):
-    module = BACKENDS[backend]
-    lut4 = pytest.importorskip(f"refllm.kernels.{'reference' if backend == 'numpy' else 'cpu'}.ggml_lut4")
-    raw, act = random_lut4_case(weight_type, 12, 64, 3, seed=3)
-    assert np.array_equal(module.mul_mat(raw, weight_type, (12, 64), act), lut4.mul_mat(raw, weight_type, (12, 64), act))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -125,20 +116,14 @@ def test_q4_k_products_do_not_see_the_sign_of_q8_k_blocks(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_q4_0_not_repacked_goes_to_the_legacy_family(backend):
-    """A Q4_0 matrix of rows not a multiple of 8 stays in llama.cpp's plain buffer: vec_dot /
-    tinyBLAS, the legacy family's kernels."""
-    module = BACKENDS[backend]
-    legacy = pytest.importorskip(f"refllm.kernels.{'reference' if backend == 'numpy' else 'cpu'}.ggml_legacy")
-    raw, act = random_case("Q4_0", 12, 64, 3, seed=3)
-    assert np.array_equal(module.mul_mat(raw, "Q4_0", (12, 64), act), legacy.mul_mat(raw, "Q4_0", (12, 64), act))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_q4_k_shapes_llama_cpp_does_not_repack_are_refused(backend):
-    raw, act = random_case("Q4_K", 8, 256, 1, seed=1)
+@pytest.mark.parametrize("weight_type", ["Q4_0", "Q4_K"])
+def test_shapes_llama_cpp_does_not_repack_are_refused(backend, weight_type):
+    """Rows not whole 8s stay in llama.cpp's plain buffer: the repack kernels refuse them
+    (refllm.ggml_cpu.matmul sends them to the type's own family:
+    test_only_mul_mat_weights_with_rows_in_eights_are_repacked)."""
+    raw, act = random_case(weight_type, 8, 256, 1, seed=1)
     with pytest.raises(ValueError, match="does not repack"):
-        BACKENDS[backend].mul_mat(raw[:-144], "Q4_K", (7, 256), act)
+        BACKENDS[backend].mul_mat(raw[:raw.size * 7 // 8], weight_type, (7, 256), act)
 
 
 @pytest.fixture(scope="module")

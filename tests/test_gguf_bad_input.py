@@ -1,11 +1,10 @@
 """Every kind of broken GGUF raises FormatError naming the offset and what was expected."""
 
 import pytest
+from gguf_bytes import ARRAY, STRING, build_gguf, small_model
 
 import refllm
 from refllm.formats import FormatError, LFSPointerError, TruncatedError, UnknownTypeError
-
-from gguf_bytes import ARRAY, STRING, build_gguf, small_model
 
 
 def _open(tmp_path, data, **kw):

@@ -5,11 +5,10 @@ import threading
 import gguf
 import numpy as np
 import pytest
+from gguf_bytes import small_model
 
 import refllm
 from refllm.formats import FormatError, NestedArray, StringArray, ValueType, read_model
-
-from gguf_bytes import small_model
 
 
 def _write(tmp_path, built, name="m.gguf"):

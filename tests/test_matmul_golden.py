@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import refllm
-from refllm.engine.synth import write_synthetic_model
+from refllm.tools.synth import write_synthetic_model
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "matmul"
 PROVENANCE = json.loads((GOLDEN / "provenance.json").read_text(encoding="utf-8"))
@@ -247,10 +247,10 @@ def test_golden_output_is_its_input_rounded_then_multiplied(models, kind):
 def ggml_product(golden: MatmulGolden, model_path: Path, mode: str, key: str) -> np.ndarray:
     """refllm --numerics ggml's product for one stored product, on llama.cpp's own src1: the
     weight products through refllm.engine.numerics.matmul_ggml (as the forward pass calls it:
-    token by token for nb1), kq-0/kqv-0 through refllm.kernels.x86.f16_matmul (attention's)."""
+    token by token for nb1), kq-0/kqv-0 through refllm.ggml_cpu.x86.f16_matmul (attention's)."""
     from refllm.engine.numerics import matmul_ggml
     from refllm.engine.weights import Matrix
-    from refllm.kernels.x86 import f16_matmul
+    from refllm.ggml_cpu.x86 import f16_matmul
 
     arrays = golden.runs[mode][key]
     src1 = arrays["src1"]

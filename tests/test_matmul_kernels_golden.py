@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refllm.kernels import ggml_matmul
+from refllm.ggml_cpu import matmul as ggml_matmul
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "matmul_kernels"
 PROVENANCE = json.loads((GOLDEN / "provenance.json").read_text(encoding="utf-8"))

@@ -10,12 +10,25 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from ollama_store import LICENSE, PARAMS, SYSTEM, TEMPLATE, add_model, layer, write_blob, write_manifest
+
 from refllm.errors import RefllmError
-from refllm.formats.ollama import (Layer, ModelName, StoreError, blob_path, find_manifest, list_manifests,
-                                   models_dir, parse_digest, read_blob_text, read_manifest, read_params,
-                                   resolve_target, verify_blob, verify_file)
+from refllm.formats.ollama import (
+    Layer,
+    ModelName,
+    StoreError,
+    blob_path,
+    find_manifest,
+    list_manifests,
+    models_dir,
+    parse_digest,
+    read_blob_text,
+    read_manifest,
+    read_params,
+    resolve_target,
+    verify_blob,
+    verify_file,
+)
 from refllm.formats.reader import open_model
 
 HEX = "ab" * 32

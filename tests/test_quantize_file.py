@@ -6,7 +6,6 @@ The tests rebuild the sources with refllm, quantize them, and compare every hash
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -16,9 +15,9 @@ import pytest
 
 import refllm
 from refllm.cli import main
-from refllm.engine.synth import write_synthetic_model
 from refllm.formats.files import sha256_file
-from refllm.kernels.quantize_file import QuantizeFileError, plan_types, quantize_model, tensor_order_key
+from refllm.tools.quantize_model import QuantizeFileError, plan_types, quantize_model, tensor_order_key
+from refllm.tools.synth import write_synthetic_model
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "quant_files"
 HASHES = json.loads((GOLDEN / "hashes.json").read_text(encoding="utf-8"))
@@ -121,7 +120,8 @@ def run(args, capsys):
 
 def test_cli_quantize_and_its_errors(tiny_f32, tmp_path, capsys):
     code, _, err = run(["quantize", tiny_f32, tmp_path / "q.gguf", "q8_0"], capsys)
-    assert code == 0 and "Q8_0" in err and refllm.open(tmp_path / "q.gguf").tensor("blk.0.ffn_up.weight").type_name == "Q8_0"
+    assert code == 0 and "Q8_0" in err
+    assert refllm.open(tmp_path / "q.gguf").tensor("blk.0.ffn_up.weight").type_name == "Q8_0"
     for args, message in ((["Q9_9"], "unknown FTYPE"),
                           (["Q4_K_M", "--output-tensor-type", "IQ2_XXS"], "output tensor type"),
                           (["Q8_0", "--threads", "0"], "--threads")):

@@ -14,7 +14,6 @@ script), are compared in test_quantize_kquants.py.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,9 +22,9 @@ from hypothesis.extra import numpy as hnp
 
 import refllm
 from refllm import QuantizeError
-from refllm.formats.ggml_types import ggml_type
-from refllm.kernels.cpu import quant_plain as cpu_plain
-from refllm.kernels.reference import quant_plain as ref_plain
+from refllm.kernels.cpu import plain_quant as cpu_plain
+from refllm.kernels.reference import plain_quant as ref_plain
+from refllm.type_traits import ggml_type
 
 gguf = pytest.importorskip("gguf")
 from gguf.quants import quantize as gguf_quantize  # noqa: E402

@@ -1,4 +1,4 @@
-"""Synthetic models (refllm.engine.synth): every architecture writes a file refllm reads back
+"""Synthetic models (refllm.tools.synth): every architecture writes a file refllm reads back
 whole, with its config, a working tokenizer and all five weight types; the bytes depend on the
 seed alone; impossible shapes are one clear error. The golden synthetic files rebuild to the
 sha256 their provenance records."""
@@ -13,12 +13,21 @@ import numpy as np
 import pytest
 
 import refllm
-from refllm.engine import Tokenizer
 from refllm.engine.config import ARCHITECTURES, ModelConfig
-from refllm.engine.synth import (DEFAULT_WEIGHT_TYPES, FILE_TYPES, MATRIX_TYPES, SPECIAL_TOKENS, SynthError,
-                                 bpe_vocabulary, byte_to_unicode, llama3_rope_divisors, write_synthetic_model)
-from refllm.kernels.quantize import quantizable_types
 from refllm.errors import RefllmError
+from refllm.kernels.quantize import quantizable_types
+from refllm.tokenizer import Tokenizer
+from refllm.tools.synth import (
+    DEFAULT_WEIGHT_TYPES,
+    FILE_TYPES,
+    MATRIX_TYPES,
+    SPECIAL_TOKENS,
+    SynthError,
+    bpe_vocabulary,
+    byte_to_unicode,
+    llama3_rope_divisors,
+    write_synthetic_model,
+)
 
 FIVE_TYPES = {"F32", "F16", "Q8_0", "Q4_0", "Q4_K"}
 GOLDEN = Path(__file__).parent.parent / "golden" / "logits" / "provenance.json"
@@ -93,7 +102,8 @@ def test_tokenizer_round_trips_ascii(written, arch):
         assert tok.detokenize(ids, remove_special=True) == text
     # merges make multi-character tokens
     assert len(tok.tokenize(" the river", add_special=False)) < len(" the river")
-    assert tok.tokenize("<|im_start|>", add_special=False, parse_special=True) == [tok.vocab.token_to_id["<|im_start|>"]]
+    im_start = tok.vocab.token_to_id["<|im_start|>"]
+    assert tok.tokenize("<|im_start|>", add_special=False, parse_special=True) == [im_start]
 
 
 def test_vocabulary_layout():

@@ -10,15 +10,14 @@ import sys
 
 import numpy as np
 import pytest
+from gguf_bytes import ARRAY, STRING, build_gguf, small_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import refllm
 from refllm.cli import main
-from refllm.engine.tokenizer import Tokenizer, clean_up_spaces
-from refllm.engine.vocab import TokenizerError
-
-from gguf_bytes import ARRAY, STRING, build_gguf, small_model
+from refllm.tokenizer.tokenizer import Tokenizer, clean_up_spaces
+from refllm.tokenizer.vocab import TokenizerError
 
 # the llama.cpp vocabularies that come with .inp/.out suites (test-tokenizer-0)
 SUITES = ["bert-bge", "command-r", "deepseek-coder", "deepseek-llm", "falcon", "gemma-4", "gpt-2",
@@ -343,7 +342,7 @@ def test_cli_tokenize(smollm2_path, gemma3_path, capsys, monkeypatch):
     assert code == 0 and lines[0].split() == ["id", "piece"] and err == "7 tokens\n"
     assert lines[1].split() == ["2", "'<bos>'"] and lines[3].split() == ["236743", "'", "'"]
     assert lines[4].split() == ["478", r"'\xf0'"]              # a byte of an unfinished character
-    code, out, _ = run(["tokenize", gemma3_path, "--no-bos", "--json"], capsys, "Hi".encode(), monkeypatch)
+    code, out, _ = run(["tokenize", gemma3_path, "--no-bos", "--json"], capsys, b"Hi", monkeypatch)
     assert code == 0 and json.loads(out)["ids"] == [10979]
     code, out, err = run(["tokenize", gemma3_path], capsys, b"Hi \xff", monkeypatch)
     assert code == 2 and out == "" and err.count("\n") == 1 and "at byte 3" in err

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import refllm
-from refllm.engine.tokenizer import Tokenizer
 from refllm.formats.files import sha256_file
+from refllm.tokenizer.tokenizer import Tokenizer
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "tokens"
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text(encoding="utf-8")) \

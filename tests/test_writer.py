@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 import refllm
 from refllm.formats import GGUFWriter, NestedArray, StringArray, ValueType, copy_model
-from refllm.formats.ggml_types import GGML_TYPES_BY_NAME
 from refllm.formats.values import SCALAR_DTYPES
 from refllm.formats.writer import encode_value
+from refllm.type_traits import GGML_TYPES_BY_NAME
 
 INT_RANGES = {ValueType.UINT8: (0, 2**8 - 1), ValueType.INT8: (-2**7, 2**7 - 1),
               ValueType.UINT16: (0, 2**16 - 1), ValueType.INT16: (-2**15, 2**15 - 1),
@@ -137,7 +137,7 @@ def test_round_trip_through_refllm_and_gguf_py(tmp_path, kvs, tensors, alignment
         else:
             assert field.contents() == gguf_py_view(value), key
     assert [t.name for t in r.tensors] == [name for name, *_ in tensors]
-    for (name, type_name, shape, data), rt in zip(tensors, r.tensors):
+    for (_name, type_name, shape, data), rt in zip(tensors, r.tensors):
         assert rt.tensor_type.name == type_name and tuple(int(d) for d in rt.shape) == shape[::-1]
         assert bytes(np.asarray(rt.data).reshape(-1).view(np.uint8)) == data
 

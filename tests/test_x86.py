@@ -1,4 +1,4 @@
-"""refllm.kernels.x86: ggml's x86 float arithmetic. Each Numba kernel equals its NumPy reference
+"""refllm.ggml_cpu.x86: ggml's x86 float arithmetic. Each Numba kernel equals its NumPy reference
 bit for bit; the pieces that llama.cpp's data cannot reach (ggml_v_expf's overflow and underflow
 branches, leftovers past whole 32s) are checked here on purpose-built inputs. That the kernels
 are llama.cpp's is shown on its own outputs: tests/test_matmul_golden.py (kq, kqv) and
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refllm.kernels import x86
+from refllm.ggml_cpu import x86
 
 F32 = np.float32
 
@@ -98,10 +98,10 @@ def test_rotate_contracts_like_gcc_and_cos_sin_are_the_c_librarys():
 
 
 def test_numba_activation_converters_give_the_reference_bits():
-    """refllm/kernels/cpu/activations.py against reference/activations.py: zeros, ties of
+    """refllm/ggml_cpu/cpu/quantize_activations.py against reference/activations.py: zeros, ties of
     |max| with both signs, heavy tails, tiny and huge rows."""
-    from refllm.kernels.cpu import activations as fast
-    from refllm.kernels.reference import activations as reference
+    from refllm.ggml_cpu.cpu import quantize_activations as fast
+    from refllm.ggml_cpu.reference import quantize_activations as reference
     rng = np.random.default_rng(4)
     for n, k in ((1, 256), (5, 512), (3, 2048)):
         x = (rng.standard_t(3, (n, k)) * 10.0 ** rng.uniform(-6, 6, (n, 1))).astype(F32)

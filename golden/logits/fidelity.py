@@ -22,9 +22,9 @@ import numpy as np
 
 import refllm
 from refllm import fetch
-from refllm.engine.compare import compare_logits, per_position_coarse_kld
+from refllm.tools.compare import compare_logits, per_position_coarse_kld
 from refllm.engine.session import prompt_logits
-from refllm.engine.synth import write_synthetic_model
+from refllm.tools.synth import write_synthetic_model
 from refllm.engine.transformer import Transformer
 from refllm.formats.files import sha256_file
 

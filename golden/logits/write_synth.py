@@ -5,7 +5,7 @@ Run with refllm's own Python (the golden script never imports refllm; it reads t
     python golden/logits/write_synth.py DIR
 
 For each case with a "synth" entry it writes DIR/<case>.gguf with
-`refllm.engine.synth.write_synthetic_model(path, **synth)` and prints its sha256. An n_batch 1
+`refllm.tools.synth.write_synthetic_model(path, **synth)` and prints its sha256. An n_batch 1
 case (<case>-nb1) has its batched sibling's synth args, so its file has the same bytes under its
 own name. The files are not committed: make_golden.py records each sha256 and its arguments in
 provenance.json, and tests/test_synth.py rebuilds them and checks the sha256.
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from refllm.engine.synth import write_synthetic_model
+from refllm.tools.synth import write_synthetic_model
 
 HERE = Path(__file__).parent
 

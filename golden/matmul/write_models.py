@@ -5,7 +5,7 @@ Run with refllm's own Python (the golden script never imports refllm; it reads t
     python golden/matmul/write_models.py DIR
 
 For each type T of TYPES it writes DIR/<T>.gguf: a one-layer llama of
-`refllm.engine.synth.write_synthetic_model(path, **model_args(T))`, whose seven layer matrices
+`refllm.tools.synth.write_synthetic_model(path, **model_args(T))`, whose seven layer matrices
 (attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down) are all T, with token_embd F32
 and output Q8_0 in every model (so that the output matmul is the same kind of product in all of
 them, and the embeddings the layer reads are exact). It prints each file's sha256. The files
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 
-# Every type a synthetic matrix can have (refllm.engine.synth.MATRIX_TYPES), in ggml type-id order.
+# Every type a synthetic matrix can have (refllm.tools.synth.MATRIX_TYPES), in ggml type-id order.
 TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "BF16")
 LAYER_MATRICES = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
                   "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
@@ -37,7 +37,7 @@ def model_args(kind: str) -> dict:
 def main() -> None:
     # imported here, not at the top: make_golden.py (llama-cpp-python's venv, no refllm) reads
     # TYPES and model_args from this module
-    from refllm.engine.synth import write_synthetic_model
+    from refllm.tools.synth import write_synthetic_model
 
     if len(sys.argv) != 2:
         sys.exit("usage: python golden/matmul/write_models.py DIR")

@@ -4,9 +4,9 @@ Run with refllm's own Python (make_golden.py never imports refllm; it reads thes
 
     python golden/quant_files/write_sources.py DIR
 
-It writes DIR/synth-llama-f32.gguf (refllm.engine.synth, every weight F32, SOURCES["synth"])
+It writes DIR/synth-llama-f32.gguf (refllm.tools.synth, every weight F32, SOURCES["synth"])
 and DIR/smollm2-f32.gguf (SmolLM2-135M-Instruct Q4_1 with every tensor decoded exactly to F32,
-refllm.kernels.quantize_file.write_f32_copy), and prints their sha256. tests/test_quantize_file.py
+refllm.tools.quantize_model.write_f32_copy), and prints their sha256. tests/test_quantize_file.py
 rebuilds both the same way and checks the sha256 recorded in provenance.json.
 """
 
@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from refllm import fetch
-from refllm.engine.synth import write_synthetic_model
+from refllm.tools.synth import write_synthetic_model
 from refllm.formats.files import sha256_file
-from refllm.kernels.quantize_file import write_f32_copy
+from refllm.tools.quantize_model import write_f32_copy
 
 HERE = Path(__file__).parent
 SOURCES = json.loads((HERE / "sources.json").read_text(encoding="utf-8"))

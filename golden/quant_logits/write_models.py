@@ -4,7 +4,7 @@ Run with refllm's own Python (the golden script never imports refllm; it reads t
 
     python golden/quant_logits/write_models.py DIR
 
-Each model DIR/<case>.gguf is a two-layer llama of refllm.engine.synth (n_embd 256, n_ff 512,
+Each model DIR/<case>.gguf is a two-layer llama of refllm.tools.synth (n_embd 256, n_ff 512,
 4 heads, 2 KV heads) whose matrices are then replaced by random blocks of one type (refllm
 has no quantizer for most of these types): every layer matrix, and token_embd, which is also
 the output matrix (tied_output: llama.cpp multiplies a second, repackable copy of it). The
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import refllm
-from refllm.engine.synth import write_synthetic_model
+from refllm.tools.synth import write_synthetic_model
 from refllm.formats.writer import GGUFWriter
 
 SEED = 20250802

@@ -110,7 +110,7 @@ class ModelConfig:
     has_rope_freqs: bool            # rope_freqs.weight divides each dimension's frequency
 
     @classmethod
-    def from_model(cls, model) -> "ModelConfig":
+    def from_model(cls, model) -> ModelConfig:
         """The configuration of an opened model (refllm.open), checked against its tensors.
 
         Raises ModelConfigError listing the supported architectures for any other, naming a

@@ -12,7 +12,6 @@ import numpy as np
 
 from refllm.engine.config import ModelConfig
 
-
 # Attention reads the cache in whole runs of this many cells, the ones past the last position
 # masked out (llama.cpp pads to 256): whole 32s are what ggml's f16 kernels take without a tail.
 CELL_PAD = 32

@@ -7,33 +7,36 @@ activations only through a `Numerics`. Two rows of NUMERICS:
            a float32 KV cache, NumPy's BLAS for the products.
     ggml   llama.cpp's CPU backend, rounding for rounding: before each matmul the activations
            are converted to the weight type's vec_dot_type (Q8_0, Q8_1, Q8_K with x86's
-           rounding, or fp16/bf16; refllm.kernels.vec_dot), the KV cache is f16 (so q and the
+           rounding, or fp16/bf16; refllm.ggml_cpu.vec_dot), the KV cache is f16 (so q and the
            attention probabilities are rounded to f16 where they meet it, see
            transformer.attention), GELU goes through ggml's fp16 table, and every product,
            exp and SiLU is computed with the float32 operations of llama.cpp's x86 kernels, in
-           their order (refllm.kernels.ggml_matmul, refllm.kernels.x86). The logits are then
+           their order (refllm.ggml_cpu.matmul, refllm.ggml_cpu.x86). The logits are then
            llama.cpp's bit for bit. The order matters: with quantized activations, a one-ulp
            difference now and then flips an activation's Q8 rounding, and the flips grow
            layer by layer into a mean KLD of about 5e-3 on SmolLM2, as large as leaving the
            roundings out altogether.
 
-The steps that both modes share follow ggml's arithmetic already (rms_norm's float64 sum,
-rope's float32 angles and fused rotation): they cost nothing and leave one way to compute each.
+The steps that both modes share follow ggml's algorithm already (rms_norm's float64 sum,
+rope's float32 angles): they cost nothing and leave one way to compute each. What only x86
+does (the C library's cosf/sinf, the fused multiply-adds of rope's rotation) is ggml's alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
+import numba
 import numpy as np
 
 from refllm.engine.config import ModelConfigError
 from refllm.engine.weights import Matrix, ModelWeights
-from refllm.formats.ggml_types import type_name
-from refllm.kernels import ggml_matmul, vec_dot, x86
-from refllm.kernels.reference.activations import f16 as round_to_f16
+from refllm.ggml_cpu import matmul, vec_dot, x86
+from refllm.ggml_cpu.reference import quantize_activations
+from refllm.type_traits import type_name
 
 # Rows of a weight matrix decoded at a time: about 1 MiB of float32, so the chunk stays in
 # cache while it is multiplied and no float32 copy of a whole matrix is ever made.
@@ -55,11 +58,11 @@ def matmul_f32(x: np.ndarray, w: Matrix) -> np.ndarray:
 
 
 def matmul_ggml_is_exact(w: Matrix) -> bool:
-    """Whether matmul_ggml reproduces llama.cpp's kernel for w bit for bit (refllm.kernels.
-    ggml_matmul has its family; a big-endian file's matrices are not reproduced). Every matrix
+    """Whether matmul_ggml reproduces llama.cpp's kernel for w bit for bit (refllm.ggml_cpu.
+    matmul has its family; a big-endian file's matrices are not reproduced). Every matrix
     the forward pass multiplies by is a MUL_MAT weight to llama.cpp, and may be repacked: a
     tied output too (llama.cpp loads a copy of token_embd for it)."""
-    family = ggml_matmul.family(type_name(w.ggml_type), w.shape, mul_mat_weight=True)
+    family = matmul.family(type_name(w.ggml_type), w.shape, mul_mat_weight=True)
     return family is not None and w.byteorder == "<"
 
 
@@ -73,7 +76,7 @@ def matmul_ggml(x: np.ndarray, w: Matrix) -> np.ndarray:
     s added through the weight blocks' minimums m."""
     weight_type = type_name(w.ggml_type)
     if matmul_ggml_is_exact(w):
-        return ggml_matmul.mul_mat(x, w.raw, weight_type, w.shape, mul_mat_weight=True)
+        return matmul.mul_mat(x, w.raw, weight_type, w.shape, mul_mat_weight=True)
     converted, rows = vec_dot.converted_activations(x, weight_type)
     y = matmul_f32(converted, w)
     if vec_dot.vec_dot_type(weight_type) == "Q8_1":
@@ -82,9 +85,23 @@ def matmul_ggml(x: np.ndarray, w: Matrix) -> np.ndarray:
     return y
 
 
+@contextlib.contextmanager
+def one_numba_thread() -> Iterator[None]:
+    """Numba's kernels run on one thread inside the block (its thread count is restored after)."""
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
 def matmuls_f32(x: np.ndarray, ws: Sequence[Matrix]) -> list[np.ndarray]:
-    """matmul_f32 of x by each of ws."""
-    return [matmul_f32(x, w) for w in ws]
+    """matmul_f32 of x by each of ws. The weights are decoded on one thread: ~1 MiB at a time
+    is too little for Numba's parallel loops to pay off (measured: two threads decode SmolLM2
+    40% slower than one, and they fight BLAS's threads); the products use BLAS's threads."""
+    with one_numba_thread():
+        return [matmul_f32(x, w) for w in ws]
 
 
 def matmuls_ggml(x: np.ndarray, ws: Sequence[Matrix]) -> list[np.ndarray]:
@@ -100,7 +117,7 @@ def matmuls_ggml(x: np.ndarray, ws: Sequence[Matrix]) -> list[np.ndarray]:
         key = vec_dot.vec_dot_type(weight_type)
         if key not in converted:
             converted[key] = vec_dot.activation_rows(np.ascontiguousarray(x, np.float32), weight_type)
-        ys.append(ggml_matmul.mul_mat(x, w.raw, weight_type, w.shape, mul_mat_weight=True, act=converted[key]))
+        ys.append(matmul.mul_mat(x, w.raw, weight_type, w.shape, mul_mat_weight=True, act=converted[key]))
     return ys
 
 
@@ -121,8 +138,11 @@ def ggml_inexact_matrices(weights: ModelWeights) -> list[str]:
     inexact = []
     for w in _all_matrices(weights):
         name = type_name(w.ggml_type)
-        if name not in vec_dot.VEC_DOT_TYPE:
-            raise ModelConfigError(f"{w.name}: llama.cpp's CPU backend has no matrix product for {name} weights")
+        try:
+            vec_dot.vec_dot_type(name)
+        except KeyError:
+            raise ModelConfigError(f"{w.name}: llama.cpp's CPU backend has no matrix product for {name} weights") \
+                from None
         if not matmul_ggml_is_exact(w):
             inexact.append(f"{w.name} ({name})")
     return inexact
@@ -152,7 +172,7 @@ def gelu_tanh_fp16_table() -> np.ndarray:
         inner = x86.fma32_array(np.float32(0.044715) * x, x, np.float32(1))
         t = x86.tanhf(SQRT_2_OVER_PI * x * inner)
         gelu = np.float32(0.5) * x * (np.float32(1) + t)
-    return round_to_f16(gelu[None, :])[0]
+    return quantize_activations.f16(gelu[None, :])[0]
 
 
 _GELU_TABLE: list[np.ndarray] = []
@@ -182,6 +202,21 @@ def cache_matmul_ggml(rows: np.ndarray, columns: np.ndarray, n_tokens: int, need
     return x86.f16_matmul(rows, columns, tinyblas=n_tokens >= 2, needed=needed, nonzero=nonzero)
 
 
+def cos_sin_f32(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of float32 angles, NumPy's."""
+    return np.cos(angles), np.sin(angles)
+
+
+def rotate_f32(x0: np.ndarray, x1: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (x0, x1) turned by the angle of (cos, sin), float32."""
+    return x0 * cos - x1 * sin, x0 * sin + x1 * cos
+
+
+def unchanged(x: np.ndarray) -> np.ndarray:
+    """x as float32, unchanged: what a float32 KV cache does to its operands."""
+    return np.asarray(x, np.float32)
+
+
 def soft_max_f32(scores: np.ndarray, scale, hidden: np.ndarray) -> np.ndarray:
     """softmax(scores * scale, -inf where hidden) over the last axis, float32 NumPy."""
     w = np.where(hidden, np.float32(-np.inf), scores * np.float32(scale))
@@ -192,23 +227,26 @@ def soft_max_f32(scores: np.ndarray, scale, hidden: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Numerics:
-    """How the forward pass computes: its matmuls, its KV cache element type and the products
-    with the cache, its softmax, its activations, and whether its kernels use Numba's threads
-    (numba.set_num_threads) or only BLAS's."""
+    """How the forward pass computes: its matmuls, its KV cache element type, what an operand of
+    a product with the cache is rounded to, and those products, its softmax, its activations,
+    and rope's trigonometry and rotation."""
     name: str
     matmuls: Callable[[np.ndarray, Sequence[Matrix]], list[np.ndarray]]   # (x [n, in], [W [out, in]]) -> [[n, out]]
     kv_dtype: type                                         # keys and values are stored as this
-    cache_matmul: Callable[..., np.ndarray]         # (rows, columns, n_tokens, needed=, nonzero=)
+    to_kv_type: Callable[[np.ndarray], np.ndarray]         # float32 x rounded to kv_dtype, as float32
+    cache_matmul: Callable[..., np.ndarray]                # (rows, columns, n_tokens, needed=, nonzero=)
     soft_max: Callable[[np.ndarray, np.float32, np.ndarray], np.ndarray]  # (scores, scale, hidden)
-    activations: dict[str, Callable[[np.ndarray], np.ndarray]]
+    activations: dict[str, Callable[[np.ndarray], np.ndarray]]            # SiLU, GELU
+    cos_sin: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]        # float32 angles -> (cos, sin)
+    rotate: Callable[..., tuple[np.ndarray, np.ndarray]]                  # (x0, x1, cos, sin) -> rotated pair
     inexact_matrices: Callable[[ModelWeights], list[str]]  # what it does not reproduce bit for bit
-    numba_threads: bool                                    # f32: no (decoding ~1 MiB at a time is
-                                                           # too little); ggml: batches share rows
 
 
 NUMERICS: dict[str, Numerics] = {
-    "f32": Numerics("f32", matmuls_f32, np.float32, cache_matmul_f32, soft_max_f32,
-                    {"silu": silu_f32, "gelu_tanh": gelu_tanh_f32}, no_inexact_matrices, numba_threads=False),
-    "ggml": Numerics("ggml", matmuls_ggml, np.float16, cache_matmul_ggml, x86.soft_max,
-                     {"silu": x86.silu, "gelu_tanh": gelu_tanh_ggml}, ggml_inexact_matrices, numba_threads=True),
+    "f32": Numerics("f32", matmuls_f32, np.float32, unchanged, cache_matmul_f32, soft_max_f32,
+                    {"silu": silu_f32, "gelu_tanh": gelu_tanh_f32}, cos_sin_f32, rotate_f32,
+                    no_inexact_matrices),
+    "ggml": Numerics("ggml", matmuls_ggml, np.float16, x86.round_to_f16, cache_matmul_ggml, x86.soft_max,
+                     {"silu": x86.silu, "gelu_tanh": gelu_tanh_ggml}, x86.cos_sin, x86.rotate,
+                     ggml_inexact_matrices),
 }

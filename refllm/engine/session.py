@@ -19,15 +19,15 @@ n_keep positions, drop half of the rest, and re-rotate the keys that moved. With
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from refllm.engine.sampling import Sampler, SamplingOptions, StopStrings
-from refllm.engine.tokenizer import Tokenizer
 from refllm.engine.transformer import Transformer
 from refllm.errors import RefllmError
+from refllm.tokenizer.tokenizer import Tokenizer
 
 
 class ContextFullError(RefllmError):

@@ -30,15 +30,14 @@ numerics.Numerics, so that another numerics mode changes none of this file.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-import numba
 import numpy as np
 
 from refllm.engine.config import ModelConfig, ModelConfigError
 from refllm.engine.kv_cache import KVCache
 from refllm.engine.numerics import NUMERICS, Numerics
 from refllm.engine.weights import Layer, ModelWeights
-from refllm.kernels import x86
 
 N_BATCH = 512       # tokens evaluated together; bounds the attention scores' memory, as llama.cpp's n_batch
 
@@ -59,8 +58,9 @@ class Transformer:
         cfg = self.config
         # rope: each layer's base, scale and divisors (gemma3's local layers: own base, no scaling)
         divisors = self.weights.rope_freqs
-        rope_global = RopeFrequencies(cfg.rope_base, cfg.rope_scale, divisors, cfg.n_rot)
-        rope_local = RopeFrequencies(cfg.rope_base_swa, 1.0, None, cfg.n_rot)
+        cos_sin = self.numerics.cos_sin
+        rope_global = RopeFrequencies(cfg.rope_base, cfg.rope_scale, divisors, cfg.n_rot, cos_sin)
+        rope_local = RopeFrequencies(cfg.rope_base_swa, 1.0, None, cfg.n_rot, cos_sin)
         self.rope = [rope_local if swa else rope_global for swa in cfg.swa_layers]
         # decode one embedding row now: Numba's start-up (about a second) is then load time,
         # not the first prompt's time
@@ -94,21 +94,12 @@ class Transformer:
         if bad:
             raise ModelConfigError(f"token id {bad[0]} is out of range for a vocabulary of {self.config.n_vocab}")
         rows = []
-        # f32: weights are decoded ~1 MiB at a time, too little for Numba's parallel loops to
-        # pay off (measured: two threads decode SmolLM2 40% slower than one, and they fight
-        # BLAS's threads), so decoding is single-threaded and the products use BLAS's threads.
-        # ggml: no BLAS; the batch kernels share their rows among Numba's threads.
-        threads = numba.get_num_threads()
-        numba.set_num_threads(threads if self.numerics.numba_threads else 1)
-        try:
-            for start in range(0, len(tokens), N_BATCH):
-                batch = tokens[start:start + N_BATCH]
-                last_batch = start + N_BATCH >= len(tokens)
-                x = self.hidden_states(batch, cache)                   # [n, n_embd]
-                if all_logits or last_batch:
-                    rows.append(self.logits(x if all_logits else x[-1:]))
-        finally:
-            numba.set_num_threads(threads)
+        for start in range(0, len(tokens), N_BATCH):
+            batch = tokens[start:start + N_BATCH]
+            last_batch = start + N_BATCH >= len(tokens)
+            x = self.hidden_states(batch, cache)                   # [n, n_embd]
+            if all_logits or last_batch:
+                rows.append(self.logits(x if all_logits else x[-1:]))
         return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
     def hidden_states(self, tokens: list[int], cache: KVCache) -> np.ndarray:
@@ -147,8 +138,8 @@ class Transformer:
             k = rms_norm(k, layer.vector("attn_k_norm"), cfg.rms_eps)
 
         # rope: rotate q and k by their positions
-        q = rope(q, positions, self.rope[il], spec.rope_type)
-        k = rope(k, positions, self.rope[il], spec.rope_type)
+        q = rope(q, positions, self.rope[il], spec.rope_type, self.numerics.rotate)
+        k = rope(k, positions, self.rope[il], spec.rope_type, self.numerics.rotate)
 
         # store k and v; attend over every cached position up to the last of this batch (read
         # in whole runs of cells, the ones past it masked)
@@ -209,7 +200,8 @@ class Transformer:
         delta = np.full(n_moved, -n_discard)
         for il in range(self.config.n_layer):
             moved = cache.k[il, :, n_keep:n_keep + n_moved].transpose(1, 0, 2)   # [n_moved, n_kv, head_dim]
-            rotated = rope(moved.astype(np.float32), delta, self.rope[il], self.config.spec.rope_type)
+            rotated = rope(moved.astype(np.float32), delta, self.rope[il], self.config.spec.rope_type,
+                           self.numerics.rotate)
             cache.k[il, :, n_keep:n_keep + n_moved] = rotated.transpose(1, 0, 2)
 
 
@@ -232,36 +224,44 @@ class RopeFrequencies:
         theta_i = pos * theta_scale^i      (a running product, rounded at every step)
         angle_i = freq_scale * (theta_i / divisor_i),  theta_scale = powf(base, -2 / n_rot)
     For f32 numerics this is as good as float64 angles (1e-6 of an angle); for --numerics ggml
-    it has to be ggml's to the bit, since q and k are rounded to f16 and Q8 downstream."""
+    it has to be ggml's to the bit, since q and k are rounded to f16 and Q8 downstream.
+    cos_sin: the numerics' cos and sin of float32 angles."""
 
-    def __init__(self, base: float, freq_scale: float, divisors: np.ndarray | None, n_rot: int):
+    def __init__(self, base: float, freq_scale: float, divisors: np.ndarray | None, n_rot: int,
+                 cos_sin: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]):
         self.n_rot = n_rot
+        self.trig = cos_sin
         exponent = F32(-2.0) / F32(n_rot)
         self.theta_scale = F32(np.float64(F32(base)) ** np.float64(exponent))     # powf, correctly rounded
         self.freq_scale = F32(freq_scale)
         self.divisors = None if divisors is None else divisors.astype(F32)
         self._last: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
 
-    def cos_sin(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """cos and sin of every angle: float32 [n, n_rot / 2] each (the C library's cosf/sinf).
-        The last result is kept: every layer's q and k ask for the same positions."""
-        if self._last is not None and np.array_equal(self._last[0], positions):
-            return self._last[1]
+    def angles(self, positions: np.ndarray) -> np.ndarray:
+        """The angle of every pair at every position: float32 [n, n_rot / 2]."""
         angles = np.empty((len(positions), self.n_rot // 2), F32)
         theta = positions.astype(F32)                                              # [n]
         for i in range(self.n_rot // 2):
             extrapolated = theta if self.divisors is None else theta / self.divisors[i]
             angles[:, i] = self.freq_scale * extrapolated
             theta = theta * self.theta_scale
-        self._last = (np.array(positions), x86.cos_sin(angles))
+        return angles
+
+    def cos_sin(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin of every angle: float32 [n, n_rot / 2] each. The last result is kept:
+        every layer's q and k ask for the same positions."""
+        if self._last is None or not np.array_equal(self._last[0], positions):
+            self._last = (np.array(positions), self.trig(self.angles(positions)))
         return self._last[1]
 
 
-def rope(x: np.ndarray, positions: np.ndarray, freqs: RopeFrequencies, rope_type: str) -> np.ndarray:
+def rope(x: np.ndarray, positions: np.ndarray, freqs: RopeFrequencies, rope_type: str,
+         rotate: Callable[..., tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Rotate each head of x [n, heads, head_dim] by its token's position.
 
-    Pair i of the first n_rot dimensions turns by its angle at the token's position (freqs).
-    "norm" (llama) pairs neighbours (x[2i], x[2i+1]); "neox" pairs the halves (x[i], x[i + n_rot/2]).
+    Pair i of the first n_rot dimensions turns by its angle at the token's position (freqs),
+    computed by the numerics' `rotate`. "norm" (llama) pairs neighbours (x[2i], x[2i+1]);
+    "neox" pairs the halves (x[i], x[i + n_rot/2]).
     """
     n_rot = freqs.n_rot
     cos, sin = freqs.cos_sin(positions)
@@ -271,17 +271,12 @@ def rope(x: np.ndarray, positions: np.ndarray, freqs: RopeFrequencies, rope_type
     else:
         first, second = x[..., :n_rot // 2], x[..., n_rot // 2:n_rot]
     out = x.copy()
-    rotated_first, rotated_second = x86.rotate(first, second, cos, sin)
+    rotated_first, rotated_second = rotate(first, second, cos, sin)
     if rope_type == "norm":
         out[..., 0:n_rot:2], out[..., 1:n_rot:2] = rotated_first, rotated_second
     else:
         out[..., :n_rot // 2], out[..., n_rot // 2:n_rot] = rotated_first, rotated_second
     return out
-
-
-def as_cache_type(x: np.ndarray, dtype) -> np.ndarray:
-    """float32 x rounded to the KV cache's element type (float16 or float32), kept as float32."""
-    return x86.round_to_f16(x) if dtype == np.float16 else np.asarray(x, F32)
 
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray, window: int,
@@ -312,10 +307,10 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np
     for g in range(n_kv):
         # the group's query heads stacked: one product per KV head  [group * n, d]
         q_group = q[:, g * group:(g + 1) * group].transpose(1, 0, 2).reshape(group * n, d)
-        q_group = as_cache_type(q_group, keys.dtype)
+        q_group = numerics.to_kv_type(q_group)
         scores = numerics.cache_matmul(keys[g].astype(F32, copy=False), q_group, n, needed=seen)   # [group * n, T]
         probs = numerics.soft_max(scores.reshape(group, n, n_keys), scale, hidden)     # [group, n, T]
-        probs = as_cache_type(probs.reshape(group * n, n_keys), values.dtype)
+        probs = numerics.to_kv_type(probs.reshape(group * n, n_keys))
         v_rows = np.ascontiguousarray(values[g].T, dtype=F32)                          # [dv, T]
         out[g * group:(g + 1) * group] = numerics.cache_matmul(v_rows, probs, n, nonzero=seen).reshape(group, n, dv)
     return out.transpose(1, 0, 2).reshape(n, n_head * dv)

@@ -67,7 +67,7 @@ class ModelWeights:
     layers: tuple[Layer, ...]
 
     @classmethod
-    def from_model(cls, model, config: ModelConfig) -> "ModelWeights":
+    def from_model(cls, model, config: ModelConfig) -> ModelWeights:
         """Map the weights of an opened model whose tensors `config` has already checked."""
         present = {t.name for t in model.tensors}
 

@@ -16,8 +16,8 @@ A strict open raises on the first fatal problem; `refllm inspect` prints them al
 
 from __future__ import annotations
 
-from refllm.formats.ggml_types import GGML_TYPES
 from refllm.formats.model import ModelFile, Problem
+from refllm.type_traits import GGML_TYPES
 
 CHECKS = ("unknown-type", "removed-type", "row-size", "duplicate-name", "misaligned", "truncated",
           "overlap", "gap")

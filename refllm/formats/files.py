@@ -11,8 +11,9 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 _HASH_CHUNK = 1 << 20
 

@@ -8,15 +8,15 @@ never rename them.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from refllm.formats import ollama
 from refllm.formats.checks import CHECKS
 from refllm.formats.model import ModelFile
-from refllm.formats.summary import (default_ctx, memory_estimate, model_summary, tokenizer_summary,
-                                    type_histogram)
+from refllm.formats.summary import default_ctx, memory_estimate, model_summary, tokenizer_summary, type_histogram
 from refllm.formats.values import NestedArray, StringArray, ValueType, type_signature
 
 SCHEMA = "refllm.inspect/1"
@@ -158,8 +158,9 @@ def render_text(report: dict[str, Any]) -> Iterator[str]:
     yield "LAYOUT"
     yield (f"  container {lay['container']} v{lay['version']}, {lay['byteorder']}-endian, "
            f"alignment {lay['alignment']}")
+    file_size = lay["file_size"] if lay["file_size"] is None else format(lay["file_size"], ",")
     yield (f"  {lay['n_kv']} metadata keys, {lay['n_tensors']} tensors; data starts at byte "
-           f"{lay['data_offset']:,}; file size {lay['file_size'] if lay['file_size'] is None else format(lay['file_size'], ',')} bytes")
+           f"{lay['data_offset']:,}; file size {file_size} bytes")
     if report["target"]:
         t = report["target"]
         yield f"  {t['kind']}: {t['path']}" + (f" ({t['digest']})" if t["digest"] else "")

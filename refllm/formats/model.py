@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from refllm.formats.errors import FormatError
-from refllm.formats.ggml_types import GGML_TYPES, type_name
 from refllm.formats.values import ValueType
+from refllm.type_traits import GGML_TYPES, type_name
 
 
 @dataclass
@@ -149,7 +149,7 @@ class ModelFile:
     def close(self) -> None:
         self._data = None
 
-    def __enter__(self) -> "ModelFile":
+    def __enter__(self) -> ModelFile:
         return self
 
     def __exit__(self, *exc) -> None:

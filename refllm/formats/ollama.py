@@ -30,9 +30,9 @@ import json
 import os
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from refllm.errors import RefllmError
 from refllm.formats.files import sha256_file

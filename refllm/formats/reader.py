@@ -13,8 +13,8 @@ from typing import BinaryIO
 
 from refllm.formats.checks import check_tensor_table
 from refllm.formats.errors import FormatError, LFSPointerError, TruncatedError
+from refllm.formats.ggjt import LEGACY_MAGICS, read_legacy
 from refllm.formats.gguf import MAGIC, MAGIC_SWAPPED, read_gguf
-from refllm.formats.legacy import LEGACY_MAGICS, read_legacy
 from refllm.formats.model import ModelFile
 from refllm.formats.seeker import BufferedSeeker
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from refllm.formats.ggml_types import file_type_name
 from refllm.formats.model import ModelFile
 from refllm.formats.values import StringArray
+from refllm.type_traits import file_type_name
 
 # tokenizer.ggml.<name>_token_id keys llama.cpp reads ("seperator" is llama.cpp's spelling).
 SPECIAL_TOKEN_KEYS = ["bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "mask"]
@@ -20,10 +20,10 @@ SPECIAL_TOKEN_KEYS = ["bos", "eos", "eot", "eom", "unknown", "seperator", "paddi
 
 def human_count(n: int) -> str:
     """A parameter count the way ollama prints it: 8.0B, 135M, 268.10M, 12K."""
-    for scale, suffix, frac in ((1e9, "B", "%.1f"), (1e6, "M", "%.2f"), (1e3, "K", "%.0f")):
+    for scale, suffix, decimals in ((1e9, "B", 1), (1e6, "M", 2), (1e3, "K", 0)):
         if n >= scale:
             x = n / scale
-            return ("%.0f" % x if x == int(x) else frac % x) + suffix
+            return f"{x:.{0 if x == int(x) else decimals}f}{suffix}"
     return str(n)
 
 

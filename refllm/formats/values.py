@@ -10,8 +10,9 @@ by element type, so the element type can always be read back from the value:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from enum import IntEnum
-from typing import Iterator, Sequence, overload
+from typing import overload
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class StringArray(Sequence[str]):
         self._region, self._ends, self._prefix = region, ends, prefix
 
     @classmethod
-    def from_strings(cls, items: Sequence[str | bytes]) -> "StringArray":
+    def from_strings(cls, items: Sequence[str | bytes]) -> StringArray:
         parts, ends, pos = [], [], 0
         for s in items:
             b = s.encode(ENCODING, ERRORS) if isinstance(s, str) else bytes(s)

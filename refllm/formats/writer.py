@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Union
+from typing import Any
 
 import numpy as np
 
 from refllm.formats.files import atomic_output
-from refllm.formats.ggml_types import ggml_type
 from refllm.formats.gguf import DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS
 from refllm.formats.model import ModelFile, tensor_nbytes
-from refllm.formats.values import (ENCODING, ERRORS, SCALAR_DTYPES, STRUCT_CODES, StringArray,
-                                   ValueType, array_element_type)
+from refllm.formats.values import (
+    ENCODING,
+    ERRORS,
+    SCALAR_DTYPES,
+    STRUCT_CODES,
+    StringArray,
+    ValueType,
+    array_element_type,
+)
+from refllm.type_traits import ggml_type
 
-TensorData = Union[bytes, bytearray, memoryview, np.ndarray, Callable[[], Iterable[Any]]]
+TensorData = bytes | bytearray | memoryview | np.ndarray | Callable[[], Iterable[Any]]
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 

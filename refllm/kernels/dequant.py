@@ -7,7 +7,7 @@ Every ggml type has three decoders that must agree bit for bit:
     numba     refllm/kernels/cpu/<family>.py          the fast CPU kernel (parallel over blocks)
     cuda      refllm/kernels/cuda/<family>.cu         the CUDA kernel, run through CuPy
 
-A decoder is found by convention: the type's family (the table below) names the module, and the
+A type's decode family (refllm/type_traits.py) names its modules (FAMILIES below), and the
 type's name in lower case names the function (`Q4_K` -> `kquants.q4_k`, CUDA `dequant_q4_k`).
 Every NumPy and Numba decoder takes `blocks`, a (n_blocks, block_bytes) uint8 array; the NumPy
 one returns (n_blocks, block_elems) float32, the Numba one fills `out` of that shape.
@@ -15,30 +15,31 @@ one returns (n_blocks, block_elems) float32, the Numba one fills `out` of that s
 
 from __future__ import annotations
 
-import importlib
 from math import prod
 
 import numpy as np
 
+from refllm import type_traits
 from refllm.errors import RefllmError
-from refllm.formats import ggml_types
-from refllm.formats.ggml_types import GGML_TYPES, GGMLType
+from refllm.kernels.cpu import fp4 as fp4_numba
+from refllm.kernels.cpu import iquants as iquants_numba
+from refllm.kernels.cpu import kquants as kquants_numba
+from refllm.kernels.cpu import legacy as legacy_numba
+from refllm.kernels.cpu import plain as plain_numba
+from refllm.kernels.cpu import ternary as ternary_numba
+from refllm.kernels.reference import fp4, iquants, kquants, legacy, plain, ternary
+from refllm.type_traits import GGML_TYPES, TypeTraits
 
 BACKENDS = ("numpy", "numba", "cuda")
 
-# type name -> family module. A type missing here has no decoder (the removed ids).
-FAMILY: dict[str, str] = {
-    "F32": "plain", "F16": "plain", "BF16": "plain", "F64": "plain",
-    "I8": "plain", "I16": "plain", "I32": "plain", "I64": "plain",
-    "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy",
-    "Q8_0": "legacy", "Q8_1": "legacy", "Q1_0": "legacy", "Q2_0": "legacy",
-    "Q2_K": "kquants", "Q3_K": "kquants", "Q4_K": "kquants", "Q5_K": "kquants",
-    "Q6_K": "kquants", "Q8_K": "kquants",
-    "IQ1_S": "iquants", "IQ1_M": "iquants", "IQ2_XXS": "iquants", "IQ2_XS": "iquants",
-    "IQ2_S": "iquants", "IQ3_XXS": "iquants", "IQ3_S": "iquants", "IQ4_NL": "iquants",
-    "IQ4_XS": "iquants",
-    "TQ1_0": "ternary", "TQ2_0": "ternary",
-    "MXFP4": "fp4", "NVFP4": "fp4",
+# decode family -> its decoders: (NumPy module, Numba module); the CUDA ones are cuda/<family>.cu
+FAMILIES = {
+    "plain": (plain, plain_numba),
+    "legacy": (legacy, legacy_numba),
+    "kquants": (kquants, kquants_numba),
+    "iquants": (iquants, iquants_numba),
+    "ternary": (ternary, ternary_numba),
+    "fp4": (fp4, fp4_numba),
 }
 
 
@@ -48,13 +49,13 @@ class DequantError(RefllmError, ValueError):
 
 def supported_types() -> list[str]:
     """The names of every type `dequantize` decodes, in type-id order."""
-    return [t.name for t in GGML_TYPES.values() if t.name in FAMILY]
+    return [t.name for t in GGML_TYPES.values() if t.decode is not None]
 
 
-def decoder_type(key: int | str) -> GGMLType:
+def decoder_type(key: int | str) -> TypeTraits:
     """The table row for a type id or name that has decoders; DequantError otherwise."""
     try:
-        row = ggml_types.ggml_type(key)
+        row = type_traits.ggml_type(key)
     except (KeyError, ValueError, TypeError) as exc:
         raise DequantError(str(exc).strip('"')) from None
     if row.removed:
@@ -63,13 +64,10 @@ def decoder_type(key: int | str) -> GGMLType:
     return row
 
 
-_BACKEND_PACKAGE = {"numpy": "reference", "numba": "cpu"}
-
-
 def decoder(backend: str, type_name: str):
-    """The NumPy or Numba decoder function for one type (see the module docstring)."""
-    module = importlib.import_module(f"refllm.kernels.{_BACKEND_PACKAGE[backend]}.{FAMILY[type_name]}")
-    return getattr(module, type_name.lower())
+    """The NumPy ("numpy") or Numba ("numba") decoder function of one type."""
+    numpy_module, numba_module = FAMILIES[type_traits.ggml_type(type_name).decode]
+    return getattr(numpy_module if backend == "numpy" else numba_module, type_name.lower())
 
 
 def dequantize(raw, ggml_type: int | str, shape=None, backend: str = "numpy", *,
@@ -97,7 +95,7 @@ def dequantize(raw, ggml_type: int | str, shape=None, backend: str = "numpy", *,
     row = decoder_type(ggml_type)
     blocks = _as_blocks(raw, row, backend)
     shape = _check_shape(shape, row, blocks.shape[0])
-    if byteorder == ">" and FAMILY[row.name] == "plain":
+    if byteorder == ">" and row.decode == "plain":
         # A big-endian GGUF stores plain values byte-swapped; quantized blocks are byte
         # strings and never are.
         blocks = blocks[:, ::-1].copy()
@@ -132,7 +130,7 @@ def _check_out(out, n_elems: int, backend: str):
     return out
 
 
-def _as_blocks(raw, row: GGMLType, backend: str):
+def _as_blocks(raw, row: TypeTraits, backend: str):
     """raw as a (n_blocks, block_bytes) uint8 array, without copying when possible."""
     if backend == "cuda" and type(raw).__module__.startswith("cupy"):
         flat = raw.reshape(-1).view("uint8")     # a CuPy array stays on the device
@@ -150,7 +148,7 @@ def _as_blocks(raw, row: GGMLType, backend: str):
     return flat.reshape(-1, row.block_bytes)
 
 
-def _check_shape(shape, row: GGMLType, n_blocks: int) -> tuple[int, ...]:
+def _check_shape(shape, row: TypeTraits, n_blocks: int) -> tuple[int, ...]:
     n_elems = n_blocks * row.block_elems
     if shape is None:
         return (n_elems,)

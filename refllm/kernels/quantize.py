@@ -13,32 +13,32 @@ Every type has two quantizers that must agree byte for byte:
                                                              function it follows in its docstring
     numba     refllm/kernels/cpu/quant_<family>.py           the fast CPU kernel
 
-A quantizer is found by convention: the type's family (QUANT_FAMILY) names the module and the
-type's name in lower case names the function (`Q4_K` -> `quant_kquants.q4_k`). Both take `x`,
+A type's quantize family (refllm/type_traits.py) names its modules (FAMILIES below), and the
+type's name in lower case names the function (`Q4_K` -> `kquants_quant.q4_k`). Both take `x`,
 a float32 (n_blocks, block_elems) array; the NumPy one returns (n_blocks, block_bytes) uint8,
 the Numba one fills `out` of that shape.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
+from refllm import type_traits
 from refllm.errors import RefllmError
-from refllm.formats import ggml_types
-from refllm.formats.ggml_types import GGMLType
+from refllm.kernels.cpu import kquants_quant as kquants_numba
+from refllm.kernels.cpu import legacy_quant as legacy_numba
+from refllm.kernels.cpu import plain_quant as plain_numba
+from refllm.kernels.reference import kquants_quant, legacy_quant, plain_quant
+from refllm.type_traits import GGML_TYPES, TypeTraits
 
 QUANT_BACKENDS = ("numpy", "numba")
 
-# type name -> family module. Only these types can be written.
-QUANT_FAMILY: dict[str, str] = {
-    "F16": "plain", "BF16": "plain",
-    "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy",
-    "Q2_K": "kquants", "Q3_K": "kquants", "Q4_K": "kquants", "Q5_K": "kquants", "Q6_K": "kquants",
+# quantize family -> its quantizers: (NumPy module, Numba module)
+FAMILIES = {
+    "plain": (plain_quant, plain_numba),
+    "legacy": (legacy_quant, legacy_numba),
+    "kquants": (kquants_quant, kquants_numba),
 }
-
-_BACKEND_PACKAGE = {"numpy": "reference", "numba": "cpu"}
 
 
 class QuantizeError(RefllmError, ValueError):
@@ -47,13 +47,13 @@ class QuantizeError(RefllmError, ValueError):
 
 def quantizable_types() -> list[str]:
     """The names of the types `quantize` writes, in type-id order."""
-    return [name for name in sorted(QUANT_FAMILY, key=lambda n: ggml_types.ggml_type(n).id)]
+    return [t.name for t in GGML_TYPES.values() if t.quantize is not None]
 
 
 def quantizer(backend: str, type_name: str):
-    """The NumPy or Numba quantizer function for one type (see the module docstring)."""
-    module = importlib.import_module(f"refllm.kernels.{_BACKEND_PACKAGE[backend]}.quant_{QUANT_FAMILY[type_name]}")
-    return getattr(module, type_name.lower())
+    """The NumPy ("numpy") or Numba ("numba") quantizer function of one type."""
+    numpy_module, numba_module = FAMILIES[type_traits.ggml_type(type_name).quantize]
+    return getattr(numpy_module if backend == "numpy" else numba_module, type_name.lower())
 
 
 def quantize(x, ggml_type: int | str, backend: str = "numba") -> np.ndarray:
@@ -61,7 +61,7 @@ def quantize(x, ggml_type: int | str, backend: str = "numba") -> np.ndarray:
 
     x:         float32 [rows, n_per_row] (or [n_per_row]); n_per_row must be a whole number of
                the type's blocks
-    ggml_type: a type id or name of QUANT_FAMILY ("Q4_K", case-insensitive)
+    ggml_type: a type id or name of `quantizable_types()` ("Q4_K", case-insensitive)
     backend:   "numpy" (the reference) or "numba"; both give the same bytes
 
     Returns uint8 [rows, row_bytes]: each row's blocks, as they are stored in a GGUF file.
@@ -95,12 +95,12 @@ def quantize(x, ggml_type: int | str, backend: str = "numba") -> np.ndarray:
     return raw.reshape(rows, -1)
 
 
-def _quantizer_type(key: int | str) -> GGMLType:
+def _quantizer_type(key: int | str) -> TypeTraits:
     try:
-        row = ggml_types.ggml_type(key)
+        row = type_traits.ggml_type(key)
     except (KeyError, ValueError, TypeError) as exc:
         raise QuantizeError(str(exc).strip('"')) from None
-    if row.name not in QUANT_FAMILY:
+    if row.quantize is None:
         raise QuantizeError(f"refllm cannot write {row.name}; it quantizes to "
                             f"{', '.join(quantizable_types())}")
     return row

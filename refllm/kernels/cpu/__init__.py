@@ -1,6 +1,7 @@
-"""Numba CPU kernels, one per ggml type, grouped by family like reference/.
+"""Numba CPU kernels, one decoder (F.py) and one quantizer (F_quant.py) per type, grouped by
+family like reference/, giving the reference's bits.
 
-Each is `@njit(parallel=True, cache=True)` with signature `kernel(blocks, out)`:
+Each decoder is `@njit(parallel=True, cache=True)` with signature `kernel(blocks, out)`:
 blocks (n_blocks, block_bytes) uint8, C-contiguous; out (n_blocks, block_elems) float32, filled.
 Every kernel must produce the same bits as its NumPy reference (tests/test_dequant.py).
 Kernels do plain float32 arithmetic in the reference's order: Numba never fuses a multiply and

@@ -12,8 +12,16 @@ import numpy as np
 from numba import njit, prange
 
 from refllm.kernels.cpu.fp import f16_to_f32, load_f16, u16, u32
-from refllm.kernels.iq_grids import (IQ1S_DELTA, IQ1S_GRID8, IQ2S_GRID8, IQ2XS_GRID8, IQ2XXS_GRID8,
-                                     IQ3S_GRID8, IQ3XXS_GRID8, KSIGNS_IQ2XS)
+from refllm.kernels.iq_grids import (
+    IQ1S_DELTA,
+    IQ1S_GRID8,
+    IQ2S_GRID8,
+    IQ2XS_GRID8,
+    IQ2XXS_GRID8,
+    IQ3S_GRID8,
+    IQ3XXS_GRID8,
+    KSIGNS_IQ2XS,
+)
 from refllm.kernels.tables import KVALUES_IQ4NL
 
 

@@ -13,7 +13,7 @@ import functools
 from importlib import resources
 
 from refllm.errors import RefllmError
-from refllm.formats.ggml_types import GGMLType
+from refllm.type_traits import TypeTraits
 
 COMPILE_OPTIONS = ("--fmad=false", "--std=c++11")
 THREADS_PER_BLOCK = 256
@@ -25,11 +25,11 @@ class CudaUnavailable(RefllmError):
 
 def source() -> str:
     """The complete CUDA C++ source of every decoder."""
-    from refllm.kernels.dequant import FAMILY
+    from refllm.kernels.dequant import FAMILIES
     from refllm.kernels.tables import cuda_declarations
     parts = [_read("common.cuh"), cuda_declarations()]
     # One file per family, in the table's order (iquants.cu uses legacy.cu's nibble()).
-    parts += [_read(f"{family}.cu") for family in dict.fromkeys(FAMILY.values())]
+    parts += [_read(f"{family}.cu") for family in FAMILIES]
     return "\n".join(parts)
 
 
@@ -46,7 +46,7 @@ def gpu_status() -> tuple[bool, str]:
     return True, cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
 
 
-def run_dequant(row: GGMLType, blocks, out=None):
+def run_dequant(row: TypeTraits, blocks, out=None):
     """Decode (n_blocks, block_bytes) uint8 blocks (NumPy or CuPy) on the GPU, into `out`
     (a C-contiguous CuPy float32 array of n_blocks * block_elems) or a new array.
 

@@ -16,8 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from refllm.kernels.iq_grids import (IQ1S_DELTA, IQ1S_GRID8, IQ2S_GRID8, IQ2XS_GRID8, IQ2XXS_GRID8,
-                                     IQ3S_GRID8, IQ3XXS_GRID8, KSIGNS_IQ2XS)
+from refllm.kernels.iq_grids import (
+    IQ1S_DELTA,
+    IQ1S_GRID8,
+    IQ2S_GRID8,
+    IQ2XS_GRID8,
+    IQ2XXS_GRID8,
+    IQ3S_GRID8,
+    IQ3XXS_GRID8,
+    KSIGNS_IQ2XS,
+)
 from refllm.kernels.reference.fields import bits, f16, nibbles
 from refllm.kernels.tables import KVALUES_IQ4NL
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refllm.kernels.reference.fields import bits, f16
+from refllm.kernels.reference.fields import f16
 
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
 

@@ -1,0 +1,14 @@
+"""llama.cpp's x86 CPU arithmetic, reproduced bit for bit: what `--numerics ggml` computes.
+
+    matmul.py      mul_mat: which of llama.cpp's kernels runs for a weight type and batch size
+    vec_dot.py     the activation type each weight type's matmul converts its input to
+    x86.py         AVX2/FMA/F16C float operations: fused multiply-adds, lane sums, expf, softmax,
+                   the f16 KV-cache products, fp16 rounding, rope's cosf/sinf
+    avx2.py        register-tiled batch kernels written with LLVM's x86 intrinsics
+    reference/     NumPy, readable: one module per matmul family (type_traits.py's `matmul`
+                   column, and repack), and quantize_activations.py (float32 -> Q8_0/Q8_1/Q8_K)
+    cpu/           Numba, fast: the same modules, giving the same bits
+
+Only refllm.engine's ggml numerics uses this package; refllm.kernels (exact dequantization)
+does not depend on it.
+"""

@@ -1,0 +1,57 @@
+"""Numba's on-disk cache, kept apart for every version of refllm's jitted code.
+
+Numba keys a cached function on its own source file, so when a jitted function calls (and
+inlines) one from another file that has since changed, the cache still serves the old machine
+code. `configure` points Numba's cache at a folder named by the sha256 of every refllm source
+file that mentions numba: any change to any of them starts a fresh cache instead. It runs on
+`import refllm`, before Numba is loaded. A user's own NUMBA_CACHE_DIR is left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+KEEP = 4            # cache folders kept for older sources (other checkouts, recent edits)
+
+
+def sources_digest() -> str:
+    """sha256 over the path and bytes of every refllm .py file that mentions numba."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        data = path.read_bytes()
+        if b"numba" in data:
+            digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + data)
+    return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    """$XDG_CACHE_HOME/refllm-numba, else ~/.cache/refllm-numba."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "refllm-numba"
+
+
+def configure() -> Path | None:
+    """Point Numba's cache at cache_root()/<sources_digest()[:16]> unless NUMBA_CACHE_DIR is set;
+    drop all but the KEEP most recently used older folders. Returns the folder, or None when
+    the user's NUMBA_CACHE_DIR was kept or the folder cannot be made (Numba's own default
+    then)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return None
+    root = cache_root()
+    folder = root / sources_digest()[:16]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.utime(folder)
+        others = sorted((p for p in root.iterdir() if p.is_dir() and p != folder), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return None
+    for old in others[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    os.environ["NUMBA_CACHE_DIR"] = str(folder)
+    if "numba" in sys.modules:                  # loaded before refllm: set its live config too
+        sys.modules["numba"].config.CACHE_DIR = str(folder)
+    return folder
