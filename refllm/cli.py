@@ -16,9 +16,12 @@ from pathlib import Path
 
 import click
 
-from refllm.engine.numerics import NUMERICS
 from refllm.engine.sampling import SamplingOptions
 from refllm.errors import RefllmError
+
+# refllm.engine.numerics.NUMERICS's keys, spelled out so that the CLI's start-up does not load the
+# forward pass and its kernels (tests/test_engine.py checks that the two agree)
+NUMERICS_MODES = ("f32", "ggml")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -429,7 +432,7 @@ def sampling_flags(command):
 @click.option("--ctx", type=int, default=None, help="Context size in tokens  [default: 4096, at most the model's]")
 @click.option("--truncate", is_flag=True, help="Drop the middle of a prompt that does not fit, instead of failing.")
 @click.option("--no-shift", is_flag=True, help="Fail when the context fills, instead of shifting it.")
-@click.option("--numerics", type=click.Choice(list(NUMERICS)), default="f32", show_default=True,
+@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="f32", show_default=True,
               help="f32: the float32 reference; ggml: llama.cpp's CPU roundings (quantized activations, f16 KV cache)")
 @click.option("--verbose", is_flag=True, help="Print ollama's timing statistics to stderr afterwards.")
 def generate(args, system, raw, ctx, truncate, no_shift, numerics, verbose, **sampling) -> int:
@@ -490,7 +493,7 @@ def _parse_token_list(text: str) -> list[int]:
 @click.option("--no-bos", is_flag=True, help="Add no BOS/EOS to --prompt.")
 @click.option("--parse-special", is_flag=True, help="Read special-token text in --prompt as those tokens.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
-@click.option("--numerics", type=click.Choice(list(NUMERICS)), default="f32", show_default=True,
+@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="f32", show_default=True,
               help="f32: the float32 reference; ggml: llama.cpp's CPU roundings (quantized activations, f16 KV cache)")
 def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -> int:
     """Write the logits at every position of a prompt to OUTPUT (.npz: tokens int32 [n],

@@ -272,6 +272,21 @@ def test_cli_logits_numerics_ggml_is_the_golden_bits(smollm2_path, tmp_path, cap
         assert not np.array_equal(f32["logits"], ggml["logits"])
 
 
+def test_cli_numerics_choices_are_the_engine_modes():
+    from refllm.cli import NUMERICS_MODES
+    from refllm.engine.numerics import NUMERICS
+    assert NUMERICS_MODES == tuple(NUMERICS)
+
+
+def test_cli_start_up_loads_neither_numba_nor_the_engine():
+    """`refllm --help` and `refllm inspect` start in a tenth of a second: importing the CLI (and
+    refllm itself) leaves Numba, the kernels and the forward pass unloaded until a command needs them."""
+    code = ("import sys, refllm, refllm.cli; "
+            "print(sorted(m for m in ('numba', 'refllm.kernels', 'refllm.engine.transformer') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_cli_sampling_flags_are_the_library_options():
     """Every SamplingOptions field is a `generate` flag whose default is the field's, and what the
     CLI parses goes to SamplingOptions unchanged."""
