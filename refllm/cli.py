@@ -397,7 +397,7 @@ def _read_stdin_text() -> str:
 
 
 # generate's sampling flags: (flags, SamplingOptions field, help). Each flag's type and default
-# are the field's (tests/test_cli.py checks that they stay so).
+# are the field's (tests/test_engine.py checks that they stay so).
 SAMPLING_FLAGS = (
     (("-n", "--num-predict"), "num_predict", "Most tokens to generate; -1: no limit."),
     (("--temperature",), "temperature", "0 means greedy."),

@@ -1,5 +1,6 @@
-"""Bytes to structures: GGUF v1-3 (both byte orders), legacy GGML/GGMF/GGJT, the GGUF writer
-and ollama's model store. Nothing here depends on the rest of refllm."""
+"""Bytes <-> structures: GGUF v1-3 (both byte orders), the pre-GGUF GGML/GGMF/GGJT files
+(ggjt.py), the GGUF writer, ollama's model store and the inspect report. Nothing here depends on
+the rest of refllm but its root modules (errors.py, type_traits.py)."""
 
 from refllm.formats.errors import FormatError, LFSPointerError, TruncatedError, UnknownTypeError
 from refllm.formats.model import ModelFile, Problem, TensorInfo
