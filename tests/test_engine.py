@@ -227,15 +227,57 @@ def test_cli_generate_reads_stdin_and_raw(smollm2_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ctx", "4"], "--ctx must be at least 8"),
-    (["--ctx", "100000000"], "trained context 8192"),
+    (["--ctx", "4"], "--ctx must be between 8 and 8192 (the model's trained context), not 4"),
+    (["--ctx", "0"], "--ctx must be between 8 and 8192 (the model's trained context), not 0"),
+    (["--ctx", "100000000"], "--ctx must be between 8 and 8192 (the model's trained context), not 100000000"),
     (["--top-p", "1.5"], "top_p"),
     (["--top-k", "-1"], "top_k"),
     (["--ctx", "8", "--no-shift"], "the prompt is"),
 ])
 def test_cli_generate_bad_options_are_one_line(smollm2_path, capsys, args, message):
+    """One line on stderr, and nothing on stdout (not even the newline that ends a reply)."""
     code, out, err = run(["generate", smollm2_path, "Hello, how are you today?"] + args, capsys)
-    assert code == 2 and err.count("\n") == 1 and message in err
+    assert code == 2 and err.count("\n") == 1 and message in err and out == ""
+
+
+def test_cli_generate_takes_a_prompt_too_long_for_a_file_name(smollm2_path, capsys):
+    """One argument is the PROMPT unless it names a file; a 335-byte prompt cannot be a file name
+    (the OS refuses names over 255 bytes), and is the prompt."""
+    from refllm.cli import _split_model_and_prompt
+    prompt = "Tell me about the sky. " * 15
+    assert len(prompt.encode()) > 255 and _split_model_and_prompt((prompt,)) == (None, prompt)
+    assert _split_model_and_prompt(("nul\0byte",)) == (None, "nul\0byte")
+    code, out, err = run(["generate", prompt, "--temperature", "0", "-n", "2"], capsys)
+    assert code == 0 and out.strip(), err
+
+
+def test_cli_generate_strips_the_final_newline_of_stdin(smollm2_path, capsys, monkeypatch):
+    """`echo P | refllm generate` and `refllm generate P` give the same greedy reply."""
+    args = ["generate", smollm2_path, "--temperature", "0", "-n", "6"]
+    _, from_argument, _ = run(args + ["What is the capital of France?"], capsys)
+    _, from_stdin, _ = run(args, capsys, b"What is the capital of France?\n", monkeypatch)
+    assert from_stdin == from_argument and from_argument.strip()
+
+
+def test_session_stats_after_cache_reuse_say_what_was_evaluated(tmp_path):
+    """ollama counts cached prompt tokens in "prompt eval count" but times only the evaluated
+    ones: the report says so, and its rate is over the evaluated tokens."""
+    from refllm.tools.synth import write_synthetic_model
+    model = refllm.open(write_synthetic_model(tmp_path / "m.gguf", "llama", seed=2))
+    session = Session(Transformer(model), n_ctx=64)
+    tok = Tokenizer.from_model(model)
+    ids = tok.tokenize("the cat sat on the mat and the dog sat on the log")
+    options = SamplingOptions(temperature=0, num_predict=2)
+    list(session.generate(ids, tok, options))
+    assert session.stats.cached_tokens == 0 and "from the cache" not in session.stats.report()
+    list(session.generate(ids, tok, options))
+    stats = session.stats
+    evaluated = stats.prompt_eval_count - stats.cached_tokens
+    assert stats.cached_tokens == len(ids) - 1 and evaluated == 1
+    lines = dict(line.split(":", 1) for line in stats.report().splitlines())
+    assert lines["prompt eval count"].strip() == f"{len(ids)} token(s) ({len(ids) - 1} from the cache, 1 evaluated)"
+    rate = float(lines["prompt eval rate"].split()[0])
+    assert rate == pytest.approx(evaluated / stats.prompt_eval_duration, rel=0.01)
 
 
 def test_cli_system_needs_a_chat_template(gemma3_path, capsys):

@@ -1,6 +1,8 @@
 """The pack table and the assembly/caching logic (the real downloads run through the fixtures)."""
 
 import hashlib
+import json
+import os
 import zipfile
 
 import pytest
@@ -56,7 +58,56 @@ def test_cache_stamp_goes_stale_when_the_file_changes(tmp_path, monkeypatch):
 
 
 def test_verify_rehashes_a_cached_pack(smollm2_path):
-    assert fetch.ensure_pack("smollm2", verify=True, quiet=True) == smollm2_path
+    verified = fetch.verify_pack("smollm2", quiet=True)
+    assert verified.path == smollm2_path and verified.ok and verified.actual == fetch.PACKS["smollm2"].sha256
+
+
+@pytest.fixture
+def cached_pack(tmp_path, monkeypatch):
+    """A one-file pack "tiny", cached and stamped in a $REFLLM_HOME of its own; any download fails."""
+    data = b"tiny model bytes"
+    tiny = fetch.Pack("tiny", "test", (fetch.Package("tiny==1", "0" * 64),), "*", "models/tiny.gguf",
+                      hashlib.sha256(data).hexdigest())
+    monkeypatch.setitem(fetch.PACKS, "tiny", tiny)
+    monkeypatch.setenv("REFLLM_HOME", str(tmp_path))
+    monkeypatch.setattr(fetch, "_download", lambda *a: pytest.fail("verify must not download"))
+    out = tmp_path / tiny.output
+    out.parent.mkdir()
+    out.write_bytes(data)
+    fetch._stamp_path(out).write_text(json.dumps({"file": fetch._stamp_of(out)}))
+    return out
+
+
+def run_pull(args, capsys):
+    from refllm.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pull", *args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_pull_verify_passes_a_good_pack(cached_pack, capsys):
+    code, out, err = run_pull(["tiny", "--verify"], capsys)
+    assert code == 0 and out.strip() == str(cached_pack) and "MISMATCH" not in err
+
+
+@pytest.mark.parametrize("keep_mtime", [True, False])
+def test_pull_verify_reports_a_corrupt_pack_with_exit_1_and_fetches_nothing(cached_pack, capsys, keep_mtime):
+    """Corrupted in place (same size and mtime: the stamp still matches) or with a new mtime (the
+    stamp is stale): either way the file is hashed, the mismatch named, and exit 1."""
+    stat = cached_pack.stat()
+    cached_pack.write_bytes(b"tiny model BYTES")
+    if keep_mtime:
+        os.utime(cached_pack, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    code, _, err = run_pull(["tiny", "--verify"], capsys)
+    assert code == 1 and "sha256 MISMATCH" in err and str(cached_pack) in err
+    assert cached_pack.read_bytes() == b"tiny model BYTES"                   # reported, not replaced
+
+
+def test_pull_verify_of_a_pack_not_cached_says_so_and_fetches_nothing(cached_pack, capsys):
+    cached_pack.unlink()
+    code, _, err = run_pull(["tiny", "--verify"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "pack tiny is not cached" in err
 
 
 @pytest.mark.parametrize("outcome,match", [

@@ -53,12 +53,16 @@ class GenerationStats:
         """The figures in ollama's --verbose layout, one per line."""
         def rate(count: int, seconds: float) -> str:
             return f"{count / seconds:.2f} tokens/s" if seconds > 0 else "-"
+        evaluated = self.prompt_eval_count - self.cached_tokens
+        # ollama's count includes the cached tokens but its duration times only the evaluated
+        # ones: say so on the line, and rate the evaluated tokens alone
+        cached = f" ({self.cached_tokens} from the cache, {evaluated} evaluated)" if self.cached_tokens else ""
         lines = [
             ("total duration", f"{self.total_duration + load_duration:.3f}s"),
             ("load duration", f"{load_duration:.3f}s"),
-            ("prompt eval count", f"{self.prompt_eval_count} token(s)"),
+            ("prompt eval count", f"{self.prompt_eval_count} token(s){cached}"),
             ("prompt eval duration", f"{self.prompt_eval_duration:.3f}s"),
-            ("prompt eval rate", rate(self.prompt_eval_count - self.cached_tokens, self.prompt_eval_duration)),
+            ("prompt eval rate", rate(evaluated, self.prompt_eval_duration) + (" (evaluated tokens)" if cached else "")),
             ("cached tokens", f"{self.cached_tokens} token(s)"),
             ("eval count", f"{self.eval_count} token(s)"),
             ("eval duration", f"{self.eval_duration:.3f}s"),

@@ -127,13 +127,19 @@ def _escape(text: str, width: int | None = 72) -> str:
     return out if width is None or len(out) <= width else out[:width - 1] + "…"
 
 
-def _show_value(row: dict[str, Any]) -> str:
+def _show_value(row: dict[str, Any], full: bool) -> str:
+    """A metadata value on one line: cut to fit a terminal, unless `full`."""
     value = row["value"]
     if row["count"] is None:
-        return _escape(value) if isinstance(value, str) else _escape(str(value))
-    shown = ", ".join(_escape(repr(v), 24) for v in value)
+        return _escape(value if isinstance(value, str) else str(value), None if full else 72)
+    shown = ", ".join(_escape(repr(v), None if full else 24) for v in value)
     more = f", … +{row['count'] - len(value)} more" if row["truncated"] else ""
-    return _escape(f"[{shown}{more}]", 100)
+    return _escape(f"[{shown}{more}]", None if full else 100)
+
+
+def _known(value: Any) -> str:
+    """A summary figure for text: "unknown" where the file does not say (None)."""
+    return "unknown" if value is None else str(value)
 
 
 def _mb(n: int | None) -> str:
@@ -152,15 +158,16 @@ def _table(headers: list[str], rows: list[list[Any]], right: set[int] = frozense
         yield "  " + line(r)
 
 
-def render_text(report: dict[str, Any]) -> Iterator[str]:
-    """The report as readable sections, one line at a time."""
+def render_text(report: dict[str, Any], full_values: bool = False) -> Iterator[str]:
+    """The report as readable sections, one line at a time; full_values: metadata values are
+    not cut to the terminal's width (`--array-limit 0`)."""
     lay = report["layout"]
     yield "LAYOUT"
     yield (f"  container {lay['container']} v{lay['version']}, {lay['byteorder']}-endian, "
            f"alignment {lay['alignment']}")
-    file_size = lay["file_size"] if lay["file_size"] is None else format(lay["file_size"], ",")
+    file_size = "unknown (read from a stream)" if lay["file_size"] is None else f"{lay['file_size']:,} bytes"
     yield (f"  {lay['n_kv']} metadata keys, {lay['n_tensors']} tensors; data starts at byte "
-           f"{lay['data_offset']:,}; file size {file_size} bytes")
+           f"{lay['data_offset']:,}; file size {file_size}")
     if report["target"]:
         t = report["target"]
         yield f"  {t['kind']}: {t['path']}" + (f" ({t['digest']})" if t["digest"] else "")
@@ -192,13 +199,14 @@ def render_text(report: dict[str, Any]) -> Iterator[str]:
     yield ""
     yield "METADATA"
     yield from _table(["key", "type", "value"],
-                      [[_escape(r["key"], 48), r["type"], _show_value(r)] for r in report["metadata"]])
+                      [[_escape(r["key"], None if full_values else 48), r["type"], _show_value(r, full_values)]
+                       for r in report["metadata"]])
 
     tok = report["tokenizer"]
     if tok:
         yield ""
         yield "TOKENIZER"
-        yield (f"  model {tok['model']}, pre {tok['pre']}, vocab {tok['vocab_size']}"
+        yield (f"  model {_known(tok['model'])}, pre {_known(tok['pre'])}, vocab {_known(tok['vocab_size'])}"
                + (f", {tok['merges']} merges" if tok["merges"] is not None else ""))
         specials = ", ".join(f"{k} {v['id']} {_escape(repr(v['text']), 24)}"
                              for k, v in tok["special_tokens"].items())
@@ -210,11 +218,12 @@ def render_text(report: dict[str, Any]) -> Iterator[str]:
     m = report["model"]
     yield ""
     yield "MODEL"
-    yield (f"  {m['architecture']} {m['name'] or ''}: {m['parameters_human']} parameters "
-           f"({m['parameters']:,}), file type {m['file_type_name']}")
-    yield (f"  context {m['context_length']}, embedding {m['embedding_length']}, ffn "
-           f"{m['feed_forward_length']}, layers {m['layers']}, heads {m['heads']}, kv heads "
-           f"{m['kv_heads']}, head dim {m['head_dim']}, rope base {m['rope_base']}, vocab {m['vocab_size']}")
+    k = {key: _known(value) for key, value in m.items()}
+    yield (f"  {k['architecture']} {m['name'] or ''}: {k['parameters_human']} parameters "
+           f"({m['parameters']:,}), file type {k['file_type_name']}")
+    yield (f"  context {k['context_length']}, embedding {k['embedding_length']}, ffn "
+           f"{k['feed_forward_length']}, layers {k['layers']}, heads {k['heads']}, kv heads "
+           f"{k['kv_heads']}, head dim {k['head_dim']}, rope base {k['rope_base']}, vocab {k['vocab_size']}")
 
     if report["tensors"] is not None:
         yield ""
