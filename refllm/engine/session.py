@@ -62,7 +62,7 @@ class GenerationStats:
             ("load duration", f"{load_duration:.3f}s"),
             ("prompt eval count", f"{self.prompt_eval_count} token(s){cached}"),
             ("prompt eval duration", f"{self.prompt_eval_duration:.3f}s"),
-            ("prompt eval rate", rate(evaluated, self.prompt_eval_duration) + (" (evaluated tokens)" if cached else "")),
+            ("prompt eval rate", rate(evaluated, self.prompt_eval_duration) + (" (evaluated ones)" if cached else "")),
             ("cached tokens", f"{self.cached_tokens} token(s)"),
             ("eval count", f"{self.eval_count} token(s)"),
             ("eval duration", f"{self.eval_duration:.3f}s"),
