@@ -116,7 +116,7 @@ def _print_value(value, as_json: bool) -> None:
 @click.option("--template", is_flag=True, help="Print the full chat template, and nothing else.")
 @click.option("--verify", is_flag=True, help="Check the blob's sha256 against its name.")
 @click.option("--tensors/--no-tensors", default=True, help="Include the tensor table (default: yes).")
-@click.option("--ctx", type=click.IntRange(min=1), help="Context length for the memory estimate "
+@click.option("--ctx", type=click.IntRange(min=1, max=2**32 - 1), help="Context length for the memory estimate "
               "(default: the model's, capped at 4096).")
 @click.option("--array-limit", type=click.IntRange(min=0), default=8, show_default=True,
               help="Array items shown per metadata key; 0 shows all.")
@@ -612,6 +612,13 @@ def _warn_inexact(transformer) -> None:
                    f"float32 summation order", err=True)
 
 
+def _error(message: str) -> None:
+    """`refllm: error: MESSAGE` as one line on stderr; bytes of a name that are not UTF-8 (a
+    non-UTF-8 argument) shown as \\xNN escapes, whatever stderr's encoding."""
+    line = " ".join(message.split()).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    click.echo(f"refllm: error: {line}", err=True)
+
+
 def _discard_stdout() -> None:
     """Point stdout's file descriptor at /dev/null, so that nothing flushed later fails."""
     try:
@@ -653,14 +660,14 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("refllm: interrupted", err=True)
         code = 130
     except click.ClickException as e:
-        click.echo(f"refllm: error: {e.format_message()}", err=True)
+        _error(e.format_message())
         code = 2
     except RefllmError as e:
-        click.echo(f"refllm: error: {' '.join(str(e).split())}", err=True)
+        _error(str(e))
         code = 2
     except OSError as e:                     # a file that cannot be read or written
         where = f": {e.filename}" if e.filename else ""
-        click.echo(f"refllm: error: {e.strerror or e}{where}", err=True)
+        _error(f"{e.strerror or e}{where}")
         code = 2
     except KeyboardInterrupt:
         code = 130

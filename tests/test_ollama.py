@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -459,8 +460,22 @@ def test_target_a_short_digest_gets_a_hint(store):
         resolve_target("sha256:abc", store)
 
 
-@pytest.mark.parametrize("target", ["no such/file.gguf", "./models/x.gguf", "a/b/c/d", ""])
+@pytest.mark.parametrize("target", ["a/b/c/d", "no such/model"])
 def test_target_that_is_nothing_says_all_three_were_tried(store, target):
     with pytest.raises(StoreError, match="is not an existing file, not a sha256 digest, and not a valid "
                                          "ollama model name"):
         resolve_target(target, store)
+
+
+@pytest.mark.parametrize("target", ["no such/file.gguf", "./models/x.gguf", "/no/such/file", "~/x", "old.bin"])
+def test_target_that_looks_like_a_path_is_answered_as_a_file(store, target):
+    """No ollama name starts with /, ./ or ~ or ends in .gguf: such a target is a missing file."""
+    with pytest.raises(StoreError, match=f"^no such file: {re.escape(target)}$"):
+        resolve_target(target, store)
+
+
+def test_target_that_is_a_directory_or_empty_says_so(store, tmp_path):
+    with pytest.raises(StoreError, match="is a directory, not a model file"):
+        resolve_target(str(tmp_path), store)
+    with pytest.raises(StoreError, match="the target is empty"):
+        resolve_target("", store)

@@ -474,7 +474,9 @@ def _model_target(target: str, root: Path) -> Target:
 def resolve_target(target: str, root: Path | None = None) -> Target:
     """Decide what `target` names, trying in order:
 
-    1. an existing file              -> kind 'path' (digest set if it is named 'sha256-<hex>')
+    1. an existing file              -> kind 'path' (digest set if it is named 'sha256-<hex>');
+                                        something that looks like a path (/, ./, ../, ~, a
+                                        .gguf or .bin ending) but is none: "no such file"
     2. 'sha256:<hex>' / 'sha256-<hex>' -> kind 'blob', that blob in the store (must exist)
     3. an ollama model name          -> kind 'model', the blob of its model layer (must exist)
 
@@ -482,9 +484,16 @@ def resolve_target(target: str, root: Path | None = None) -> Target:
     none of the three, the message says all three were tried.
     """
     root = _root(root)
+    if not target:
+        raise StoreError("the target is empty (expected a file path, a sha256 digest or an ollama model name)")
     as_path = Path(target)
     if as_path.is_file():
         return Target("path", as_path, None, _digest_in_file_name(as_path))
+    if as_path.is_dir():
+        raise StoreError(f"{target} is a directory, not a model file")
+    if target.startswith(("/", "./", "../", "~")) or target.endswith((".gguf", ".bin")):
+        # no ollama name looks like this: answer in file terms
+        raise StoreError(f"no such file: {target}")
     if _DIGEST.fullmatch(target):
         digest = parse_digest(target)
         path = blob_path(digest, root)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -127,8 +128,10 @@ def write_synthetic_model(path, arch: str, *, seed: int = 0, n_layer: int = 2, n
         raise SynthError(f"n_swa must be >= 0 and swa_pattern >= 1, not {n_swa} and {swa_pattern}")
     for name, value in (("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head),
                         ("n_head_kv", n_head_kv), ("n_ff", n_ff), ("n_ctx_train", n_ctx_train)):
-        if value < 1:
-            raise SynthError(f"{name} must be >= 1, not {value}")
+        if not 1 <= value < 2**32:
+            raise SynthError(f"{name} must be between 1 and 2^32 - 1 (a GGUF uint32), not {value}")
+    if seed < 0:
+        raise SynthError(f"seed must be >= 0, not {seed}")
     if n_head % n_head_kv:
         raise SynthError(f"n_head_kv {n_head_kv} does not divide n_head {n_head}")
     if head_dim is None:
@@ -151,6 +154,7 @@ def write_synthetic_model(path, arch: str, *, seed: int = 0, n_layer: int = 2, n
     if bad:
         raise SynthError(f"weight_types {bad}: synthetic models use {', '.join(MATRIX_TYPES)}")
 
+    _check_room(path, arch, n_layer, sizes, rope, tied_output, types)
     tensors = _tensor_list(arch, n_layer, sizes, rope, tied_output)   # [(name, numpy shape)]
     for name, shape in tensors:
         kind = _type_of(name, shape, types)
@@ -239,6 +243,27 @@ def _tensor_list(arch: str, n_layer: int, sizes: dict[str, int], rope: str,
     if not tied_output:
         out.append(("output.weight", (sizes["n_vocab"], sizes["n_embd"])))
     return out
+
+
+def _check_room(path, arch: str, n_layer: int, sizes: dict[str, int], rope: str, tied_output: bool,
+                types: dict[str, str]) -> None:
+    """SynthError when the model would not fit in the free space of path's folder (computed from
+    one layer, before the tensor list of every layer is made)."""
+    one_layer = _tensor_list(arch, 1, sizes, rope, tied_output)
+    per_layer = other = 0
+    for name, shape in one_layer:
+        row = ggml_type(_type_of(name, shape, types))
+        nbytes = math.prod(shape) // row.block_elems * row.block_bytes
+        if name.startswith("blk."):
+            per_layer += nbytes
+        else:
+            other += nbytes
+    total = other + n_layer * per_layer
+    folder = Path(path).resolve().parent
+    free = shutil.disk_usage(folder).free if folder.is_dir() else None
+    if free is not None and total > free:
+        raise SynthError(f"the model would take {total / 1e9:,.1f} GB, more than the {free / 1e9:,.1f} GB "
+                         f"free in {folder}")
 
 
 def _base_name(name: str) -> str:
