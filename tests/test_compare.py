@@ -176,6 +176,23 @@ def test_positions_select_rows_and_delta_p_skips_the_last_row():
     assert only_last["rms_dp_pct"] is None
 
 
+def test_next_tokens_give_delta_p_of_rows_that_are_not_consecutive():
+    """A compact reference keeps some rows only: with the token after each kept row, Δp is the
+    one of those rows in the full comparison, and rows nothing followed (-1) are left out."""
+    ref = random_logits(8, n_rows=5, n_vocab=7)
+    test = random_logits(9, n_rows=5, n_vocab=7)
+    tokens = np.array([1, 2, 3, 4, 5])
+    kept = np.array([0, 2, 4])
+    full = compare_logits(ref, test, tokens=tokens, positions=kept)
+    following = np.append(tokens, -1)[kept + 1]                            # [2, 4, -1]
+    compact = compare_logits(ref[kept], test[kept], next_tokens=following)
+    assert compact["rms_dp_pct"] == pytest.approx(full["rms_dp_pct"], rel=1e-12)
+    assert compact["kld_mean"] == pytest.approx(full["kld_mean"], rel=1e-12)
+    assert compare_logits(ref[kept], test[kept], next_tokens=[-1, -1, -1])["rms_dp_pct"] is None
+    with pytest.raises(CompareError, match="next_tokens must be 3 token ids below 7"):
+        compare_logits(ref[kept], test[kept], next_tokens=[1, 7, -1])
+
+
 def test_rms_dp_is_none_without_tokens_or_with_one_position():
     logits = random_logits(6, n_rows=3)
     assert compare_logits(logits, logits + 1)["rms_dp_pct"] is None

@@ -230,8 +230,8 @@ def test_cli_generate_reads_stdin_and_raw(smollm2_path, capsys, monkeypatch):
     (["--ctx", "4"], "--ctx must be between 8 and 8192 (the model's trained context), not 4"),
     (["--ctx", "0"], "--ctx must be between 8 and 8192 (the model's trained context), not 0"),
     (["--ctx", "100000000"], "--ctx must be between 8 and 8192 (the model's trained context), not 100000000"),
-    (["--top-p", "1.5"], "top_p"),
-    (["--top-k", "-1"], "top_k"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--top-k", "-1"], "--top-k must be >= 0"),
     (["--ctx", "8", "--no-shift"], "the prompt is"),
 ])
 def test_cli_generate_bad_options_are_one_line(smollm2_path, capsys, args, message):
@@ -380,8 +380,8 @@ def test_cli_compare_against_a_compact_golden_file(smollm2_path, tmp_path, capsy
                      capsys)
     code, out, _ = run(["compare", golden, tmp_path / "ours.npz", "--json"], capsys)
     stats = json.loads(out)
-    assert code == 0 and stats["n_positions"] == n_stored and stats["rms_dp_pct"] is None
-    assert 0 < stats["kld_mean"] <= 2e-2
+    assert code == 0 and stats["n_positions"] == n_stored
+    assert 0 < stats["kld_mean"] <= 2e-2 and 0 < stats["rms_dp_pct"] < 5      # the file holds the tokens
 
 
 def without_matmul(monkeypatch, type_name: str) -> None:

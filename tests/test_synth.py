@@ -185,7 +185,10 @@ def test_each_quantized_type_opens_and_decodes(tmp_path, kind):
     (dict(arch="qwen2", head_dim=32), r"head_dim \* n_head == n_embd"),
     (dict(n_vocab=259), "too small"),
     (dict(n_vocab=100_000), "too large"),
-    (dict(n_layer=0), "n_layer must be >= 1"),
+    (dict(n_layer=0), "n_layer must be between 1 and 2\\^32 - 1"),
+    (dict(n_embd=2**32), "n_embd must be between 1 and 2\\^32 - 1"),
+    (dict(seed=-1), "seed must be >= 0"),
+    (dict(n_layer=10**6, n_embd=8192, n_ff=32768), "the model would take .* GB, more than the .* GB free in"),
 ])
 def test_impossible_shapes_are_clear_errors(tmp_path, kwargs, message):
     kwargs = {"arch": "llama", **kwargs}

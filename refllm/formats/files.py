@@ -40,6 +40,11 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Yield a binary file; on normal exit it is flushed, synced and renamed to `path`.
     On an exception the temporary file is removed and `path` is untouched."""
     target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():     # say so about the path asked for, not the temporary file
+        raise FileNotFoundError(2, "no such folder to write into", str(folder))
+    if target.is_dir():
+        raise IsADirectoryError(21, "is a directory, not a file to write", str(target))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; the result should look like any new file
     try:

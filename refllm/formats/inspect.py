@@ -120,7 +120,7 @@ def build_report(model: ModelFile, target: ollama.Target | None = None, *, ctx: 
 
 # -- text ------------------------------------------------------------------------------------
 
-def _escape(text: str, width: int | None = 72) -> str:
+def printable(text: str, width: int | None = 72) -> str:
     """One display line: control characters escaped (a model file must not drive the terminal)."""
     out = "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape",
                   "backslashreplace").decode("ascii") for ch in text)
@@ -131,10 +131,10 @@ def _show_value(row: dict[str, Any], full: bool) -> str:
     """A metadata value on one line: cut to fit a terminal, unless `full`."""
     value = row["value"]
     if row["count"] is None:
-        return _escape(value if isinstance(value, str) else str(value), None if full else 72)
-    shown = ", ".join(_escape(repr(v), None if full else 24) for v in value)
+        return printable(value if isinstance(value, str) else str(value), None if full else 72)
+    shown = ", ".join(printable(repr(v), None if full else 24) for v in value)
     more = f", … +{row['count'] - len(value)} more" if row["truncated"] else ""
-    return _escape(f"[{shown}{more}]", None if full else 100)
+    return printable(f"[{shown}{more}]", None if full else 100)
 
 
 def _known(value: Any) -> str:
@@ -190,16 +190,16 @@ def render_text(report: dict[str, Any], full_values: bool = False) -> Iterator[s
                 lines = o[label].splitlines() or [""]
                 yield f"  {label}:"
                 for text in lines[:12]:
-                    yield "    " + _escape(text, 100)
+                    yield "    " + printable(text, 100)
                 if len(lines) > 12:
                     yield f"    … {len(lines) - 12} more lines"
         if o["params"] is not None:
-            yield f"  params: {_escape(str(o['params']), 100)}"
+            yield f"  params: {printable(str(o['params']), 100)}"
 
     yield ""
     yield "METADATA"
     yield from _table(["key", "type", "value"],
-                      [[_escape(r["key"], None if full_values else 48), r["type"], _show_value(r, full_values)]
+                      [[printable(r["key"], None if full_values else 48), r["type"], _show_value(r, full_values)]
                        for r in report["metadata"]])
 
     tok = report["tokenizer"]
@@ -208,7 +208,7 @@ def render_text(report: dict[str, Any], full_values: bool = False) -> Iterator[s
         yield "TOKENIZER"
         yield (f"  model {_known(tok['model'])}, pre {_known(tok['pre'])}, vocab {_known(tok['vocab_size'])}"
                + (f", {tok['merges']} merges" if tok["merges"] is not None else ""))
-        specials = ", ".join(f"{k} {v['id']} {_escape(repr(v['text']), 24)}"
+        specials = ", ".join(f"{k} {v['id']} {printable(repr(v['text']), 24)}"
                              for k, v in tok["special_tokens"].items())
         yield f"  special: {specials or 'none'}"
         flag = lambda v: "unset" if v is None else str(v).lower()  # noqa: E731

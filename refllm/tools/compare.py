@@ -232,7 +232,8 @@ def per_position_delta_p(ref_logits: Any, test_logits: Any, tokens: Any) -> np.n
 
 
 def compare_logits(ref_logits: Any, test_logits: Any, tokens: Any = None,
-                   positions: Any = None, ref_precision: Any = None) -> dict[str, float | int | None]:
+                   positions: Any = None, ref_precision: Any = None,
+                   next_tokens: Any = None) -> dict[str, float | int | None]:
     """llama-perplexity's KL-divergence statistics of test against ref, as a JSON-ready dict.
 
     ref_logits, test_logits: float [n, n_vocab], row i predicting token i+1.
@@ -242,6 +243,9 @@ def compare_logits(ref_logits: Any, test_logits: Any, tokens: Any = None,
         None compares every row.
     ref_precision: the float type ref was stored in when narrower than test's (np.float16 for
         golden/logits' rows): identical_rows then rounds test to it first.
+    next_tokens: integer [n], instead of tokens, for rows that are not consecutive positions (a
+        compact reference such as golden/logits): the token that followed each row, -1 where
+        none did; Δp is then taken at the rows that have one.
 
     Keys (plain Python floats and ints, or None):
       n_positions      rows compared
@@ -275,7 +279,17 @@ def compare_logits(ref_logits: Any, test_logits: Any, tokens: Any = None,
     identical_rows = int(np.sum(np.all(rounded == ref_logits, axis=1)))
 
     rms_dp_pct = None
-    if tokens is not None:
+    if next_tokens is not None:
+        next_tokens = np.asarray(next_tokens, dtype=np.int64).reshape(-1)
+        if next_tokens.shape != (n_rows,) or next_tokens.max(initial=-1) >= ref_logits.shape[1]:
+            raise CompareError(f"next_tokens must be {n_rows} token ids below {ref_logits.shape[1]} (or -1), "
+                               f"not {_describe(next_tokens)}")
+        followed = rows[next_tokens[rows] >= 0]
+        if len(followed) > 0:
+            # _delta_p reads the token after row r at tokens[r + 1]
+            delta_p = _delta_p(all_ref_logits, all_test_logits, np.concatenate([[0], next_tokens]), followed)
+            rms_dp_pct = 100.0 * float(np.sqrt(np.mean(delta_p ** 2)))
+    elif tokens is not None:
         tokens = _checked_tokens_for(tokens, all_ref_logits.shape)
         rows_with_next_token = rows[rows < n_rows - 1]
         if len(rows_with_next_token) > 0:
