@@ -9,9 +9,9 @@
 
 from typing import TYPE_CHECKING
 
-from refllm import numba_cache
+from refllm import numba_setup
 
-numba_cache.configure()     # before anything loads Numba: see refllm/numba_cache.py
+numba_setup.configure()     # before anything loads Numba: see refllm/numba_setup.py
 
 from refllm.errors import RefllmError  # noqa: E402
 from refllm.formats import FormatError, ModelFile, TensorInfo  # noqa: E402

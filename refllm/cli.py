@@ -255,6 +255,7 @@ def dequant(model: str, tensor: str, output: str, backend: str) -> int:
     from refllm.kernels import dequantize
 
     opened = open_model(resolve_target(model).path)
+    _announce_compiling()
     info = next((t for t in opened.tensors if t.name == tensor), None)
     if info is None:
         near = difflib.get_close_matches(tensor, [t.name for t in opened.tensors], n=3)
@@ -344,6 +345,7 @@ def quantize(src, dst, ftype, pure, output_tensor_type, token_embedding_type, al
     path = resolve_target(src).path
     if Path(dst).exists() and Path(dst).resolve() == Path(path).resolve():
         raise RefllmError(f"refusing to overwrite the input {path}")
+    _announce_compiling()
     started = time.perf_counter()
     with Progress(f"quantize {Path(path).name}", Path(path).stat().st_size) as bar:
         plans = quantize_model(path, dst, ftype, pure=pure,
@@ -513,6 +515,7 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, verbose, **sa
         # one final newline is the shell's (echo P | refllm generate), not the prompt's
         prompt = _read_stdin_text().removesuffix("\n")
     tokenizer = Tokenizer.from_model(model)
+    _announce_compiling()
     transformer = Transformer(model, numerics)
     _warn_inexact(transformer)
     n_ctx_train = transformer.config.n_ctx_train
@@ -574,6 +577,7 @@ def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -
     if (prompt is None) == (token_list is None):
         raise RefllmError("give exactly one of --prompt TEXT and --tokens 1,2,3")
     opened = _open_for_running(model)
+    _announce_compiling()
     transformer = Transformer(opened, numerics)
     _warn_inexact(transformer)
     if token_list is not None:
@@ -636,6 +640,16 @@ def _error(message: str) -> None:
     non-UTF-8 argument) shown as \\xNN escapes, whatever stderr's encoding."""
     line = " ".join(message.split()).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     click.echo(f"refllm: error: {line}", err=True)
+
+
+def _announce_compiling() -> None:
+    """One line on stderr when this process is the first of its refllm version to run Numba's
+    kernels: compiling them takes a while once, and silence would look like a hang."""
+    from refllm import numba_setup
+    if numba_setup.FRESH:
+        click.echo("refllm: compiling Numba's kernels for this version of refllm (once; they are cached in "
+                   f"{os.environ.get('NUMBA_CACHE_DIR')})", err=True)
+        numba_setup.FRESH = False
 
 
 def _discard_stdout() -> None:
