@@ -1,7 +1,7 @@
 """README.md's examples run as tests (Sybil): its Python blocks in order in one namespace, its
 shell blocks with bash, both in a work folder that holds what the examples name (a model.gguf,
-an F32 model to quantize, a legacy .bin to convert, another engine's logits to compare, a home
-with ~/models/, an ollama store with smollm2:135m). A block that cannot run here says why in a
+a legacy .bin to convert, another engine's logits to compare, a home with ~/models/, an ollama
+store with smollm2:135m). A block that cannot run here says why in a
 `<!-- skip: next "reason" -->` comment before it.
 
 Sybil was chosen over pytest-markdown-docs because it runs any language through an evaluator
@@ -31,7 +31,6 @@ def readme_dir(tmp_path_factory) -> Path:
     from ollama_store import add_model
 
     from refllm import fetch
-    from refllm.tools.synth import write_synthetic_model
 
     smollm2, gemma3 = fetch.ensure_pack("smollm2", quiet=True), fetch.ensure_pack("gemma3", quiet=True)
     work = tmp_path_factory.mktemp("readme")
@@ -41,15 +40,9 @@ def readme_dir(tmp_path_factory) -> Path:
     (work / "home" / "models").mkdir(parents=True)
     (work / "home" / "models" / "gemma-3-270m-Q4_K_M.gguf").symlink_to(gemma3)
     add_model(work / "ollama", "registry.ollama.ai/library/smollm2/135m", smollm2.read_bytes())
-    write_synthetic_model(work / "model-f32.gguf", "llama", seed=1, weight_types=_all_f32())
     (work / "llama-7b.ggjt.q4_0.bin").write_bytes(tiny_llama("ggjt", 3, quant=V3_QUANT).data)
     _another_engines_logits(smollm2, work / "mine.npz")
     return work
-
-
-def _all_f32() -> dict[str, str]:
-    from refllm.tools.synth import DEFAULT_WEIGHT_TYPES
-    return {name: "F32" for name in DEFAULT_WEIGHT_TYPES}
 
 
 def _another_engines_logits(model_path: Path, out: Path) -> None:
