@@ -303,3 +303,31 @@ def test_array_limit_0_shows_every_value_in_full(smollm2_path, capsys):
     code, out, _ = run(["inspect", "blob", smollm2_path, "--no-tensors"], capsys)
     line = next(line for line in out.splitlines() if "tokenizer.ggml.merges" in line)
     assert "… +" in line and len(line) < 200
+
+
+def test_an_output_folder_that_does_not_exist_is_named(smollm2_path, tmp_path, capsys):
+    code, _, err = run(["dequant", smollm2_path, "output_norm.weight", "-o", tmp_path / "no" / "x.npy"], capsys)
+    assert code == 2 and f"no such folder to write into: {tmp_path / 'no'}" in err and ".tmp" not in err
+
+
+def test_key_prints_one_line_per_array_item(gemma3_path, capsys):
+    """Gemma-3's vocabulary holds tokens with newlines: each stays on its line, escaped."""
+    code, out, _ = run(["inspect", "blob", gemma3_path, "--key", "tokenizer.ggml.tokens"], capsys)
+    lines = out.split("\n")[:-1]
+    assert code == 0 and len(lines) == 262_144 and "\\n" in lines
+
+
+def test_inspect_store_says_when_there_is_no_store(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "nowhere"))
+    code, out, _ = run(["inspect", "store"], capsys)
+    assert code == 0
+    assert out.strip() == f"there is no ollama store at {tmp_path / 'nowhere'} (OLLAMA_MODELS names another)"
+
+
+def test_a_first_run_says_that_it_compiles(smollm2_path, tmp_path, capsys, monkeypatch):
+    from refllm import numba_setup
+    monkeypatch.setattr(numba_setup, "FRESH", True)
+    code, _, err = run(["dequant", smollm2_path, "output_norm.weight", "-o", tmp_path / "x.npy"], capsys)
+    assert code == 0 and "compiling Numba's kernels" in err
+    code, _, err = run(["dequant", smollm2_path, "output_norm.weight", "-o", tmp_path / "x.npy"], capsys)
+    assert code == 0 and "compiling" not in err                                 # once a process
