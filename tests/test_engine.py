@@ -251,6 +251,16 @@ def test_cli_generate_takes_a_prompt_too_long_for_a_file_name(smollm2_path, caps
     assert code == 0 and out.strip(), err
 
 
+def test_cli_generate_says_it_reads_the_prompt_from_a_terminal(smollm2_path, capsys, monkeypatch):
+    class Terminal(io.TextIOWrapper):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"Hello")))
+    code, _, err = run(["generate", smollm2_path, "-n", "1", "--temperature", "0"], capsys)
+    assert code == 0 and "reading the prompt from stdin; end it with Ctrl-D" in err
+
+
 def test_cli_generate_strips_the_final_newline_of_stdin(smollm2_path, capsys, monkeypatch):
     """`echo P | refllm generate` and `refllm generate P` give the same greedy reply."""
     args = ["generate", smollm2_path, "--temperature", "0", "-n", "6"]

@@ -159,3 +159,8 @@ def test_a_pip_without_raw_progress_is_asked_again_without_it(tmp_path, monkeypa
     digest = hashlib.sha256(b"archive").hexdigest()
     assert fetch._download(fetch.Package("pkg==1.0", digest), tmp_path, quiet=True).name == "pkg-1.0-py3-none-any.whl"
     assert len(calls) == 2 and "--progress-bar" not in calls[1]
+
+
+def test_pull_verify_of_a_folder_pack_says_what_was_checked(vocab_dir, capsys):
+    code, out, err = run_pull(["llama-vocab", "--verify"], capsys)
+    assert code == 0 and out.strip() == str(vocab_dir) and "is a folder" in err

@@ -73,3 +73,10 @@ def test_openmp_workers_back_off_unless_the_user_said_otherwise(monkeypatch, tmp
     numba_setup.configure()
     expected = user.get("GOMP_SPINCOUNT", None if user else numba_setup.SPIN_COUNT)
     assert os.environ.get("GOMP_SPINCOUNT") == expected
+
+
+def test_a_cache_root_that_cannot_be_made_leaves_numbas_default(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    assert numba_setup.configure() is None and "NUMBA_CACHE_DIR" not in os.environ
