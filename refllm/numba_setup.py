@@ -3,9 +3,11 @@
 - The on-disk cache, kept apart for every version of refllm's jitted code. Numba keys a cached
   function on its own source file, so when a jitted function calls (and inlines) one from
   another file that has since changed, the cache still serves the old machine code.
-  `configure` points Numba's cache at a folder named by the sha256 of every refllm source file
-  that mentions numba: any change to any of them starts a fresh cache instead (and `FRESH` says
-  so, for the CLI to announce the compilation). A user's own NUMBA_CACHE_DIR is left alone.
+  (Global arrays, such as the lookup tables, are frozen into the machine code too.)
+  `configure` points Numba's cache at a folder named by the sha256 of every source file of
+  refllm/kernels/ and refllm/ggml_cpu/, where all jitted code and everything it reads live: any
+  change to any of them starts a fresh cache instead (and `FRESH` says so, for the CLI to
+  announce the compilation). A user's own NUMBA_CACHE_DIR is left alone.
 - How long idle OpenMP workers spin (Numba's parallel loops run on OpenMP's pool). libgomp's
   default spins 300,000 times before a worker sleeps; on a machine whose cores are busy
   elsewhere the spinning workers take the CPU from the ones with work, and a ggml prefill of
@@ -22,18 +24,17 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
+JITTED = ("kernels", "ggml_cpu")      # the packages whose sources key the cache
 KEEP = 4            # cache folders kept for older sources (other checkouts, recent edits)
 SPIN_COUNT = "10000"  # libgomp's spins before an idle worker sleeps (its default: 300,000)
 FRESH = False       # configure() made a new cache folder: this process compiles every kernel it runs
 
 
 def sources_digest() -> str:
-    """sha256 over the path and bytes of every refllm .py file that mentions numba."""
+    """sha256 over the path and bytes of every .py file of the JITTED packages."""
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE.rglob("*.py")):
-        data = path.read_bytes()
-        if b"numba" in data:
-            digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + data)
+    for path in sorted(p for package in JITTED for p in (PACKAGE / package).rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

@@ -12,19 +12,24 @@ from refllm import numba_setup
 
 
 def fake_package(root, kernel: str):
-    (root / "kernels").mkdir(parents=True, exist_ok=True)
+    for package in ("kernels", "ggml_cpu"):
+        (root / package).mkdir(parents=True, exist_ok=True)
     (root / "kernels" / "a.py").write_text(kernel)
-    (root / "cli.py").write_text("import click\n")            # no Numba: not part of the key
+    (root / "ggml_cpu" / "tables.py").write_text("TABLE = [1, 2]\n")  # read by jitted code
+    (root / "cli.py").write_text("import numba\n")            # no jitted code: not part of the key
     return root
 
 
 def test_the_folder_changes_with_any_jitted_source_and_only_with_those(tmp_path, monkeypatch):
     monkeypatch.setattr(numba_setup, "PACKAGE", fake_package(tmp_path / "pkg", "from numba import njit\n"))
     first = numba_setup.sources_digest()
-    (tmp_path / "pkg" / "cli.py").write_text("import click  # edited\n")
+    (tmp_path / "pkg" / "cli.py").write_text("import numba  # edited\n")
     assert numba_setup.sources_digest() == first
+    (tmp_path / "pkg" / "ggml_cpu" / "tables.py").write_text("TABLE = [1, 3]\n")
+    second = numba_setup.sources_digest()
+    assert second != first
     (tmp_path / "pkg" / "kernels" / "a.py").write_text("from numba import njit  # edited\n")
-    assert numba_setup.sources_digest() != first
+    assert numba_setup.sources_digest() not in (first, second)
 
 
 def test_configure_sets_numba_cache_dir_and_keeps_a_few_old_folders(tmp_path, monkeypatch):
