@@ -102,6 +102,12 @@ def _stamp_path(output: Path) -> Path:
     return output.parent / f".{output.name}.stamp"
 
 
+def _write_stamp(p: Pack, output: Path) -> None:
+    """Record that `output` is the whole, checked pack `p` (is_cached trusts it while it is unchanged)."""
+    _stamp_path(output).write_text(json.dumps(
+        {"pack": p.name, "sha256": p.sha256, "file": None if output.is_dir() else _stamp_of(output)}))
+
+
 def _stamp_of(output: Path) -> dict:
     st = output.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -141,8 +147,7 @@ def ensure_pack(name: str, *, root: Path | None = None, quiet: bool = False, ver
             _assemble_file(p, archives, output, quiet)
         else:
             _extract_dir(p, archives, output)
-    _stamp_path(output).write_text(json.dumps(
-        {"pack": p.name, "sha256": p.sha256, "file": None if output.is_dir() else _stamp_of(output)}))
+    _write_stamp(p, output)
     return output
 
 
@@ -173,7 +178,7 @@ def verify_pack(name: str, *, root: Path | None = None, quiet: bool = False) -> 
     with Progress(f"verify {output.name}", output.stat().st_size, enabled=False if quiet else None) as bar:
         actual = sha256_file(output, bar.update)
     if actual == p.sha256:
-        _stamp_path(output).write_text(json.dumps({"pack": p.name, "sha256": p.sha256, "file": _stamp_of(output)}))
+        _write_stamp(p, output)
     return Verified(output, p.sha256, actual)
 
 
