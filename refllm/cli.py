@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import click
 
-from refllm.engine.sampling import SamplingOptions
+from refllm.engine.sampling import SamplingError, SamplingOptions
 from refllm.errors import RefllmError
 
 # refllm.engine.numerics.NUMERICS's keys, spelled out so that the CLI's start-up does not load the
@@ -464,8 +464,6 @@ SAMPLING_FLAGS = (
 
 def _sampling_options(values: dict) -> SamplingOptions:
     """SamplingOptions of the parsed flags; an impossible value is named by its flag."""
-    from refllm.engine.sampling import SamplingError
-
     try:
         return SamplingOptions(**values)
     except SamplingError as e:
