@@ -11,7 +11,7 @@ the LLVM IR of one register-tiled kernel (a loop over the blocks of k), which Nu
 into the calling function. A tile is 4 weight rows r x 2 tokens t, eight (row, token) pairs
 p = 2 r + t, each with its own vector accumulator(s) or its own lane of one.
 
-    AVAILABLE         whether this machine has AVX2 and FMA (else the callers use their
+    AVAILABLE         whether this machine has AVX2, FMA and F16C (else the callers use their
                       portable Numba kernels, which give the same bits more slowly)
     q8_dot_unsigned,  legacy types (vec_dot / tinyBLAS): per block of 32, eight int32 lanes,
     q8_dot_offset,    converted to float32 and folded into the pair's eight float32 lanes with
@@ -46,7 +46,7 @@ def _host_has_avx2() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     features = llvm.get_host_cpu_features()
-    return all(features.get(name, False) for name in ("avx2", "fma"))
+    return all(features.get(name, False) for name in ("avx2", "fma", "f16c"))
 
 
 AVAILABLE = _host_has_avx2()
@@ -451,26 +451,39 @@ def _unpack_nibbles_codegen(count, context, builder, signature, args):
     or uint8, raw uint8; the offsets in elements."""
     out_p = builder.gep(_data(context, builder, signature.args[0], args[0]), [args[1]])
     raw_p = _data(context, builder, signature.args[2], args[2])
-    bytes_type = ir.VectorType(_I8, count)
     quants_type = ir.VectorType(_I8, 2 * count)
-    qs = builder.load(builder.bitcast(builder.gep(raw_p, [args[3]]), bytes_type.as_pointer()), align=1)
-    low = builder.and_(qs, ir.Constant(bytes_type, [ir.Constant(_I8, 0x0F)] * count))
-    high = builder.lshr(qs, ir.Constant(bytes_type, [ir.Constant(_I8, 4)] * count))
-    quants = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, 2 * count), list(range(2 * count))))
+    quants = _nibbles(builder, raw_p, args[3], count)
     if count == 16:
         with_high = builder.icmp_unsigned("!=", args[5], ir.Constant(args[5].type, 0))
         with builder.if_then(with_high):
-            qh = builder.load(builder.bitcast(builder.gep(raw_p, [args[4]]), _I32.as_pointer()), align=1)
-            v32 = ir.VectorType(_I32, 32)
-            every = _broadcast(builder, qh, v32)
-            bits = builder.and_(builder.lshr(every, ir.Constant(v32, list(range(32)))), ir.Constant(v32, [1] * 32))
-            fifth = builder.trunc(builder.shl(bits, ir.Constant(v32, [4] * 32)), _V32I8)
-            builder.store(builder.or_(quants, fifth), builder.bitcast(out_p, _V32I8.as_pointer()), align=1)
+            quants_high = _with_fifth_bits(builder, quants, raw_p, args[4])
+            builder.store(quants_high, builder.bitcast(out_p, _V32I8.as_pointer()), align=1)
         with builder.if_then(builder.not_(with_high)):
             builder.store(quants, builder.bitcast(out_p, quants_type.as_pointer()), align=1)
     else:
         builder.store(quants, builder.bitcast(out_p, quants_type.as_pointer()), align=1)
     return context.get_dummy_value()
+
+
+def _nibbles(builder, raw_p, qs_at, count):
+    """The 2 count quants (i8 vector) in `count` bytes of nibbles at raw_p[qs_at]: the low
+    nibbles first, then the high ones."""
+    bytes_type = ir.VectorType(_I8, count)
+    qs = builder.load(builder.bitcast(builder.gep(raw_p, [qs_at]), bytes_type.as_pointer()), align=1)
+    low = builder.and_(qs, ir.Constant(bytes_type, [ir.Constant(_I8, 0x0F)] * count))
+    high = builder.lshr(qs, ir.Constant(bytes_type, [ir.Constant(_I8, 4)] * count))
+    return builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, 2 * count), list(range(2 * count))))
+
+
+def _with_fifth_bits(builder, quants, raw_p, qh_at):
+    """quants (32 x i8) with bit i of the little-endian uint32 at raw_p[qh_at] as quant i's
+    fifth bit."""
+    qh = builder.load(builder.bitcast(builder.gep(raw_p, [qh_at]), _I32.as_pointer()), align=1)
+    v32 = ir.VectorType(_I32, 32)
+    every = _broadcast(builder, qh, v32)
+    bits = builder.and_(builder.lshr(every, ir.Constant(v32, list(range(32)))), ir.Constant(v32, [1] * 32))
+    fifth = builder.trunc(builder.shl(bits, ir.Constant(v32, [4] * 32)), _V32I8)
+    return builder.or_(quants, fifth)
 
 
 unpack_nibbles16 = _unpack_nibbles(16)
@@ -498,3 +511,169 @@ def _sum_lanes(builder, vectors):
 q8_dot_unsigned = _q8_dot_tile(UNSIGNED)
 q8_dot_offset = _q8_dot_tile(OFFSET)
 q8_dot_signed = _q8_dot_tile(SIGNED)
+
+
+# -- one token: a weight row's dot product straight from its blocks ------------------------------
+
+# legacy type -> (block bytes, offset of qs, offset of qh or None, has a min m, quant offset), as
+# refllm.ggml_cpu.reference.legacy.LEGACY_BLOCKS (repeated: that module imports nothing jitted)
+_LEGACY_LAYOUT = {"Q4_0": (18, 2, None, False, 8), "Q4_1": (20, 4, None, True, 0),
+                  "Q5_0": (22, 6, 2, False, 16), "Q5_1": (24, 8, 4, True, 0), "Q8_0": (34, 2, None, False, 0)}
+
+
+def _legacy_row_dot(weight_type):
+    """The intrinsic legacy_row_dot for one legacy weight type."""
+
+    @intrinsic
+    def legacy_row_dot(typingctx, raw, row_at, a, d_a, s_a, nb):
+        sig = types.float32(raw, row_at, a, d_a, s_a, nb)
+        return sig, lambda *args: _legacy_row_dot_codegen(weight_type, *args)
+
+    return legacy_row_dot
+
+
+def _legacy_row_dot_codegen(weight_type, context, builder, signature, args):
+    """legacy_row_dot(raw, row_at, a, d_a, s_a, nb) -> float32: ggml_vec_dot_<type>_q8_<0|1>
+    (AVX2) of the weight row whose nb blocks start at byte row_at (unsigned) of raw (uint8)
+    and one token's activations a int8 [32 nb], d_a and s_a float32 [nb]. Per block b, from
+    the block's own bytes (nothing decoded to memory):
+
+        lane[j] = sum(w[32b + 4j + i] * a[32b + 4j + i], i = 0..3)       int32
+        acc     = fma(d_w * d_a[b], float(lane), acc)                   8 float32 lanes
+        summs  += m_w * s_a[b]                                          (Q4_1, Q5_1)
+        result  = hsum8(acc) + summs
+
+    the float32 operations of the q8_dot tiles (and of llama.cpp) in their order."""
+    block_bytes, qs_at, qh_at, has_min, offset = _LEGACY_LAYOUT[weight_type]
+    data = _pointers(context, builder, signature, args)
+    raw_p, a_p, d_a_p, s_a_p = data(0), data(2), data(3), data(4)
+    row_at, blocks = args[1], args[5]
+    maddubs, maddwd, sign, fma = _instructions(builder)
+    ones = ir.Constant(_V16I16, [ir.Constant(_I16, 1)] * 16)
+    offsets = ir.Constant(_V32I8, [ir.Constant(_I8, offset)] * 32)
+    half = ir.HalfType()
+
+    def fp16_at(at):
+        bits = builder.load(builder.bitcast(builder.gep(raw_p, [at]), _I16.as_pointer()), align=1)
+        return builder.fpext(builder.bitcast(bits, half), _F32)
+
+    acc = cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None))
+    summs = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+    with cgutils.for_range(builder, blocks) as loop:
+        b = loop.index
+        at = builder.add(row_at, builder.mul(b, _const(block_bytes)))
+        a_b = _load(builder, a_p, builder.mul(b, _const(32)), _V32I8)
+        if weight_type == "Q8_0":        # |w| times a with w's sign, as llama.cpp does
+            w = builder.load(builder.bitcast(builder.gep(raw_p, [builder.add(at, _const(qs_at))]),
+                                             _V32I8.as_pointer()), align=1)
+            pairs = builder.call(maddubs, [builder.call(sign, [w, w]), builder.call(sign, [a_b, w])])
+        else:
+            w = _nibbles(builder, raw_p, builder.add(at, _const(qs_at)), 16)
+            if qh_at is not None:
+                w = _with_fifth_bits(builder, w, raw_p, builder.add(at, _const(qh_at)))
+            pairs = builder.call(maddubs, [w, a_b])
+            if offset:                   # (w - offset) a = w a - offset a, exact in int16
+                pairs = builder.sub(pairs, builder.call(maddubs, [offsets, a_b]))
+        lanes = builder.call(maddwd, [pairs, ones])
+        scale = builder.fmul(fp16_at(at), builder.load(builder.gep(d_a_p, [b])))
+        builder.store(builder.call(fma, [_broadcast(builder, scale, _V8F32), builder.sitofp(lanes, _V8F32),
+                                         builder.load(acc)]), acc)
+        if has_min:
+            term = builder.fmul(fp16_at(builder.add(at, _const(2))), builder.load(builder.gep(s_a_p, [b])))
+            builder.store(builder.fadd(builder.load(summs), term), summs)
+    # hsum8: h = (l4 + l0, l5 + l1, l6 + l2, l7 + l3), then (h0 + h2) + (h1 + h3)
+    total = builder.load(acc)
+    h = builder.fadd(_shuffle(builder, total, total, [4, 5, 6, 7]), _shuffle(builder, total, total, [0, 1, 2, 3]))
+
+    def lane(i):
+        return builder.extract_element(h, ir.Constant(_I32, i))
+
+    result = builder.fadd(builder.fadd(lane(0), lane(2)), builder.fadd(lane(1), lane(3)))
+    return builder.fadd(result, builder.load(summs)) if has_min else result
+
+
+legacy_row_dot_q4_0 = _legacy_row_dot("Q4_0")
+legacy_row_dot_q4_1 = _legacy_row_dot("Q4_1")
+legacy_row_dot_q5_0 = _legacy_row_dot("Q5_0")
+legacy_row_dot_q5_1 = _legacy_row_dot("Q5_1")
+legacy_row_dot_q8_0 = _legacy_row_dot("Q8_0")
+
+
+# -- one token's attention: the KV cache's rows, fp16 or float32 ---------------------------------
+
+def _cells_as_f32(builder, pointer, at, element_type):
+    """8 cache elements from element `at` of pointer as float32 x 8: fp16 bits (i16) widened
+    (F16C's vcvtph2ps), float32 loaded as they are."""
+    if isinstance(element_type, ir.IntType):
+        bits = _load(builder, pointer, at, ir.VectorType(_I16, 8))
+        return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 8)), _V8F32)
+    return _load(builder, pointer, at, _V8F32)
+
+
+@intrinsic
+def f16_row_dot(typingctx, a, a_at, b, n):
+    """f16_row_dot(a, a_at, b, n) -> float32: ggml_vec_dot_f16 (AVX2) of a[a_at:a_at + n]
+    (fp16 bits as uint16, or float32) and b[:n] (float32): four 8-lane accumulators of fused
+    multiply-adds over each 32 elements, reduced as (x0 + x2) + (x1 + x3), then
+    ((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7)); the elements past the last whole 32 added in
+    float64, as x86.f16_dot_vec."""
+    sig = types.float32(a, a_at, b, n)
+
+    def codegen(context, builder, signature, args):
+        a_p = builder.gep(_data(context, builder, signature.args[0], args[0]), [args[1]])
+        b_p = _data(context, builder, signature.args[2], args[2])
+        element = context.get_data_type(signature.args[0].dtype)
+        n = args[3]
+        fma = _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32])
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(4)]
+        steps = builder.udiv(n, _const(32))
+        with cgutils.for_range(builder, steps) as loop:
+            base = builder.mul(loop.index, _const(32))
+            for r in range(4):
+                at = builder.add(base, _const(8 * r))
+                x = _cells_as_f32(builder, a_p, at, element)
+                y = _load(builder, b_p, at, _V8F32)
+                builder.store(builder.call(fma, [x, y, builder.load(accs[r])]), accs[r])
+        x = [builder.load(slot) for slot in accs]
+        lanes = builder.fadd(builder.fadd(x[0], x[2]), builder.fadd(x[1], x[3]))
+
+        def lane(i):
+            return builder.extract_element(lanes, ir.Constant(_I32, i))
+
+        t = [builder.fadd(lane(i), lane(i + 4)) for i in range(4)]
+        total = cgutils.alloca_once_value(
+            builder, builder.fpext(builder.fadd(builder.fadd(t[0], t[1]), builder.fadd(t[2], t[3])), ir.DoubleType()))
+        whole = builder.mul(steps, _const(32))
+        with cgutils.for_range(builder, builder.sub(n, whole)) as loop:
+            at = builder.add(whole, loop.index)
+            value = builder.load(builder.gep(a_p, [at]))
+            if isinstance(element, ir.IntType):
+                value = builder.fpext(builder.bitcast(value, ir.HalfType()), _F32)
+            product = builder.fmul(value, builder.load(builder.gep(b_p, [at])))
+            builder.store(builder.fadd(builder.load(total), builder.fpext(product, ir.DoubleType())), total)
+        return builder.fptrunc(builder.load(total), _F32)
+
+    return sig, codegen
+
+
+@intrinsic
+def row_axpy(typingctx, acc, acc_at, a, a_at, p, n):
+    """row_axpy(acc, acc_at, a, a_at, p, n): acc[acc_at + c] = fma(a[a_at + c], p, acc[acc_at +
+    c]) for c < n (n whole 8s), 8 lanes at a time: one cached value row (fp16 bits as uint16,
+    or float32) weighted by a probability into float32 accumulators."""
+    sig = types.void(acc, acc_at, a, a_at, p, n)
+
+    def codegen(context, builder, signature, args):
+        acc_p = builder.gep(_data(context, builder, signature.args[0], args[0]), [args[1]])
+        a_p = builder.gep(_data(context, builder, signature.args[2], args[2]), [args[3]])
+        element = context.get_data_type(signature.args[2].dtype)
+        fma = _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32])
+        p8 = _broadcast(builder, args[4], _V8F32)
+        with cgutils.for_range(builder, builder.udiv(args[5], _const(8))) as loop:
+            at = builder.mul(loop.index, _const(8))
+            pointer = builder.bitcast(builder.gep(acc_p, [at]), _V8F32.as_pointer())
+            x = _cells_as_f32(builder, a_p, at, element)
+            builder.store(builder.call(fma, [x, p8, builder.load(pointer, align=1)]), pointer, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -36,8 +36,10 @@ F32 = np.float32
 _TYPE_CODE = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
 # Bytes of decoded int16 weights per chunk.
 CHUNK_BYTES = 1 << 18
-# From this many tokens on, chunks are transposed and swept across rows.
+# From this many tokens on, chunks are transposed and swept across rows; below, rows are
+# decoded FEW_ROWS at a time (a few KiB, in L1), the chunks shared among Numba's threads.
 FEW_TOKENS = 4
+FEW_ROWS = 16
 # tiled.cpp's batches go through avx2.kquant_dot_* where the machine has AVX2 (tests switch it
 # off to check the portable kernels); rows are decoded AVX2_ROWS at a time.
 USE_AVX2 = avx2.AVAILABLE
@@ -57,6 +59,10 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
         return out
     if USE_AVX2 and n >= TILED_MIN_BATCH:
         _tiled_avx2(blocks, code, q, act.d, act.bsums, out)
+        return out
+    if n < FEW_TOKENS:
+        kquant_matmul_few(blocks, code, q, np.ascontiguousarray(act.d, F32),
+                          np.ascontiguousarray(act.bsums, np.int16), n >= TILED_MIN_BATCH, FEW_ROWS, out)
         return out
     step = max(16, CHUNK_BYTES // (2 * k))
     kquant_matmul(blocks, code, q, np.ascontiguousarray(act.d, F32), np.ascontiguousarray(act.bsums, np.int16),
@@ -306,6 +312,23 @@ def kquant_matmul(blocks, code, q, d_a, bsums, tiled, across_rows, step, out):
             m = min(rows, start + step) - start
             _decode_rows(blocks, code, start, start + m, w, d_w, dmin_w, bw)
             _row_by_row(w, d_w, dmin_w, bw, m, code, q, d_a, bsums, tiled, out[:, start:start + m])
+
+
+@njit(cache=True, parallel=True)
+def kquant_matmul_few(blocks, code, q, d_a, bsums, tiled, step, out):
+    """kquant_matmul row by row (a few tokens: the decode step), chunks of `step` rows shared
+    among Numba's threads, each decoded into its own scratch."""
+    rows, nb, _ = blocks.shape
+    k = 256 * nb
+    for c in prange(-(-rows // step)):
+        start = c * step
+        m = min(rows, start + step) - start
+        w = np.empty((step, k), np.int16)
+        d_w = np.empty((step, nb), np.float32)
+        dmin_w = np.zeros((step, nb), np.float32)
+        bw = np.zeros((step, nb, 16), np.int32)
+        _decode_rows(blocks, code, start, start + m, w, d_w, dmin_w, bw)
+        _row_by_row(w, d_w, dmin_w, bw, m, code, q, d_a, bsums, tiled, out[:, start:start + m])
 
 
 @njit(cache=True)

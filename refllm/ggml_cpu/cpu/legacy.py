@@ -5,13 +5,17 @@ with fused multiply-adds by d_w * d_a, adds m_w * s_a to a running sum (Q4_1, Q5
 the end reduces the lanes with hsum8. The integer sums are exact, so any arrangement of them
 gives the same bits; the float32 steps are kept as they are, one chain per (row, token).
 
-Three arrangements, all reading the weight bytes directly (no NumPy decoding, no copy of the
+Four arrangements, all reading the weight bytes directly (no NumPy decoding, no copy of the
 matrix; only a chunk of rows is ever decoded):
 
-    few tokens (n < FEW_TOKENS)   `legacy_matmul_rows`: row by row, the row's quants are
+    one token, AVX2               `legacy_gemv_avx2`: llama.cpp's vec_dot row by row, each
+                                  row's blocks unpacked in registers (avx2.legacy_row_dot_*),
+                                  groups of rows shared among the threads (the decode step)
+    few tokens (n < FEW_TOKENS),  `legacy_matmul_rows`: row by row, the row's quants are
                                   decoded to int16, multiplied by each token's in pairs
                                   (vpmaddwd), paired up into the lanes, and the lanes folded
                                   into eight scalar accumulators
+      without AVX2
     batches, AVX2                 `legacy_matmul_avx2`: a chunk of rows decoded to int8, then
                                   refllm.ggml_cpu.avx2's register tiles (4 rows x 2 tokens,
                                   vpmaddubsw lanes, the accumulators in registers), after the
@@ -53,8 +57,9 @@ FP16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype("<u2").view("<f2").asty
 
 # Weight rows decoded (to float32) at a time, for batches: about 256 KiB.
 CHUNK_BYTES = 1 << 18
-# Below this many tokens each row is multiplied token by token (legacy_matmul_rows): measured
-# faster than the batch kernel up to 12-16 tokens (which pads the tokens to whole 8s).
+# Without AVX2, below this many tokens each row is multiplied token by token (legacy_matmul_rows):
+# measured faster than the portable batch kernel up to 12-16 tokens (which pads the tokens to
+# whole 8s). With AVX2 the tiles are faster from two tokens on.
 FEW_TOKENS = 16
 # Batches: tokens are padded to whole vectors of 8 and swept in tiles of at most about this
 # many bytes of (transposed, float32) activations. A long tile amortizes the set-up of each
@@ -82,7 +87,11 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
     out = np.empty((n, rows), F32)
     if n == 0 or rows == 0:
         return out
-    if n < FEW_TOKENS:
+    if n == 1 and USE_AVX2:
+        legacy_gemv_avx2(raw, TYPE_IDS[weight_type], nb, block_bytes, np.ascontiguousarray(act.q[0], np.int8),
+                         np.ascontiguousarray(act.d[0], F32), np.ascontiguousarray(s_a[0], F32), out[0])
+        return out
+    if n < FEW_TOKENS and not USE_AVX2:
         legacy_matmul_rows(raw, *layout, np.ascontiguousarray(act.q, np.int16),
                            np.ascontiguousarray(act.d, F32), np.ascontiguousarray(s_a, F32), out)
         return out
@@ -106,6 +115,36 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
         stop = min(rows, start + step)
         legacy_matmul_tokens(raw, *layout, start, stop, a_t, d_t, tile, w, dm, out)
     return out
+
+
+# legacy_gemv_avx2's specializations
+TYPE_IDS = {"Q4_0": 0, "Q4_1": 1, "Q5_0": 2, "Q5_1": 3, "Q8_0": 4}
+# one token: rows per work item of the parallel loop (a few KiB of weights)
+GEMV_ROWS = 16
+
+
+@njit(cache=True, parallel=True)
+def legacy_gemv_avx2(raw, type_id, nb, block_bytes, a, d_a, s_a, out):
+    """out [rows] = one token's products (a int8 [k], d_a and s_a float32 [nb]) with every
+    weight row of raw, by avx2's legacy_row_dot for the type (TYPE_IDS): llama.cpp's vec_dot,
+    row by row, straight from the blocks. Groups of GEMV_ROWS rows are shared among Numba's
+    threads."""
+    rows = out.shape[0]
+    row_bytes = U64(nb) * U64(block_bytes)
+    nbu = U64(nb)
+    for c in prange(-(-rows // GEMV_ROWS)):
+        for r in range(c * GEMV_ROWS, min(rows, (c + 1) * GEMV_ROWS)):
+            at = U64(r) * row_bytes
+            if type_id == 0:
+                out[r] = avx2.legacy_row_dot_q4_0(raw, at, a, d_a, s_a, nbu)
+            elif type_id == 1:
+                out[r] = avx2.legacy_row_dot_q4_1(raw, at, a, d_a, s_a, nbu)
+            elif type_id == 2:
+                out[r] = avx2.legacy_row_dot_q5_0(raw, at, a, d_a, s_a, nbu)
+            elif type_id == 3:
+                out[r] = avx2.legacy_row_dot_q5_1(raw, at, a, d_a, s_a, nbu)
+            else:
+                out[r] = avx2.legacy_row_dot_q8_0(raw, at, a, d_a, s_a, nbu)
 
 
 @njit(inline="always", cache=True)
