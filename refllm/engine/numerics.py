@@ -34,7 +34,7 @@ import numpy as np
 
 from refllm.engine.config import ModelConfigError
 from refllm.engine.weights import Matrix, ModelWeights
-from refllm.ggml_cpu import matmul, vec_dot, x86
+from refllm.ggml_cpu import matmul, one_token, vec_dot, x86
 from refllm.ggml_cpu.reference import quantize_activations
 from refllm.type_traits import type_name
 
@@ -97,11 +97,21 @@ def one_numba_thread() -> Iterator[None]:
 
 
 def matmuls_f32(x: np.ndarray, ws: Sequence[Matrix]) -> list[np.ndarray]:
-    """matmul_f32 of x by each of ws. The weights are decoded on one thread: ~1 MiB at a time
-    is too little for Numba's parallel loops to pay off (measured: two threads decode SmolLM2
-    40% slower than one, and they fight BLAS's threads); the products use BLAS's threads."""
+    """matmul_f32 of x by each of ws. For one token, the fused products of
+    refllm.ggml_cpu.one_token.gemv_f32 where the type has one (the weights decoded in registers,
+    the rows shared among Numba's threads). Otherwise the weights are decoded on one thread:
+    ~1 MiB at a time is too little for Numba's parallel loops to pay off (measured: two threads
+    decode SmolLM2 40% slower than one, and they fight BLAS's threads); the products use BLAS's
+    threads."""
+    ys: list[np.ndarray | None] = [None] * len(ws)
+    if x.shape[0] == 1:
+        row = np.ascontiguousarray(x[0], np.float32)
+        for i, w in enumerate(ws):
+            if w.byteorder == "<":
+                y = one_token.gemv_f32(w.raw, type_name(w.ggml_type), w.shape, row)
+                ys[i] = None if y is None else y[None, :]
     with one_numba_thread():
-        return [matmul_f32(x, w) for w in ws]
+        return [matmul_f32(x, w) if y is None else y for y, w in zip(ys, ws)]
 
 
 def matmuls_ggml(x: np.ndarray, ws: Sequence[Matrix]) -> list[np.ndarray]:
@@ -178,12 +188,17 @@ def gelu_tanh_fp16_table() -> np.ndarray:
 _GELU_TABLE: list[np.ndarray] = []
 
 
+def gelu_table() -> np.ndarray:
+    """gelu_tanh_fp16_table(), made on first use and kept."""
+    if not _GELU_TABLE:
+        _GELU_TABLE.append(gelu_tanh_fp16_table())
+    return _GELU_TABLE[0]
+
+
 def gelu_tanh_ggml(x: np.ndarray) -> np.ndarray:
     """GELU as ggml_vec_gelu_f32 computes it with GGML_GELU_FP16: 0 for x <= -10, x for
     x >= 10, else the table entry of x rounded to fp16."""
-    if not _GELU_TABLE:
-        _GELU_TABLE.append(gelu_tanh_fp16_table())
-    return x86.fp16_table_lookup(x, _GELU_TABLE[0], np.float32(-10), np.float32(10))
+    return x86.fp16_table_lookup(x, gelu_table(), np.float32(-10), np.float32(10))
 
 
 def cache_matmul_f32(rows: np.ndarray, columns: np.ndarray, n_tokens: int, needed=None, nonzero=None) -> np.ndarray:

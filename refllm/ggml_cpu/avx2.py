@@ -677,3 +677,102 @@ def row_axpy(typingctx, acc, acc_at, a, a_at, p, n):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _legacy_row_dot_f32(weight_type):
+    """The intrinsic legacy_row_dot_f32 for one legacy weight type."""
+
+    @intrinsic
+    def legacy_row_dot_f32(typingctx, raw, row_at, x, nb):
+        sig = types.float32(raw, row_at, x, nb)
+        return sig, lambda *args: _legacy_row_dot_f32_codegen(weight_type, *args)
+
+    return legacy_row_dot_f32
+
+
+def _legacy_row_dot_f32_codegen(weight_type, context, builder, signature, args):
+    """legacy_row_dot_f32(raw, row_at, x, nb) -> float32: the dot product of the weight row whose
+    nb blocks start at byte row_at (unsigned) of raw with float32 x [32 nb], in float32 (--numerics
+    f32's one-token product): each block's weights decoded exactly as refllm's decoders decode
+    them, in registers, (q - offset) * d, or q * d + m (Q4_1, Q5_1), then four 8-lane fused
+    multiply-adds per block; the accumulators summed at the end."""
+    block_bytes, qs_at, qh_at, has_min, offset = _LEGACY_LAYOUT[weight_type]
+    data = _pointers(context, builder, signature, args)
+    raw_p, x_p = data(0), data(2)
+    row_at, blocks = args[1], args[3]
+    fma = _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32])
+    offsets = ir.Constant(_V32I8, [ir.Constant(_I8, offset)] * 32)
+    half = ir.HalfType()
+    v32f = ir.VectorType(_F32, 32)
+
+    def fp16_at(at):
+        bits = builder.load(builder.bitcast(builder.gep(raw_p, [at]), _I16.as_pointer()), align=1)
+        return builder.fpext(builder.bitcast(bits, half), _F32)
+
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(4)]
+    with cgutils.for_range(builder, blocks) as loop:
+        b = loop.index
+        at = builder.add(row_at, builder.mul(b, _const(block_bytes)))
+        if weight_type == "Q8_0":
+            q = builder.load(builder.bitcast(builder.gep(raw_p, [builder.add(at, _const(qs_at))]),
+                                             _V32I8.as_pointer()), align=1)
+        else:
+            q = _nibbles(builder, raw_p, builder.add(at, _const(qs_at)), 16)
+            if qh_at is not None:
+                q = _with_fifth_bits(builder, q, raw_p, builder.add(at, _const(qh_at)))
+            if offset:
+                q = builder.sub(q, offsets)
+        w = builder.fmul(builder.sitofp(q, v32f), _broadcast(builder, fp16_at(at), v32f))
+        if has_min:
+            w = builder.fadd(w, _broadcast(builder, fp16_at(builder.add(at, _const(2))), v32f))
+        for r in range(4):
+            w_r = _shuffle(builder, w, w, list(range(8 * r, 8 * r + 8)))
+            x_r = _load(builder, x_p, builder.add(builder.mul(b, _const(32)), _const(8 * r)), _V8F32)
+            builder.store(builder.call(fma, [w_r, x_r, builder.load(accs[r])]), accs[r])
+    x = [builder.load(slot) for slot in accs]
+    lanes = builder.fadd(builder.fadd(x[0], x[1]), builder.fadd(x[2], x[3]))
+    h = builder.fadd(_shuffle(builder, lanes, lanes, [4, 5, 6, 7]), _shuffle(builder, lanes, lanes, [0, 1, 2, 3]))
+
+    def lane(i):
+        return builder.extract_element(h, ir.Constant(_I32, i))
+
+    return builder.fadd(builder.fadd(lane(0), lane(2)), builder.fadd(lane(1), lane(3)))
+
+
+legacy_row_dot_f32_q4_0 = _legacy_row_dot_f32("Q4_0")
+legacy_row_dot_f32_q4_1 = _legacy_row_dot_f32("Q4_1")
+legacy_row_dot_f32_q5_0 = _legacy_row_dot_f32("Q5_0")
+legacy_row_dot_f32_q5_1 = _legacy_row_dot_f32("Q5_1")
+legacy_row_dot_f32_q8_0 = _legacy_row_dot_f32("Q8_0")
+
+
+@intrinsic
+def i16_block_lanes(typingctx, w, w_at, q, q_at, runs, lanes):
+    """i16_block_lanes(w, w_at, q, q_at, runs, lanes): lanes[l] = the int32 sum over the runs r
+    of sum(w[w_at + 32 r + 4 l + i] * q[q_at + 32 r + 4 l + i], i = 0..3), for l < 8: vec_dot's
+    eight lanes of a K-quant block, from its decoded weights w (int16, sc(e) c(e)) and the
+    activations q (int8), by vpmaddwd. Exact: each product is below 2^20 in magnitude and the
+    sums below 2^31."""
+    sig = types.void(w, w_at, q, q_at, runs, lanes)
+
+    def codegen(context, builder, signature, args):
+        data = _pointers(context, builder, signature, args)
+        w_p, q_p, lanes_p = data(0, 1), data(2, 3), data(5)
+        _, maddwd, _, _ = _instructions(builder)
+        v16i8 = ir.VectorType(_I8, 16)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V8I32, None))
+        with cgutils.for_range(builder, args[4]) as loop:
+            first = builder.mul(loop.index, _const(32))
+            halves = []
+            for h in (0, 16):
+                at = builder.add(first, _const(h))
+                w16 = _load(builder, w_p, at, _V16I16)
+                q16 = builder.sext(_load(builder, q_p, at, v16i8), _V16I16)
+                halves.append(builder.call(maddwd, [w16, q16]))     # pairs p_j of 16 elements
+            even = _shuffle(builder, halves[0], halves[1], [0, 2, 4, 6, 8, 10, 12, 14])
+            odd = _shuffle(builder, halves[0], halves[1], [1, 3, 5, 7, 9, 11, 13, 15])
+            builder.store(builder.add(builder.load(acc), builder.add(even, odd)), acc)
+        builder.store(builder.load(acc), builder.bitcast(lanes_p, _V8I32.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen

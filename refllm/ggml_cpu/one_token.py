@@ -241,3 +241,63 @@ def gelu_tanh_times(gate, up, out):
         inner = F32(c * F32(x + F32(F32(F32(F32(0.044715) * x) * x) * x)))
         y = F32(F32(F32(0.5) * x) * F32(F32(1) + F32(np.tanh(inner))))
         out[i] = F32(y * up[i])
+
+
+# -- f32's one-token products: each weight decoded exactly, in registers, and multiplied --------
+
+# the legacy types legacy_gemv_f32 specializes on, and the rows of a work item of its parallel loop
+LEGACY_TYPE_IDS = {"Q4_0": 0, "Q4_1": 1, "Q5_0": 2, "Q5_1": 3, "Q8_0": 4}
+LEGACY_BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
+GEMV_ROWS = 16
+
+
+def gemv_f32(raw: np.ndarray, weight_type: str, shape: tuple[int, int], x: np.ndarray) -> np.ndarray | None:
+    """W x for one token in float32, W the little-endian `weight_type` matrix `raw` (uint8,
+    shape (rows, k)) and x float32 [k]: float32 [rows], every weight decoded exactly (as
+    refllm.dequantize decodes it) and multiplied in registers, never written to memory; the
+    rows shared among Numba's threads. None where there is no such kernel (a machine without
+    AVX2, another type): the caller decodes rows a chunk at a time instead."""
+    rows, k = shape
+    if not avx2.AVAILABLE or k % 32:
+        return None
+    out = np.empty(rows, F32)
+    raw = raw.reshape(-1)
+    if weight_type in LEGACY_TYPE_IDS:
+        legacy_gemv_f32(raw, LEGACY_TYPE_IDS[weight_type], k // 32, LEGACY_BLOCK_BYTES[weight_type], x, out)
+    elif weight_type in ("F16", "F32"):
+        plain_gemv_f32(raw.view(np.uint16 if weight_type == "F16" else F32), k, x, out)
+    else:
+        return None
+    return out
+
+
+@njit(cache=True, parallel=True)
+def legacy_gemv_f32(raw, type_id, nb, block_bytes, x, out):
+    """out [rows] = the legacy-type rows of raw (LEGACY_TYPE_IDS) times x [32 nb], by
+    avx2.legacy_row_dot_f32_*."""
+    rows = out.shape[0]
+    row_bytes = np.uint64(nb) * np.uint64(block_bytes)
+    nbu = np.uint64(nb)
+    for c in prange(-(-rows // GEMV_ROWS)):
+        for r in range(c * GEMV_ROWS, min(rows, (c + 1) * GEMV_ROWS)):
+            at = np.uint64(r) * row_bytes
+            if type_id == 0:
+                out[r] = avx2.legacy_row_dot_f32_q4_0(raw, at, x, nbu)
+            elif type_id == 1:
+                out[r] = avx2.legacy_row_dot_f32_q4_1(raw, at, x, nbu)
+            elif type_id == 2:
+                out[r] = avx2.legacy_row_dot_f32_q5_0(raw, at, x, nbu)
+            elif type_id == 3:
+                out[r] = avx2.legacy_row_dot_f32_q5_1(raw, at, x, nbu)
+            else:
+                out[r] = avx2.legacy_row_dot_f32_q8_0(raw, at, x, nbu)
+
+
+@njit(cache=True, parallel=True)
+def plain_gemv_f32(w, k, x, out):
+    """out [rows] = the rows of w (fp16 bits as uint16, or float32; [rows * k]) times x [k], by
+    avx2.f16_row_dot."""
+    rows = out.shape[0]
+    for c in prange(-(-rows // GEMV_ROWS)):
+        for r in range(c * GEMV_ROWS, min(rows, (c + 1) * GEMV_ROWS)):
+            out[r] = avx2.f16_row_dot(w, r * k, x, k)

@@ -62,7 +62,7 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
         return out
     if n < FEW_TOKENS:
         kquant_matmul_few(blocks, code, q, np.ascontiguousarray(act.d, F32),
-                          np.ascontiguousarray(act.bsums, np.int16), n >= TILED_MIN_BATCH, FEW_ROWS, out)
+                          np.ascontiguousarray(act.bsums, np.int16), n >= TILED_MIN_BATCH, FEW_ROWS, USE_AVX2, out)
         return out
     step = max(16, CHUNK_BYTES // (2 * k))
     kquant_matmul(blocks, code, q, np.ascontiguousarray(act.d, F32), np.ascontiguousarray(act.bsums, np.int16),
@@ -315,9 +315,10 @@ def kquant_matmul(blocks, code, q, d_a, bsums, tiled, across_rows, step, out):
 
 
 @njit(cache=True, parallel=True)
-def kquant_matmul_few(blocks, code, q, d_a, bsums, tiled, step, out):
+def kquant_matmul_few(blocks, code, q, d_a, bsums, tiled, step, vector, out):
     """kquant_matmul row by row (a few tokens: the decode step), chunks of `step` rows shared
-    among Numba's threads, each decoded into its own scratch."""
+    among Numba's threads, each decoded into its own scratch; vector: _row_by_row's AVX2
+    lanes."""
     rows, nb, _ = blocks.shape
     k = 256 * nb
     for c in prange(-(-rows // step)):
@@ -328,15 +329,18 @@ def kquant_matmul_few(blocks, code, q, d_a, bsums, tiled, step, out):
         dmin_w = np.zeros((step, nb), np.float32)
         bw = np.zeros((step, nb, 16), np.int32)
         _decode_rows(blocks, code, start, start + m, w, d_w, dmin_w, bw)
-        _row_by_row(w, d_w, dmin_w, bw, m, code, q, d_a, bsums, tiled, out[:, start:start + m])
+        _row_by_row(w, d_w, dmin_w, bw, m, code, q, d_a, bsums, tiled, out[:, start:start + m], vector)
 
 
 @njit(cache=True)
-def _row_by_row(w, d_w, dmin_w, bw, n_rows, code, q, d_a, bsums, tiled, out):
+def _row_by_row(w, d_w, dmin_w, bw, n_rows, code, q, d_a, bsums, tiled, out, vector=False):
     """out [n, n_rows] from decoded rows w int16 [>= n_rows, k] (and their scales), one row
-    and one token at a time."""
+    and one token at a time; with vector (w and q C-contiguous, a machine with AVX2) each
+    block's eight lanes by avx2.i16_block_lanes."""
     n = q.shape[0]
     nb = d_w.shape[1]
+    k = w.shape[1]
+    w_flat, q_flat = w.reshape(-1), q.reshape(-1)
     part = np.empty(32, np.int32)
     lanes = np.empty(8, np.int32)
     acc = np.empty(8, np.float32)
@@ -349,13 +353,16 @@ def _row_by_row(w, d_w, dmin_w, bw, n_rows, code, q, d_a, bsums, tiled, out):
             summs = np.float32(0)
             y = np.float32(0)
             for b in range(nb):
-                part[:] = 0
-                for run in range(8):
-                    o = 256 * b + 32 * run
-                    for j in range(32):
-                        part[j] += I32(w[r, o + j]) * I32(q[t, o + j])
-                for l in range(8):
-                    lanes[l] = part[4 * l] + part[4 * l + 1] + part[4 * l + 2] + part[4 * l + 3]
+                if vector:
+                    avx2.i16_block_lanes(w_flat, r * k + 256 * b, q_flat, t * k + 256 * b, 8, lanes)
+                else:
+                    part[:] = 0
+                    for run in range(8):
+                        o = 256 * b + 32 * run
+                        for j in range(32):
+                            part[j] += I32(w[r, o + j]) * I32(q[t, o + j])
+                    for l in range(8):
+                        lanes[l] = part[4 * l] + part[4 * l + 1] + part[4 * l + 2] + part[4 * l + 3]
                 if tiled:
                     s1 = I32(0)
                     for l in range(8):
