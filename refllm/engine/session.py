@@ -9,7 +9,9 @@
 
 Prefix reuse, as ollama and llama-server do it: the cache remembers the tokens behind it; a new
 request keeps the longest common prefix and evaluates only the rest, but always at least its
-last token, so that there are logits to sample from.
+last token, so that there are logits to sample from. Where a sliding-window layer's ring has
+already overwritten positions the first new token attends to, nothing is reused, as
+llama-server re-processes the whole prompt then (KVCache.common_prefix).
 
 When generation fills the context, the cache is shifted as llama.cpp shifts it: keep the first
 n_keep positions, drop half of the rest, and re-rotate the keys that moved. With
@@ -117,8 +119,9 @@ class Session:
         tokens = list(tokens)
         if len(tokens) > self.n_ctx:
             raise ContextFullError(f"{len(tokens)} tokens do not fit in a context of {self.n_ctx}")
-        reused = self.cache.common_prefix(tokens)
-        reused = min(reused, len(tokens) - 1)       # at least the last token is evaluated
+        # at least the last token is evaluated; with sliding-window rings, the prefix may be
+        # reusable only whole or not at all (KVCache.common_prefix)
+        reused = self.cache.common_prefix(tokens, at_most=len(tokens) - 1)
         self.cache.truncate(reused)
         self.cached_tokens = reused
         return self.transformer.forward(tokens[reused:], self.cache, all_logits)

@@ -66,14 +66,16 @@ class Transformer:
         # not the first prompt's time
         self.weights.token_embd.gather_rows([0])
 
-    def new_cache(self, n_ctx: int) -> KVCache:
-        """An empty KV cache for n_ctx positions, in this numerics' element type. n_ctx is at
+    def new_cache(self, n_ctx: int, n_batch: int = N_BATCH, swa_full: bool = False) -> KVCache:
+        """An empty KV cache for n_ctx positions, in this numerics' element type, that `forward`
+        fills n_batch tokens at a time (its sliding-window rings hold a batch and a window;
+        swa_full makes every layer full-size instead, as llama.cpp's --swa-full). n_ctx is at
         most the context the model was trained for (as ollama caps num_ctx), which also bounds
         the memory a mistyped size could ask for."""
         if not 1 <= n_ctx <= self.config.n_ctx_train:
             raise ModelConfigError(f"the context size must be between 1 and the model's trained context "
                                    f"{self.config.n_ctx_train}, not {n_ctx}")
-        return KVCache(self.config, n_ctx, self.numerics.kv_dtype)
+        return KVCache(self.config, n_ctx, n_batch, self.numerics.kv_dtype, swa_full)
 
     # -- the forward pass ------------------------------------------------------------------------
 
@@ -81,8 +83,9 @@ class Transformer:
         """Evaluate `tokens` at the positions after the cache's, and append them to the cache.
 
         Returns float32 logits [len(tokens), n_vocab] with all_logits (row i scores the token
-        after tokens[i]), else [1, n_vocab] for the last token only. The tokens must fit in
-        the cache's free positions and be valid ids (ModelConfigError otherwise).
+        after tokens[i]), else [1, n_vocab] for the last token only. The tokens are evaluated in
+        batches of the cache's n_batch. They must fit in the cache's free positions and be valid
+        ids (ModelConfigError otherwise).
         """
         tokens = [int(t) for t in tokens]
         if not tokens:
@@ -94,9 +97,10 @@ class Transformer:
         if bad:
             raise ModelConfigError(f"token id {bad[0]} is out of range for a vocabulary of {self.config.n_vocab}")
         rows = []
-        for start in range(0, len(tokens), N_BATCH):
-            batch = tokens[start:start + N_BATCH]
-            last_batch = start + N_BATCH >= len(tokens)
+        step = cache.n_batch
+        for start in range(0, len(tokens), step):
+            batch = tokens[start:start + step]
+            last_batch = start + step >= len(tokens)
             x = self.hidden_states(batch, cache)                   # [n, n_embd]
             if all_logits or last_batch:
                 rows.append(self.logits(x if all_logits else x[-1:]))
@@ -141,17 +145,16 @@ class Transformer:
         q = rope(q, positions, self.rope[il], spec.rope_type, self.numerics.rotate)
         k = rope(k, positions, self.rope[il], spec.rope_type, self.numerics.rotate)
 
-        # store k and v; attend over every cached position up to the last of this batch (read
-        # in whole runs of cells, the ones past it masked)
+        # store k and v; attend over the cached positions first..the last of this batch (read in
+        # whole runs of cells, the ones past it masked; first > 0 where a ring has dropped the
+        # positions before the window)
         cache.store(il, int(positions[0]), k, v)
-        cells = cache.attended(int(positions[-1]) + 1)
-        keys = cache.k[il, :, :cells]                                            # [n_kv, cells, head_dim]
-        values = cache.v[il, :, :cells]                                          # [n_kv, cells, head_dim_v]
+        keys, values, first = cache.keys_values(il, int(positions[0]), int(positions[-1]) + 1)  # [n_kv, T, *]
         window = cfg.n_swa if cfg.swa_layers[il] else 0
         scale = np.float32(cfg.attn_scale)
         if spec.scale_q:
             q, scale = q * scale, np.float32(1)
-        a = attention(q, keys, values, positions, window, scale, self.numerics)  # [n, n_head * head_dim_v]
+        a = attention(q, keys, values, positions, window, scale, self.numerics, first)  # [n, n_head * head_dim_v]
 
         # output projection (gemma3: post-attention norm), residual
         a = self.linear(a, layer, "attn_output")
@@ -194,15 +197,13 @@ class Transformer:
 
     def shift(self, cache: KVCache, n_keep: int, n_discard: int) -> None:
         """Drop positions n_keep..n_keep+n_discard-1 from the cache and move the later ones
-        down, rotating their keys back by n_discard positions (llama.cpp's context shift)."""
-        n_moved = cache.n_past - n_keep - n_discard
-        cache.discard(n_keep, n_discard)
-        delta = np.full(n_moved, -n_discard)
-        for il in range(self.config.n_layer):
-            moved = cache.k[il, :, n_keep:n_keep + n_moved].transpose(1, 0, 2)   # [n_moved, n_kv, head_dim]
-            rotated = rope(moved.astype(np.float32), delta, self.rope[il], self.config.spec.rope_type,
-                           self.numerics.rotate)
-            cache.k[il, :, n_keep:n_keep + n_moved] = rotated.transpose(1, 0, 2)
+        down, rotating their keys back by n_discard positions (llama.cpp's context shift).
+        ValueError where a sliding-window ring lacks kept positions the next token would see
+        (KVCache.discard)."""
+        def rotate_back(il: int, keys: np.ndarray) -> np.ndarray:     # [n, n_kv, head_dim] float32
+            delta = np.full(len(keys), -n_discard)
+            return rope(keys, delta, self.rope[il], self.config.spec.rope_type, self.numerics.rotate)
+        cache.discard(n_keep, n_discard, rotate_back)
 
 
 # -- the steps ----------------------------------------------------------------------------------
@@ -280,13 +281,13 @@ def rope(x: np.ndarray, positions: np.ndarray, freqs: RopeFrequencies, rope_type
 
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray, window: int,
-              scale: np.float32, numerics: Numerics) -> np.ndarray:
+              scale: np.float32, numerics: Numerics, first: int = 0) -> np.ndarray:
     """Causal multi-head attention with grouped KV heads, as ggml's non-flash path computes it.
 
-    q [n, n_head, d] float32; keys [n_kv, T, d] and values [n_kv, T, dv] for positions 0..T-1,
-    in the KV cache's element type. Query head h reads KV head h // (n_head / n_kv). A query at
-    position p sees keys at positions k <= p, and with a window w > 0 only those with
-    p - k < w. Returns float32 [n, n_head * dv].
+    q [n, n_head, d] float32 at `positions`; keys [n_kv, T, d] and values [n_kv, T, dv] for
+    positions first..first+T-1 (first <= positions[0]), in the KV cache's element type. Query
+    head h reads KV head h // (n_head / n_kv). A query at position p sees keys at positions
+    k <= p, and with a window w > 0 only those with p - k < w. Returns float32 [n, n_head * dv].
 
     Like ggml, the cache is multiplied by its operand converted to the cache's type: q is
     rounded to it for q·k and the probabilities are rounded to it for probs·v (f16 for an f16
@@ -296,13 +297,13 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np
     n, n_head, d = q.shape
     n_kv, n_keys, dv = values.shape
     group = n_head // n_kv
-    key_pos = np.arange(n_keys)
+    key_pos = first + np.arange(n_keys)                                          # [T]
     hidden = key_pos[None, :] > positions[:, None]                               # [n, T] future keys
     if window > 0:
         hidden |= positions[:, None] - key_pos[None, :] >= window
-    # a query sees no key past its own position: the scores past it are masked and their
-    # probabilities 0, which the products may skip
-    seen = np.tile(np.minimum(positions + 1, n_keys), group)                  # [group * n]
+    # a query sees no key past its own position: the scores past it (key cells p + 1 - first
+    # onward) are masked and their probabilities 0, which the products may skip
+    seen = np.tile(np.minimum(positions + 1 - first, n_keys), group)          # [group * n]
     out = np.empty((n_head, n, dv), F32)
     for g in range(n_kv):
         # the group's query heads stacked: one product per KV head  [group * n, d]
