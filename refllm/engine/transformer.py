@@ -35,6 +35,7 @@ from collections.abc import Callable
 import numpy as np
 
 from refllm.engine.config import ModelConfig, ModelConfigError
+from refllm.engine.decode import DecodeStep
 from refllm.engine.kv_cache import KVCache
 from refllm.engine.numerics import NUMERICS, Numerics
 from refllm.engine.weights import Layer, ModelWeights
@@ -45,9 +46,11 @@ N_BATCH = 512       # tokens evaluated together; bounds the attention scores' me
 class Transformer:
     """A model ready to run: its configuration, its (still quantized) weights, its numerics."""
 
-    def __init__(self, model, numerics: str = "f32"):
+    def __init__(self, model, numerics: str = "f32", decode_step: bool = True):
         """Check `model` (an opened GGUF) and map its weights. Raises ModelConfigError for an
-        unsupported architecture or a missing tensor, and for an unknown numerics mode."""
+        unsupported architecture or a missing tensor, and for an unknown numerics mode.
+        decode_step: evaluate a single token with refllm.engine.decode's compiled step (the
+        same results; False runs block(), the reference, for every batch)."""
         if numerics not in NUMERICS:
             raise ModelConfigError(f"unknown numerics {numerics!r} (known: {', '.join(NUMERICS)})")
         self.config = ModelConfig.from_model(model)
@@ -65,6 +68,7 @@ class Transformer:
         # decode one embedding row now: Numba's start-up (about a second) is then load time,
         # not the first prompt's time
         self.weights.token_embd.gather_rows([0])
+        self.decode_step = DecodeStep(self) if decode_step else None
 
     def new_cache(self, n_ctx: int, n_batch: int = N_BATCH, swa_full: bool = False) -> KVCache:
         """An empty KV cache for n_ctx positions, in this numerics' element type, that `forward`
@@ -96,6 +100,8 @@ class Transformer:
         bad = [t for t in tokens if not 0 <= t < self.config.n_vocab]
         if bad:
             raise ModelConfigError(f"token id {bad[0]} is out of range for a vocabulary of {self.config.n_vocab}")
+        if len(tokens) == 1 and self.decode_step is not None:
+            return self.decode_step(tokens[0], cache)
         rows = []
         step = cache.n_batch
         for start in range(0, len(tokens), step):
@@ -213,8 +219,10 @@ F32 = np.float32
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x / sqrt(mean(x^2) + eps) * weight over the last axis, as ggml computes it: the squares
-    in float32 summed in float64, the mean and 1/sqrtf(mean + eps) in float32."""
-    mean_square = (np.sum(np.square(x).astype(np.float64), axis=-1, keepdims=True) / x.shape[-1]).astype(F32)
+    in float32 summed in order in float64 (a running sum: cumsum's last element), the mean
+    and 1/sqrtf(mean + eps) in float32."""
+    total = np.cumsum(np.square(x).astype(np.float64), axis=-1)[..., -1:]
+    mean_square = (total / x.shape[-1]).astype(F32)
     scale = F32(1) / np.sqrt(mean_square + F32(eps))
     return (x * scale) * weight
 

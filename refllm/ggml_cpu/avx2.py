@@ -776,3 +776,39 @@ def i16_block_lanes(typingctx, w, w_at, q, q_at, runs, lanes):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def q4_0_row_dot_repack(typingctx, raw, row_at, a, d_a, nb):
+    """q4_0_row_dot_repack(raw, row_at, a, d_a, nb) -> float32: repack.cpp's q4_0_8x8 gemv for
+    one weight row (nb Q4_0 blocks from byte row_at of raw) and one token's Q8_0 activations
+    (a int8 [32 nb], d_a float32 [nb]): per block, the integer sum isum = sum((w_i - 8) a_i)
+    (vpmaddubsw, vpmaddwd, the eight lanes added), then acc = fma(float(isum), d_w * d_a, acc),
+    one float32 chain as refllm.ggml_cpu.reference.repack computes it."""
+    sig = types.float32(raw, row_at, a, d_a, nb)
+
+    def codegen(context, builder, signature, args):
+        data = _pointers(context, builder, signature, args)
+        raw_p, a_p, d_a_p = data(0), data(2), data(3)
+        maddubs, maddwd, _, _ = _instructions(builder)
+        fma = _function(builder, "llvm.fma.f32", _F32, [_F32, _F32, _F32])
+        ones = ir.Constant(_V16I16, [ir.Constant(_I16, 1)] * 16)
+        eights = ir.Constant(_V32I8, [ir.Constant(_I8, 8)] * 32)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+        with cgutils.for_range(builder, args[4]) as loop:
+            b = loop.index
+            at = builder.add(args[1], builder.mul(b, _const(18)))
+            w = _nibbles(builder, raw_p, builder.add(at, _const(2)), 16)
+            a32 = _load(builder, a_p, builder.mul(b, _const(32)), _V32I8)
+            pairs = builder.sub(builder.call(maddubs, [w, a32]), builder.call(maddubs, [eights, a32]))
+            lanes = builder.call(maddwd, [pairs, ones])
+            isum = builder.extract_element(lanes, ir.Constant(_I32, 0))
+            for i in range(1, 8):
+                isum = builder.add(isum, builder.extract_element(lanes, ir.Constant(_I32, i)))
+            bits = builder.load(builder.bitcast(builder.gep(raw_p, [at]), _I16.as_pointer()), align=1)
+            d_w = builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
+            scale = builder.fmul(d_w, builder.load(builder.gep(d_a_p, [b])))
+            builder.store(builder.call(fma, [builder.sitofp(isum, _F32), scale, builder.load(acc)]), acc)
+        return builder.load(acc)
+
+    return sig, codegen

@@ -23,6 +23,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from refllm.ggml_cpu import avx2
+from refllm.ggml_cpu.threads import threads_for
 from refllm.ggml_cpu.x86 import expf_scalar, f16_bits, f16_round, fma32, hsum8
 from refllm.kernels.cpu.fp import f16_to_f32
 
@@ -262,12 +263,13 @@ def gemv_f32(raw: np.ndarray, weight_type: str, shape: tuple[int, int], x: np.nd
         return None
     out = np.empty(rows, F32)
     raw = raw.reshape(-1)
-    if weight_type in LEGACY_TYPE_IDS:
-        legacy_gemv_f32(raw, LEGACY_TYPE_IDS[weight_type], k // 32, LEGACY_BLOCK_BYTES[weight_type], x, out)
-    elif weight_type in ("F16", "F32"):
-        plain_gemv_f32(raw.view(np.uint16 if weight_type == "F16" else F32), k, x, out)
-    else:
-        return None
+    with threads_for(raw.nbytes):
+        if weight_type in LEGACY_TYPE_IDS:
+            legacy_gemv_f32(raw, LEGACY_TYPE_IDS[weight_type], k // 32, LEGACY_BLOCK_BYTES[weight_type], x, out)
+        elif weight_type in ("F16", "F32"):
+            plain_gemv_f32(raw.view(np.uint16 if weight_type == "F16" else F32), k, x, out)
+        else:
+            return None
     return out
 
 

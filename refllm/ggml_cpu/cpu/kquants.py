@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from refllm.ggml_cpu import avx2
 from refllm.ggml_cpu.reference.kquants import KQUANT_BLOCK_BYTES, TILED_MIN_BATCH
+from refllm.ggml_cpu.threads import threads_for
 from refllm.ggml_cpu.x86 import fma32, hsum8
 from refllm.kernels.cpu.fp import f16_to_f32
 
@@ -61,8 +62,9 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
         _tiled_avx2(blocks, code, q, act.d, act.bsums, out)
         return out
     if n < FEW_TOKENS:
-        kquant_matmul_few(blocks, code, q, np.ascontiguousarray(act.d, F32),
-                          np.ascontiguousarray(act.bsums, np.int16), n >= TILED_MIN_BATCH, FEW_ROWS, USE_AVX2, out)
+        with threads_for(blocks.nbytes):
+            kquant_matmul_few(blocks, code, q, np.ascontiguousarray(act.d, F32),
+                              np.ascontiguousarray(act.bsums, np.int16), n >= TILED_MIN_BATCH, FEW_ROWS, USE_AVX2, out)
         return out
     step = max(16, CHUNK_BYTES // (2 * k))
     kquant_matmul(blocks, code, q, np.ascontiguousarray(act.d, F32), np.ascontiguousarray(act.bsums, np.int16),

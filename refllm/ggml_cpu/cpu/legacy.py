@@ -44,6 +44,7 @@ from numba import njit, prange
 
 from refllm.ggml_cpu import avx2
 from refllm.ggml_cpu.reference.legacy import LEGACY_BLOCKS
+from refllm.ggml_cpu.threads import threads_for
 from refllm.ggml_cpu.x86 import fma32, hsum8
 
 I16 = np.int16
@@ -88,8 +89,9 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
     if n == 0 or rows == 0:
         return out
     if n == 1 and USE_AVX2:
-        legacy_gemv_avx2(raw, TYPE_IDS[weight_type], nb, block_bytes, np.ascontiguousarray(act.q[0], np.int8),
-                         np.ascontiguousarray(act.d[0], F32), np.ascontiguousarray(s_a[0], F32), out[0])
+        with threads_for(raw.nbytes):
+            legacy_gemv_avx2(raw, TYPE_IDS[weight_type], nb, block_bytes, np.ascontiguousarray(act.q[0], np.int8),
+                             np.ascontiguousarray(act.d[0], F32), np.ascontiguousarray(s_a[0], F32), out[0])
         return out
     if n < FEW_TOKENS and not USE_AVX2:
         legacy_matmul_rows(raw, *layout, np.ascontiguousarray(act.q, np.int16),

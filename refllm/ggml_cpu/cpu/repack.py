@@ -30,6 +30,7 @@ from refllm.ggml_cpu.reference.repack import (
     gemm_rows,
     lut_scales,
 )
+from refllm.ggml_cpu.threads import threads_for
 from refllm.ggml_cpu.x86 import fma32
 
 I32 = np.int32
@@ -65,6 +66,10 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
     d_a = np.ascontiguousarray(act.d, F32)
     if weight_type in LUT_TYPES:
         qs_at, lut = LUT_TYPES[weight_type]
+        if weight_type == "Q4_0" and n == 1 and USE_AVX2:
+            with threads_for(raw.nbytes):
+                q4_0_gemv_avx2(raw, nb, np.ascontiguousarray(act.q[0], np.int8), d_a[0], out[0])
+            return out
         d_w = lut_scales(blocks.reshape(rows * nb, block_bytes), weight_type).reshape(rows, nb)
         a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 32)
         q4_0_8x8_q8_0(blocks, qs_at, lut.astype(np.int16), np.ascontiguousarray(d_w, F32), a, d_a, out)
@@ -78,6 +83,18 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
         a = np.ascontiguousarray(act.q[g:]).astype(np.int16).reshape(n - g, nb, 4, 64)
         q4_k_8x8_q8_k(blocks, a, d_a[g:], np.ascontiguousarray(bsum32[g:]), gemm_rows(n) - g, out[g:])
     return out
+
+
+@njit(cache=True, parallel=True)
+def q4_0_gemv_avx2(raw, nb, a, d_a, out):
+    """out [rows] = q4_0_8x8_q8_0's gemv for one token of Q4_0 weights (raw uint8 [rows * nb *
+    18]) and Q8_0 activations (a int8 [32 nb], d_a float32 [nb]), by
+    avx2.q4_0_row_dot_repack; groups of 16 rows shared among Numba's threads."""
+    rows = out.shape[0]
+    row_bytes = np.uint64(nb * 18)
+    for c in prange(-(-rows // 16)):
+        for r in range(c * 16, min(rows, (c + 1) * 16)):
+            out[r] = avx2.q4_0_row_dot_repack(raw, np.uint64(r) * row_bytes, a, d_a, np.uint64(nb))
 
 
 @njit(cache=True)
