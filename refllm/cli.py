@@ -491,8 +491,8 @@ def sampling_flags(command):
 @click.option("--ctx", type=int, default=None, help="Context size in tokens  [default: 4096, at most the model's]")
 @click.option("--truncate", is_flag=True, help="Drop the middle of a prompt that does not fit, instead of failing.")
 @click.option("--no-shift", is_flag=True, help="Fail when the context fills, instead of shifting it.")
-@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="f32", show_default=True,
-              help="f32: the float32 reference; ggml: llama.cpp's CPU roundings (quantized activations, f16 KV cache)")
+@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="ggml", show_default=True,
+              help="ggml: llama.cpp's CPU arithmetic, bit for bit (the fastest); f32: the readable float32 reference")
 @click.option("--verbose", is_flag=True, help="Print ollama's timing statistics to stderr afterwards.")
 def generate(args, system, raw, ctx, truncate, no_shift, numerics, verbose, **sampling) -> int:
     """Generate text: refllm generate [MODEL] [PROMPT].

@@ -100,7 +100,7 @@ def test_the_attention_kernel_paths_agree_bit_for_bit():
                     continue
                 out = np.empty((6, 64), np.float32)
                 one_token.attend_one(q, *stored, pos, window, np.float32(0.125), exact, vector,
-                                     np.empty((6, 160), np.float32), out)
+                                     np.empty((6, 160), np.float32), out, vector)
                 outs.append(out)
             assert np.all(np.isfinite(outs[0]))
             assert all(np.array_equal(outs[0], o) for o in outs[1:])

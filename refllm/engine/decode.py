@@ -29,7 +29,7 @@ import numpy as np
 from refllm.engine.kv_cache import KVCache
 from refllm.engine.numerics import gelu_table
 from refllm.ggml_cpu import one_token
-from refllm.ggml_cpu.threads import threads_for
+from refllm.ggml_cpu.threads import shared
 
 F32 = np.float32
 NONE = np.empty(0, F32)              # "no weight": a norm the architecture does not have
@@ -86,9 +86,8 @@ class DecodeStep:
             cache_k, cache_v = _as_stored(cache.k[il]), _as_stored(cache.v[il])
             vector = one_token.USE_AVX2 and cfg.head_dim % 8 == 0 and cfg.head_dim_v % 8 == 0
             visible = min(pos + 1, window or pos + 1)
-            with threads_for(2 * visible * cache_k[:, 0].nbytes):
-                one_token.attend_one(q, cache_k, cache_v, pos, window, scale, self.exact, vector, self.probs,
-                                     self.attn)
+            one_token.attend_one(q, cache_k, cache_v, pos, window, scale, self.exact, vector, self.probs, self.attn,
+                                 shared(2 * visible * cache_k[:, 0].nbytes))
 
             # output projection; residual (gemma3: post-attention norm first); FFN norm
             a = net.linear(self.attn.reshape(1, -1), layer, "attn_output")[0]

@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from refllm.ggml_cpu import avx2
-from refllm.ggml_cpu.threads import threads_for
+from refllm.ggml_cpu.threads import shared
 from refllm.ggml_cpu.x86 import expf_scalar, f16_bits, f16_round, fma32, hsum8
 from refllm.kernels.cpu.fp import f16_to_f32
 
@@ -135,14 +135,14 @@ def _lane(x0, x1, x2, x3, i):
 
 
 @njit(cache=True, parallel=True)
-def attend_one(q, cache_k, cache_v, pos, window, scale, exact, vector, probs, out):
+def attend_one(q, cache_k, cache_v, pos, window, scale, exact, vector, probs, out, shared):
     """Causal attention of one query token at position `pos`, as transformer.attention
     computes it for a batch of one. q float32 [n_head, d]; cache_k [n_kv, cells, d] and
     cache_v [n_kv, cells, dv]: one layer's KV cache, position p in cell p % cells (a ring, or a
     full layer where that is p). Query head h reads KV head h // (n_head / n_kv) and sees
     positions lo = max(0, pos - window + 1) .. pos (window 0: from 0). probs float32 [n_head,
-    >= pos + 32 - lo // 32 * 32] scratch; out float32 [n_head, dv]. The heads are shared among
-    Numba's threads.
+    >= pos + 32 - lo // 32 * 32] scratch; out float32 [n_head, dv]. With shared, the heads are
+    shared among Numba's threads.
 
     exact (ggml): q rounded to fp16; each visible key's score by vec_dot_f16; ggml's softmax
     (scores * scale, the AVX2 expf, the 8-lane sums added in float64, times float32(1 / sum));
@@ -155,62 +155,71 @@ def attend_one(q, cache_k, cache_v, pos, window, scale, exact, vector, probs, ou
     vector: the dot products and weighted sums by avx2.f16_row_dot and avx2.row_axpy (the
     caches C-contiguous, head widths whole 8s, a machine with AVX2), else by Numba loops; the
     same bits."""
+    if shared:
+        for h in prange(q.shape[0]):
+            _attend_head(q, cache_k, cache_v, pos, window, scale, exact, vector, probs, out, h)
+    else:
+        for h in range(q.shape[0]):
+            _attend_head(q, cache_k, cache_v, pos, window, scale, exact, vector, probs, out, h)
+
+
+@njit(cache=True)
+def _attend_head(q, cache_k, cache_v, pos, window, scale, exact, vector, probs, out, h):
+    """attend_one for query head h."""
     n_head, d = q.shape
     n_kv, n_cells, dv = cache_v.shape
-    group = n_head // n_kv
     lo = max(0, pos - window + 1) if window > 0 else 0      # the visible positions: lo .. pos
     hi = pos + 1
     base = lo // 32 * 32                                     # probs[h, i] is position base + i
     lo8, hi8, hi32 = lo // 8 * 8, -(-hi // 8) * 8, -(-hi // 32) * 32
     keys_flat, values_flat = cache_k.reshape(-1), cache_v.reshape(-1)
-    for h in prange(n_head):
-        g = h // group
-        p = probs[h]
-        q_h = np.empty(d, F32)
-        lanes = np.empty(32, F32)
-        for e in range(d):
-            q_h[e] = f16_round(q[h, e]) if exact else q[h, e]
-        # the scores of the visible keys, and their maximum
-        top = F32(-np.inf)
-        for j in range(lo, hi):
-            if vector:
-                s = F32(avx2.f16_row_dot(keys_flat, ((g * n_cells) + j % n_cells) * d, q_h, d) * scale)
-            else:
-                s = F32(_vec_dot_f16(cache_k[g, j % n_cells], q_h, lanes) * scale)
-            p[j - base] = s
-            top = max(top, s)
-        # softmax over them; the hidden positions of the 8s and 32s read below are 0
-        for j in range(base, lo):
-            p[j - base] = 0
-        for j in range(hi, hi32):
-            p[j - base] = 0
-        for j in range(lo, hi):
-            x = F32(p[j - base] - top)
-            p[j - base] = expf_scalar(x) if exact else F32(np.exp(x))
-        total = 0.0
-        for j in range(lo8, hi8, 8):
-            i = j - base
-            total += F64(hsum8((p[i], p[i + 1], p[i + 2], p[i + 3], p[i + 4], p[i + 5], p[i + 6], p[i + 7])))
-        inverse = F32(1.0 / total)
-        for j in range(lo, hi):
-            p[j - base] = F32(p[j - base] * inverse)
-            if exact:
-                p[j - base] = f16_round(p[j - base])
-        # the values weighted by the probabilities: lane j % 32 of every column
-        acc = np.zeros((32, dv), F32)
-        acc_flat = acc.reshape(-1)
-        for j in range(base, hi32):
-            pj, slot, cell = p[j - base], j % 32, j % n_cells
-            if vector:
-                avx2.row_axpy(acc_flat, slot * dv, values_flat, (g * n_cells + cell) * dv, pj, dv)
-            else:
-                for c in range(dv):
-                    acc[slot, c] = fma32(cached_value(cache_v[g, cell, c]), pj, acc[slot, c])
-        o = out[h]
-        for c in range(dv):
-            for t in range(32):
-                lanes[t] = acc[t, c]
-            o[c] = _reduce_lanes(lanes[0:8], lanes[8:16], lanes[16:24], lanes[24:32])
+    g = h // (n_head // n_kv)
+    p = probs[h]
+    q_h = np.empty(d, F32)
+    lanes = np.empty(32, F32)
+    for e in range(d):
+        q_h[e] = f16_round(q[h, e]) if exact else q[h, e]
+    # the scores of the visible keys, and their maximum
+    top = F32(-np.inf)
+    for j in range(lo, hi):
+        if vector:
+            s = F32(avx2.f16_row_dot(keys_flat, ((g * n_cells) + j % n_cells) * d, q_h, d) * scale)
+        else:
+            s = F32(_vec_dot_f16(cache_k[g, j % n_cells], q_h, lanes) * scale)
+        p[j - base] = s
+        top = max(top, s)
+    # softmax over them; the hidden positions of the 8s and 32s read below are 0
+    for j in range(base, lo):
+        p[j - base] = 0
+    for j in range(hi, hi32):
+        p[j - base] = 0
+    for j in range(lo, hi):
+        x = F32(p[j - base] - top)
+        p[j - base] = expf_scalar(x) if exact else F32(np.exp(x))
+    total = 0.0
+    for j in range(lo8, hi8, 8):
+        i = j - base
+        total += F64(hsum8((p[i], p[i + 1], p[i + 2], p[i + 3], p[i + 4], p[i + 5], p[i + 6], p[i + 7])))
+    inverse = F32(1.0 / total)
+    for j in range(lo, hi):
+        p[j - base] = F32(p[j - base] * inverse)
+        if exact:
+            p[j - base] = f16_round(p[j - base])
+    # the values weighted by the probabilities: lane j % 32 of every column
+    acc = np.zeros((32, dv), F32)
+    acc_flat = acc.reshape(-1)
+    for j in range(base, hi32):
+        pj, slot, cell = p[j - base], j % 32, j % n_cells
+        if vector:
+            avx2.row_axpy(acc_flat, slot * dv, values_flat, (g * n_cells + cell) * dv, pj, dv)
+        else:
+            for c in range(dv):
+                acc[slot, c] = fma32(cached_value(cache_v[g, cell, c]), pj, acc[slot, c])
+    o = out[h]
+    for c in range(dv):
+        for t in range(32):
+            lanes[t] = acc[t, c]
+        o[c] = _reduce_lanes(lanes[0:8], lanes[8:16], lanes[16:24], lanes[24:32])
 
 
 @njit(cache=True)
@@ -263,43 +272,57 @@ def gemv_f32(raw: np.ndarray, weight_type: str, shape: tuple[int, int], x: np.nd
         return None
     out = np.empty(rows, F32)
     raw = raw.reshape(-1)
-    with threads_for(raw.nbytes):
-        if weight_type in LEGACY_TYPE_IDS:
-            legacy_gemv_f32(raw, LEGACY_TYPE_IDS[weight_type], k // 32, LEGACY_BLOCK_BYTES[weight_type], x, out)
-        elif weight_type in ("F16", "F32"):
-            plain_gemv_f32(raw.view(np.uint16 if weight_type == "F16" else F32), k, x, out)
-        else:
-            return None
+    share = shared(raw.nbytes)
+    if weight_type in LEGACY_TYPE_IDS:
+        legacy_gemv_f32(raw, LEGACY_TYPE_IDS[weight_type], k // 32, LEGACY_BLOCK_BYTES[weight_type], x, out, share)
+    elif weight_type in ("F16", "F32"):
+        plain_gemv_f32(raw.view(np.uint16 if weight_type == "F16" else F32), k, x, out, share)
+    else:
+        return None
     return out
 
 
 @njit(cache=True, parallel=True)
-def legacy_gemv_f32(raw, type_id, nb, block_bytes, x, out):
+def legacy_gemv_f32(raw, type_id, nb, block_bytes, x, out, shared):
     """out [rows] = the legacy-type rows of raw (LEGACY_TYPE_IDS) times x [32 nb], by
-    avx2.legacy_row_dot_f32_*."""
+    avx2.legacy_row_dot_f32_*; with shared, groups of GEMV_ROWS rows shared among Numba's
+    threads."""
     rows = out.shape[0]
+    if shared:
+        for c in prange(-(-rows // GEMV_ROWS)):
+            _legacy_f32_rows(raw, type_id, nb, block_bytes, x, out, c * GEMV_ROWS, min(rows, (c + 1) * GEMV_ROWS))
+    else:
+        _legacy_f32_rows(raw, type_id, nb, block_bytes, x, out, 0, rows)
+
+
+@njit(cache=True)
+def _legacy_f32_rows(raw, type_id, nb, block_bytes, x, out, start, stop):
+    """legacy_gemv_f32 for rows start..stop-1."""
     row_bytes = np.uint64(nb) * np.uint64(block_bytes)
     nbu = np.uint64(nb)
-    for c in prange(-(-rows // GEMV_ROWS)):
-        for r in range(c * GEMV_ROWS, min(rows, (c + 1) * GEMV_ROWS)):
-            at = np.uint64(r) * row_bytes
-            if type_id == 0:
-                out[r] = avx2.legacy_row_dot_f32_q4_0(raw, at, x, nbu)
-            elif type_id == 1:
-                out[r] = avx2.legacy_row_dot_f32_q4_1(raw, at, x, nbu)
-            elif type_id == 2:
-                out[r] = avx2.legacy_row_dot_f32_q5_0(raw, at, x, nbu)
-            elif type_id == 3:
-                out[r] = avx2.legacy_row_dot_f32_q5_1(raw, at, x, nbu)
-            else:
-                out[r] = avx2.legacy_row_dot_f32_q8_0(raw, at, x, nbu)
+    for r in range(start, stop):
+        at = np.uint64(r) * row_bytes
+        if type_id == 0:
+            out[r] = avx2.legacy_row_dot_f32_q4_0(raw, at, x, nbu)
+        elif type_id == 1:
+            out[r] = avx2.legacy_row_dot_f32_q4_1(raw, at, x, nbu)
+        elif type_id == 2:
+            out[r] = avx2.legacy_row_dot_f32_q5_0(raw, at, x, nbu)
+        elif type_id == 3:
+            out[r] = avx2.legacy_row_dot_f32_q5_1(raw, at, x, nbu)
+        else:
+            out[r] = avx2.legacy_row_dot_f32_q8_0(raw, at, x, nbu)
 
 
 @njit(cache=True, parallel=True)
-def plain_gemv_f32(w, k, x, out):
+def plain_gemv_f32(w, k, x, out, shared):
     """out [rows] = the rows of w (fp16 bits as uint16, or float32; [rows * k]) times x [k], by
-    avx2.f16_row_dot."""
+    avx2.f16_row_dot; with shared, groups of GEMV_ROWS rows shared among Numba's threads."""
     rows = out.shape[0]
-    for c in prange(-(-rows // GEMV_ROWS)):
-        for r in range(c * GEMV_ROWS, min(rows, (c + 1) * GEMV_ROWS)):
+    if shared:
+        for c in prange(-(-rows // GEMV_ROWS)):
+            for r in range(c * GEMV_ROWS, min(rows, (c + 1) * GEMV_ROWS)):
+                out[r] = avx2.f16_row_dot(w, r * k, x, k)
+    else:
+        for r in range(rows):
             out[r] = avx2.f16_row_dot(w, r * k, x, k)

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from refllm.ggml_cpu import avx2
 from refllm.ggml_cpu.reference.kquants import KQUANT_BLOCK_BYTES, TILED_MIN_BATCH
-from refllm.ggml_cpu.threads import threads_for
+from refllm.ggml_cpu.threads import shared
 from refllm.ggml_cpu.x86 import fma32, hsum8
 from refllm.kernels.cpu.fp import f16_to_f32
 
@@ -62,9 +62,8 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
         _tiled_avx2(blocks, code, q, act.d, act.bsums, out)
         return out
     if n < FEW_TOKENS:
-        with threads_for(blocks.nbytes):
-            kquant_matmul_few(blocks, code, q, np.ascontiguousarray(act.d, F32),
-                              np.ascontiguousarray(act.bsums, np.int16), n >= TILED_MIN_BATCH, FEW_ROWS, USE_AVX2, out)
+        kquant_matmul_few(blocks, code, q, np.ascontiguousarray(act.d, F32), np.ascontiguousarray(act.bsums, np.int16),
+                          n >= TILED_MIN_BATCH, FEW_ROWS, USE_AVX2, out, shared(blocks.nbytes))
         return out
     step = max(16, CHUNK_BYTES // (2 * k))
     kquant_matmul(blocks, code, q, np.ascontiguousarray(act.d, F32), np.ascontiguousarray(act.bsums, np.int16),
@@ -317,21 +316,32 @@ def kquant_matmul(blocks, code, q, d_a, bsums, tiled, across_rows, step, out):
 
 
 @njit(cache=True, parallel=True)
-def kquant_matmul_few(blocks, code, q, d_a, bsums, tiled, step, vector, out):
-    """kquant_matmul row by row (a few tokens: the decode step), chunks of `step` rows shared
-    among Numba's threads, each decoded into its own scratch; vector: _row_by_row's AVX2
-    lanes."""
+def kquant_matmul_few(blocks, code, q, d_a, bsums, tiled, step, vector, out, shared):
+    """kquant_matmul row by row (a few tokens: the decode step), chunks of `step` rows, each
+    decoded into its own scratch (shared among Numba's threads with shared); vector:
+    _row_by_row's AVX2 lanes."""
+    chunks = -(-blocks.shape[0] // step)
+    if shared:
+        for c in prange(chunks):
+            _few_chunk(blocks, code, q, d_a, bsums, tiled, step, vector, out, c)
+    else:
+        for c in range(chunks):
+            _few_chunk(blocks, code, q, d_a, bsums, tiled, step, vector, out, c)
+
+
+@njit(cache=True)
+def _few_chunk(blocks, code, q, d_a, bsums, tiled, step, vector, out, c):
+    """kquant_matmul_few's chunk c: rows c step .. (c + 1) step - 1."""
     rows, nb, _ = blocks.shape
     k = 256 * nb
-    for c in prange(-(-rows // step)):
-        start = c * step
-        m = min(rows, start + step) - start
-        w = np.empty((step, k), np.int16)
-        d_w = np.empty((step, nb), np.float32)
-        dmin_w = np.zeros((step, nb), np.float32)
-        bw = np.zeros((step, nb, 16), np.int32)
-        _decode_rows(blocks, code, start, start + m, w, d_w, dmin_w, bw)
-        _row_by_row(w, d_w, dmin_w, bw, m, code, q, d_a, bsums, tiled, out[:, start:start + m], vector)
+    start = c * step
+    m = min(rows, start + step) - start
+    w = np.empty((step, k), np.int16)
+    d_w = np.empty((step, nb), np.float32)
+    dmin_w = np.zeros((step, nb), np.float32)
+    bw = np.zeros((step, nb, 16), np.int32)
+    _decode_rows(blocks, code, start, start + m, w, d_w, dmin_w, bw)
+    _row_by_row(w, d_w, dmin_w, bw, m, code, q, d_a, bsums, tiled, out[:, start:start + m], vector)
 
 
 @njit(cache=True)

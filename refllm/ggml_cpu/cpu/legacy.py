@@ -44,7 +44,7 @@ from numba import njit, prange
 
 from refllm.ggml_cpu import avx2
 from refllm.ggml_cpu.reference.legacy import LEGACY_BLOCKS
-from refllm.ggml_cpu.threads import threads_for
+from refllm.ggml_cpu.threads import shared
 from refllm.ggml_cpu.x86 import fma32, hsum8
 
 I16 = np.int16
@@ -89,9 +89,9 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
     if n == 0 or rows == 0:
         return out
     if n == 1 and USE_AVX2:
-        with threads_for(raw.nbytes):
-            legacy_gemv_avx2(raw, TYPE_IDS[weight_type], nb, block_bytes, np.ascontiguousarray(act.q[0], np.int8),
-                             np.ascontiguousarray(act.d[0], F32), np.ascontiguousarray(s_a[0], F32), out[0])
+        legacy_gemv_avx2(raw, TYPE_IDS[weight_type], nb, block_bytes, np.ascontiguousarray(act.q[0], np.int8),
+                         np.ascontiguousarray(act.d[0], F32), np.ascontiguousarray(s_a[0], F32), out[0],
+                         shared(raw.nbytes))
         return out
     if n < FEW_TOKENS and not USE_AVX2:
         legacy_matmul_rows(raw, *layout, np.ascontiguousarray(act.q, np.int16),
@@ -126,27 +126,37 @@ GEMV_ROWS = 16
 
 
 @njit(cache=True, parallel=True)
-def legacy_gemv_avx2(raw, type_id, nb, block_bytes, a, d_a, s_a, out):
+def legacy_gemv_avx2(raw, type_id, nb, block_bytes, a, d_a, s_a, out, shared):
     """out [rows] = one token's products (a int8 [k], d_a and s_a float32 [nb]) with every
     weight row of raw, by avx2's legacy_row_dot for the type (TYPE_IDS): llama.cpp's vec_dot,
-    row by row, straight from the blocks. Groups of GEMV_ROWS rows are shared among Numba's
-    threads."""
+    row by row, straight from the blocks. With shared, groups of GEMV_ROWS rows are shared
+    among Numba's threads (refllm.ggml_cpu.threads)."""
     rows = out.shape[0]
+    if shared:
+        for c in prange(-(-rows // GEMV_ROWS)):
+            _legacy_gemv_rows(raw, type_id, nb, block_bytes, a, d_a, s_a, out, c * GEMV_ROWS,
+                              min(rows, (c + 1) * GEMV_ROWS))
+    else:
+        _legacy_gemv_rows(raw, type_id, nb, block_bytes, a, d_a, s_a, out, 0, rows)
+
+
+@njit(cache=True)
+def _legacy_gemv_rows(raw, type_id, nb, block_bytes, a, d_a, s_a, out, start, stop):
+    """legacy_gemv_avx2 for rows start..stop-1."""
     row_bytes = U64(nb) * U64(block_bytes)
     nbu = U64(nb)
-    for c in prange(-(-rows // GEMV_ROWS)):
-        for r in range(c * GEMV_ROWS, min(rows, (c + 1) * GEMV_ROWS)):
-            at = U64(r) * row_bytes
-            if type_id == 0:
-                out[r] = avx2.legacy_row_dot_q4_0(raw, at, a, d_a, s_a, nbu)
-            elif type_id == 1:
-                out[r] = avx2.legacy_row_dot_q4_1(raw, at, a, d_a, s_a, nbu)
-            elif type_id == 2:
-                out[r] = avx2.legacy_row_dot_q5_0(raw, at, a, d_a, s_a, nbu)
-            elif type_id == 3:
-                out[r] = avx2.legacy_row_dot_q5_1(raw, at, a, d_a, s_a, nbu)
-            else:
-                out[r] = avx2.legacy_row_dot_q8_0(raw, at, a, d_a, s_a, nbu)
+    for r in range(start, stop):
+        at = U64(r) * row_bytes
+        if type_id == 0:
+            out[r] = avx2.legacy_row_dot_q4_0(raw, at, a, d_a, s_a, nbu)
+        elif type_id == 1:
+            out[r] = avx2.legacy_row_dot_q4_1(raw, at, a, d_a, s_a, nbu)
+        elif type_id == 2:
+            out[r] = avx2.legacy_row_dot_q5_0(raw, at, a, d_a, s_a, nbu)
+        elif type_id == 3:
+            out[r] = avx2.legacy_row_dot_q5_1(raw, at, a, d_a, s_a, nbu)
+        else:
+            out[r] = avx2.legacy_row_dot_q8_0(raw, at, a, d_a, s_a, nbu)
 
 
 @njit(inline="always", cache=True)

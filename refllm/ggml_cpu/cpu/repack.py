@@ -6,10 +6,11 @@ Each weight row is read straight from its bytes, one block at a time: the block'
 unpacked once into a small int16 buffer (for Q4_K already times their sub-block scale, at
 most 63 * 15), every activation row is dotted with it (exact int32 sums), and the sums are
 folded into that row's float32 accumulators in the kernels' order (the reference's
-docstring). No float32 copy of the matrix is made. Single-threaded, like the engine. On a machine with
-AVX2, Q4_K's gemm rows go instead through refllm.ggml_cpu.avx2.q4_k_dot_tile
-(`q4_k_8x8_avx2`: 4 rows x 2 tokens per register tile, the rows decoded to uint8 quants, 6-bit
-scales and mins a chunk at a time); the gemv rows stay here.
+docstring). No float32 copy of the matrix is made. On a machine with AVX2, Q4_K's gemm rows go
+instead through refllm.ggml_cpu.avx2.q4_k_dot_tile (`q4_k_8x8_avx2`: 4 rows x 2 tokens per
+register tile, the rows decoded to uint8 quants, 6-bit scales and mins a chunk at a time); the
+gemv rows stay here, groups of rows shared among Numba's threads, and one token of Q4_0 goes
+through avx2.q4_0_row_dot_repack.
 
 What makes it fast: loop trip counts taken from array shapes, so
 that LLVM's loop vectorizer (not the full unroller) gets the integer loops and emits
@@ -30,7 +31,7 @@ from refllm.ggml_cpu.reference.repack import (
     gemm_rows,
     lut_scales,
 )
-from refllm.ggml_cpu.threads import threads_for
+from refllm.ggml_cpu.threads import shared
 from refllm.ggml_cpu.x86 import fma32
 
 I32 = np.int32
@@ -67,8 +68,7 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
     if weight_type in LUT_TYPES:
         qs_at, lut = LUT_TYPES[weight_type]
         if weight_type == "Q4_0" and n == 1 and USE_AVX2:
-            with threads_for(raw.nbytes):
-                q4_0_gemv_avx2(raw, nb, np.ascontiguousarray(act.q[0], np.int8), d_a[0], out[0])
+            q4_0_gemv_avx2(raw, nb, np.ascontiguousarray(act.q[0], np.int8), d_a[0], out[0], shared(raw.nbytes))
             return out
         d_w = lut_scales(blocks.reshape(rows * nb, block_bytes), weight_type).reshape(rows, nb)
         a = np.ascontiguousarray(act.q).astype(np.int16).reshape(n, nb, 32)
@@ -81,20 +81,30 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
             q4_k_8x8_avx2(blocks, np.ascontiguousarray(act.q[:g], np.int8), avx2.pair_lanes(d_a[:g]),
                           avx2.pair_lanes(bsum32[:g].astype(F32)), out[:g])
         a = np.ascontiguousarray(act.q[g:]).astype(np.int16).reshape(n - g, nb, 4, 64)
-        q4_k_8x8_q8_k(blocks, a, d_a[g:], np.ascontiguousarray(bsum32[g:]), gemm_rows(n) - g, out[g:])
+        rows_kernel = q4_k_8x8_parallel if shared(blocks.nbytes) else q4_k_8x8_q8_k
+        rows_kernel(blocks, a, d_a[g:], np.ascontiguousarray(bsum32[g:]), gemm_rows(n) - g, out[g:])
     return out
 
 
 @njit(cache=True, parallel=True)
-def q4_0_gemv_avx2(raw, nb, a, d_a, out):
+def q4_0_gemv_avx2(raw, nb, a, d_a, out, shared):
     """out [rows] = q4_0_8x8_q8_0's gemv for one token of Q4_0 weights (raw uint8 [rows * nb *
     18]) and Q8_0 activations (a int8 [32 nb], d_a float32 [nb]), by
-    avx2.q4_0_row_dot_repack; groups of 16 rows shared among Numba's threads."""
+    avx2.q4_0_row_dot_repack; with shared, groups of 16 rows shared among Numba's threads."""
     rows = out.shape[0]
+    if shared:
+        for c in prange(-(-rows // 16)):
+            _q4_0_gemv_rows(raw, nb, a, d_a, out, 16 * c, min(rows, 16 * c + 16))
+    else:
+        _q4_0_gemv_rows(raw, nb, a, d_a, out, 0, rows)
+
+
+@njit(cache=True)
+def _q4_0_gemv_rows(raw, nb, a, d_a, out, start, stop):
+    """q4_0_gemv_avx2 for rows start..stop-1."""
     row_bytes = np.uint64(nb * 18)
-    for c in prange(-(-rows // 16)):
-        for r in range(c * 16, min(rows, (c + 1) * 16)):
-            out[r] = avx2.q4_0_row_dot_repack(raw, np.uint64(r) * row_bytes, a, d_a, np.uint64(nb))
+    for r in range(start, stop):
+        out[r] = avx2.q4_0_row_dot_repack(raw, np.uint64(r) * row_bytes, a, d_a, np.uint64(nb))
 
 
 @njit(cache=True)
@@ -124,6 +134,15 @@ def q4_0_8x8_q8_0(blocks, qs_at, lut, d_w, a, d_a, out):
                 acc[t] = fma32(F32(isum), scale, acc[t])
         for t in range(n):
             out[t, r] = acc[t]
+
+
+@njit(cache=True, parallel=True)
+def q4_k_8x8_parallel(blocks, a, d_a, bsum32, n_gemm, out):
+    """q4_k_8x8_q8_k with groups of 64 rows shared among Numba's threads."""
+    rows = blocks.shape[0]
+    for c in prange(-(-rows // 64)):
+        start, stop = 64 * c, min(rows, 64 * c + 64)
+        q4_k_8x8_q8_k(blocks[start:stop], a, d_a, bsum32, n_gemm, out[:, start:stop])
 
 
 @njit(cache=True)
