@@ -812,3 +812,36 @@ def q4_0_row_dot_repack(typingctx, raw, row_at, a, d_a, nb):
         return builder.load(acc)
 
     return sig, codegen
+
+
+@intrinsic
+def q4_k_block_isum(typingctx, raw, qs_at, a, a_at, sc):
+    """q4_k_block_isum(raw, qs_at, a, a_at, sc) -> int32: the integer sum ggml_gemv_q4_K_8x8_q8_K
+    takes from one Q4_K super-block, sum_j sc[j] * sum(w_i a_i, i in sub-block j): the 128 bytes
+    of nibbles at raw[qs_at] (byte 32 c + l: weight 64 c + l in its low nibble, 64 c + 32 + l in
+    its high one), the 256 int8 activations a[a_at:], the eight 6-bit sub-block scales sc
+    (int16 [8]); by vpmaddubsw and vpmaddwd against the scale (exact: a pair is at most
+    2 * 15 * 127, a sum below 2^31)."""
+    sig = types.int32(raw, qs_at, a, a_at, sc)
+
+    def codegen(context, builder, signature, args):
+        data = _pointers(context, builder, signature, args)
+        raw_p, a_p, sc_p = data(0), data(2, 3), data(4)
+        maddubs, maddwd, _, _ = _instructions(builder)
+        low_mask = ir.Constant(_V32I8, [ir.Constant(_I8, 0x0F)] * 32)
+        fours = ir.Constant(_V32I8, [ir.Constant(_I8, 4)] * 32)
+        acc = ir.Constant(_V8I32, None)
+        for c in range(4):
+            qs = builder.load(builder.bitcast(builder.gep(raw_p, [builder.add(args[1], _const(32 * c))]),
+                                              _V32I8.as_pointer()), align=1)
+            for half, quants in ((0, builder.and_(qs, low_mask)), (1, builder.lshr(qs, fours))):
+                j = 2 * c + half
+                a32 = _load(builder, a_p, _const(32 * j), _V32I8)
+                scale = _broadcast(builder, builder.load(builder.gep(sc_p, [_const(j)])), _V16I16)
+                acc = builder.add(acc, builder.call(maddwd, [builder.call(maddubs, [quants, a32]), scale]))
+        total = builder.extract_element(acc, ir.Constant(_I32, 0))
+        for i in range(1, 8):
+            total = builder.add(total, builder.extract_element(acc, ir.Constant(_I32, i)))
+        return total
+
+    return sig, codegen

@@ -80,6 +80,10 @@ def mul_mat(raw: np.ndarray, weight_type: str, shape: tuple[int, int], act) -> n
             # the gemm rows by AVX2 tiles, the last n % 4 (gemv) by the portable kernel
             q4_k_8x8_avx2(blocks, np.ascontiguousarray(act.q[:g], np.int8), avx2.pair_lanes(d_a[:g]),
                           avx2.pair_lanes(bsum32[:g].astype(F32)), out[:g])
+        if n - g == 1 and USE_AVX2:
+            q4_k_gemv_avx2(blocks, np.ascontiguousarray(act.q[g], np.int8), d_a[g], np.ascontiguousarray(bsum32[g]),
+                           out[g], shared(blocks.nbytes))
+            return out
         a = np.ascontiguousarray(act.q[g:]).astype(np.int16).reshape(n - g, nb, 4, 64)
         rows_kernel = q4_k_8x8_parallel if shared(blocks.nbytes) else q4_k_8x8_q8_k
         rows_kernel(blocks, a, d_a[g:], np.ascontiguousarray(bsum32[g:]), gemm_rows(n) - g, out[g:])
@@ -134,6 +138,49 @@ def q4_0_8x8_q8_0(blocks, qs_at, lut, d_w, a, d_a, out):
                 acc[t] = fma32(F32(isum), scale, acc[t])
         for t in range(n):
             out[t, r] = acc[t]
+
+
+@njit(cache=True, parallel=True)
+def q4_k_gemv_avx2(blocks, a, d_a, bsum32, out, shared):
+    """out [rows] = ggml_gemv_q4_K_8x8_q8_K for one activation row (a int8 [k], d_a float32
+    [nb], bsum32 int32 [nb, 8]), q4_k_8x8_q8_k's arithmetic with each super-block's integer sum
+    by avx2.q4_k_block_isum; with shared, groups of 16 rows shared among Numba's threads."""
+    rows = blocks.shape[0]
+    if shared:
+        for c in prange(-(-rows // 16)):
+            _q4_k_gemv_rows(blocks, a, d_a, bsum32, out, 16 * c, min(rows, 16 * c + 16))
+    else:
+        _q4_k_gemv_rows(blocks, a, d_a, bsum32, out, 0, rows)
+
+
+@njit(cache=True)
+def _q4_k_gemv_rows(blocks, a, d_a, bsum32, out, start, stop):
+    """q4_k_gemv_avx2 for rows start..stop-1."""
+    nb = blocks.shape[1]
+    raw = blocks.reshape(-1)
+    sc = np.empty(8, np.int16)
+    for r in range(start, stop):
+        acc = F32(0)
+        accm = F32(0)
+        for b in range(nb):
+            d_w = _f16(blocks, r, b, 0)
+            dmin_w = _f16(blocks, r, b, 2)
+            imin = I32(0)
+            for j in range(4):                          # get_scale_min_k4 of scales[12] at 4
+                s0 = I32(blocks[r, b, 4 + j])
+                m0 = I32(blocks[r, b, 8 + j])
+                hi = I32(blocks[r, b, 12 + j])
+                sc[j] = s0 & I32(63)
+                sc[j + 4] = I32(hi & I32(0x0F)) | I32(I32(s0 >> I32(6)) << I32(4))
+                mn_low = m0 & I32(63)
+                mn_high = I32(hi >> I32(4)) | I32(I32(m0 >> I32(6)) << I32(4))
+                imin = I32(imin + I32(I32(mn_low * bsum32[b, j]) + I32(mn_high * bsum32[b, j + 4])))
+            at = np.uint64((r * nb + b) * 144 + 16)
+            isum = avx2.q4_k_block_isum(raw, at, a, np.uint64(256 * b), sc)
+            da = d_a[b]
+            acc = fma32(F32(isum), F32(d_w * da), acc)
+            accm = fma32(F32(imin), F32(dmin_w * da), accm)
+        out[r] = F32(acc - accm)
 
 
 @njit(cache=True, parallel=True)
