@@ -815,33 +815,72 @@ def q4_0_row_dot_repack(typingctx, raw, row_at, a, d_a, nb):
 
 
 @intrinsic
-def q4_k_block_isum(typingctx, raw, qs_at, a, a_at, sc):
-    """q4_k_block_isum(raw, qs_at, a, a_at, sc) -> int32: the integer sum ggml_gemv_q4_K_8x8_q8_K
-    takes from one Q4_K super-block, sum_j sc[j] * sum(w_i a_i, i in sub-block j): the 128 bytes
-    of nibbles at raw[qs_at] (byte 32 c + l: weight 64 c + l in its low nibble, 64 c + 32 + l in
-    its high one), the 256 int8 activations a[a_at:], the eight 6-bit sub-block scales sc
-    (int16 [8]); by vpmaddubsw and vpmaddwd against the scale (exact: a pair is at most
-    2 * 15 * 127, a sum below 2^31)."""
-    sig = types.int32(raw, qs_at, a, a_at, sc)
+def q4_k_row_dot(typingctx, raw, row_at, a, d_a, bsum32, nb):
+    """q4_k_row_dot(raw, row_at, a, d_a, bsum32, nb) -> float32: ggml_gemv_q4_K_8x8_q8_K for
+    one weight row (nb block_q4_K from byte row_at of raw: d and dmin fp16 at 0 and 2, the 12
+    bytes of 6-bit scales and mins at 4, qs[128] at 16) and one token's Q8_K activations (a int8
+    [256 nb], d_a float32 [nb], bsum32 int32 [8 nb]: the sums of 32 quants). Per super-block:
+
+        isum = sum_j sc[j] sum(w_i a_i, i in sub-block j)     vpmaddubsw, vpmaddwd by sc[j]
+        imin = sum_j mn[j] bsum32[j]                           (get_scale_min_k4's sc, mn)
+        acc  = fma(float(isum), d_w * d_a, acc);  accm = fma(float(imin), dmin_w * d_a, accm)
+
+    and acc - accm at the end: refllm.ggml_cpu.cpu.repack.q4_k_8x8_q8_k's gemv, the integers
+    exact (a pair at most 2 * 15 * 127), the float32 operations the same."""
+    sig = types.float32(raw, row_at, a, d_a, bsum32, nb)
 
     def codegen(context, builder, signature, args):
         data = _pointers(context, builder, signature, args)
-        raw_p, a_p, sc_p = data(0), data(2, 3), data(4)
+        raw_p, a_p, d_a_p, bsum_p = data(0), data(2), data(3), data(4)
         maddubs, maddwd, _, _ = _instructions(builder)
+        fma = _function(builder, "llvm.fma.f32", _F32, [_F32, _F32, _F32])
+        reduce_add = _function(builder, "llvm.vector.reduce.add.v8i32", _I32, [_V8I32])
         low_mask = ir.Constant(_V32I8, [ir.Constant(_I8, 0x0F)] * 32)
         fours = ir.Constant(_V32I8, [ir.Constant(_I8, 4)] * 32)
-        acc = ir.Constant(_V8I32, None)
-        for c in range(4):
-            qs = builder.load(builder.bitcast(builder.gep(raw_p, [builder.add(args[1], _const(32 * c))]),
-                                              _V32I8.as_pointer()), align=1)
-            for half, quants in ((0, builder.and_(qs, low_mask)), (1, builder.lshr(qs, fours))):
-                j = 2 * c + half
-                a32 = _load(builder, a_p, _const(32 * j), _V32I8)
-                scale = _broadcast(builder, builder.load(builder.gep(sc_p, [_const(j)])), _V16I16)
-                acc = builder.add(acc, builder.call(maddwd, [builder.call(maddubs, [quants, a32]), scale]))
-        total = builder.extract_element(acc, ir.Constant(_I32, 0))
-        for i in range(1, 8):
-            total = builder.add(total, builder.extract_element(acc, ir.Constant(_I32, i)))
-        return total
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+        accm = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+
+        def byte(at):
+            return builder.zext(builder.load(builder.gep(raw_p, [at])), _I32)
+
+        def fp16_at(at):
+            bits = builder.load(builder.bitcast(builder.gep(raw_p, [at]), _I16.as_pointer()), align=1)
+            return builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
+
+        def i32(value):
+            return ir.Constant(_I32, value)
+
+        with cgutils.for_range(builder, args[5]) as loop:
+            b = loop.index
+            at = builder.add(args[1], builder.mul(b, _const(144)))
+            scales = [byte(builder.add(at, _const(4 + i))) for i in range(12)]
+            sc, mn = [None] * 8, [None] * 8
+            for j in range(4):
+                s0, m0, hi = scales[j], scales[j + 4], scales[j + 8]
+                sc[j] = builder.and_(s0, i32(63))
+                mn[j] = builder.and_(m0, i32(63))
+                sc[j + 4] = builder.or_(builder.and_(hi, i32(0x0F)), builder.shl(builder.lshr(s0, i32(6)), i32(4)))
+                mn[j + 4] = builder.or_(builder.lshr(hi, i32(4)), builder.shl(builder.lshr(m0, i32(6)), i32(4)))
+            imin = i32(0)
+            for j in range(8):
+                bsum = builder.load(builder.gep(bsum_p, [builder.add(builder.mul(b, _const(8)), _const(j))]))
+                imin = builder.add(imin, builder.mul(mn[j], bsum))
+            lanes = ir.Constant(_V8I32, None)
+            for c in range(4):
+                qs = builder.load(builder.bitcast(builder.gep(raw_p, [builder.add(at, _const(16 + 32 * c))]),
+                                                  _V32I8.as_pointer()), align=1)
+                for half, quants in ((0, builder.and_(qs, low_mask)), (1, builder.lshr(qs, fours))):
+                    j = 2 * c + half
+                    a32 = _load(builder, a_p, builder.add(builder.mul(b, _const(256)), _const(32 * j)), _V32I8)
+                    scale = _broadcast(builder, builder.trunc(sc[j], _I16), _V16I16)
+                    lanes = builder.add(lanes, builder.call(maddwd, [builder.call(maddubs, [quants, a32]), scale]))
+            isum = builder.call(reduce_add, [lanes])
+            d_a = builder.load(builder.gep(d_a_p, [b]))
+            builder.store(builder.call(fma, [builder.sitofp(isum, _F32), builder.fmul(fp16_at(at), d_a),
+                                             builder.load(acc)]), acc)
+            builder.store(builder.call(fma, [builder.sitofp(imin, _F32),
+                                             builder.fmul(fp16_at(builder.add(at, _const(2))), d_a),
+                                             builder.load(accm)]), accm)
+        return builder.fsub(builder.load(acc), builder.load(accm))
 
     return sig, codegen

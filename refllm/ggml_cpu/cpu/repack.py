@@ -143,8 +143,8 @@ def q4_0_8x8_q8_0(blocks, qs_at, lut, d_w, a, d_a, out):
 @njit(cache=True, parallel=True)
 def q4_k_gemv_avx2(blocks, a, d_a, bsum32, out, shared):
     """out [rows] = ggml_gemv_q4_K_8x8_q8_K for one activation row (a int8 [k], d_a float32
-    [nb], bsum32 int32 [nb, 8]), q4_k_8x8_q8_k's arithmetic with each super-block's integer sum
-    by avx2.q4_k_block_isum; with shared, groups of 16 rows shared among Numba's threads."""
+    [nb], bsum32 int32 [nb, 8]) by avx2.q4_k_row_dot, q4_k_8x8_q8_k's arithmetic; with shared,
+    groups of 16 rows shared among Numba's threads."""
     rows = blocks.shape[0]
     if shared:
         for c in prange(-(-rows // 16)):
@@ -158,29 +158,9 @@ def _q4_k_gemv_rows(blocks, a, d_a, bsum32, out, start, stop):
     """q4_k_gemv_avx2 for rows start..stop-1."""
     nb = blocks.shape[1]
     raw = blocks.reshape(-1)
-    sc = np.empty(8, np.int16)
+    bsums = bsum32.reshape(-1)
     for r in range(start, stop):
-        acc = F32(0)
-        accm = F32(0)
-        for b in range(nb):
-            d_w = _f16(blocks, r, b, 0)
-            dmin_w = _f16(blocks, r, b, 2)
-            imin = I32(0)
-            for j in range(4):                          # get_scale_min_k4 of scales[12] at 4
-                s0 = I32(blocks[r, b, 4 + j])
-                m0 = I32(blocks[r, b, 8 + j])
-                hi = I32(blocks[r, b, 12 + j])
-                sc[j] = s0 & I32(63)
-                sc[j + 4] = I32(hi & I32(0x0F)) | I32(I32(s0 >> I32(6)) << I32(4))
-                mn_low = m0 & I32(63)
-                mn_high = I32(hi >> I32(4)) | I32(I32(m0 >> I32(6)) << I32(4))
-                imin = I32(imin + I32(I32(mn_low * bsum32[b, j]) + I32(mn_high * bsum32[b, j + 4])))
-            at = np.uint64((r * nb + b) * 144 + 16)
-            isum = avx2.q4_k_block_isum(raw, at, a, np.uint64(256 * b), sc)
-            da = d_a[b]
-            acc = fma32(F32(isum), F32(d_w * da), acc)
-            accm = fma32(F32(imin), F32(dmin_w * da), accm)
-        out[r] = F32(acc - accm)
+        out[r] = avx2.q4_k_row_dot(raw, np.uint64(r * nb * 144), a, d_a, bsums, np.uint64(nb))
 
 
 @njit(cache=True, parallel=True)
