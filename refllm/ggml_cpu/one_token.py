@@ -1,9 +1,10 @@
-"""The decode step's compiled pieces: one token through a layer's norms, rope and attention.
+"""The decode step's compiled pieces: one token through a layer's norms, rope and attention,
+and f32's one-token products.
 
 refllm.engine.decode runs a layer for one token as a handful of calls to these kernels and to
-the weight products of refllm.ggml_cpu.matmul, into buffers allocated once per session, where
-refllm.engine.transformer.block (the reference) makes a few dozen NumPy calls. Every kernel
-takes `exact`:
+the weight products of refllm.ggml_cpu.matmul (ggml) or `gemv_f32` below (f32), into buffers
+allocated once, where refllm.engine.transformer.block (the reference) makes a few dozen NumPy
+calls. The kernels take `exact`:
 
     True    --numerics ggml: what block() computes under ggml, bit for bit (ggml's x86
             arithmetic, from refllm.ggml_cpu.x86: the fused multiply-adds of rope, q and the

@@ -6,9 +6,12 @@ A chunk of weight rows (about 256 KiB) is decoded from its bytes at a time into 
 which give the same bits (integer sums are exact in any order; the float operations are the
 same):
 
-    few tokens (n < FEW_TOKENS)   row by row: per block and token one pass over the 256
-                                  products into 32 int32 partial sums part[j] (weights j,
-                                  j + 32, ...); vec_dot's lane l is part[4l .. 4l+3]
+    few tokens (n < FEW_TOKENS)   row by row, FEW_ROWS rows decoded at a time (chunks shared
+                                  among the threads when the matrix is big): per block and
+                                  token vec_dot's eight int32 lanes (lane l: the products of
+                                  weights 4l .. 4l+3 of every run of 32), by vpmaddwd
+                                  (avx2.i16_block_lanes) or by one pass over the 256 products
+                                  into 32 partial sums part[j], lane l = part[4l .. 4l+3]
     more tokens                   the chunk transposed (rows contiguous), every token sweeping
                                   it: the integer and float work is vectorized across rows
 
