@@ -103,6 +103,11 @@ def _const(value):
     return ir.Constant(_I64, value)
 
 
+def _i32s(values):
+    """An int32 x 8 constant."""
+    return ir.Constant(_V8I32, [ir.Constant(_I32, v) for v in values])
+
+
 def _load(builder, pointer, index, vector_type):
     """An unaligned vector load at element `index` of pointer."""
     at = builder.gep(pointer, [index])
@@ -822,7 +827,8 @@ def q4_k_row_dot(typingctx, raw, row_at, a, d_a, bsum32, nb):
     [256 nb], d_a float32 [nb], bsum32 int32 [8 nb]: the sums of 32 quants). Per super-block:
 
         isum = sum_j sc[j] sum(w_i a_i, i in sub-block j)     vpmaddubsw, vpmaddwd by sc[j]
-        imin = sum_j mn[j] bsum32[j]                           (get_scale_min_k4's sc, mn)
+        imin = sum_j mn[j] bsum32[j]                           8 lanes at once
+        (sc, mn: get_scale_min_k4's 6-bit scales and mins)
         acc  = fma(float(isum), d_w * d_a, acc);  accm = fma(float(imin), dmin_w * d_a, accm)
 
     and acc - accm at the end: refllm.ggml_cpu.cpu.repack.q4_k_8x8_q8_k's gemv, the integers
@@ -853,18 +859,24 @@ def q4_k_row_dot(typingctx, raw, row_at, a, d_a, bsum32, nb):
         with cgutils.for_range(builder, args[5]) as loop:
             b = loop.index
             at = builder.add(args[1], builder.mul(b, _const(144)))
-            scales = [byte(builder.add(at, _const(4 + i))) for i in range(12)]
-            sc, mn = [None] * 8, [None] * 8
+            # get_scale_min_k4's scales: bytes 0..3 and 8..11 of the twelve
+            sc = [None] * 8
             for j in range(4):
-                s0, m0, hi = scales[j], scales[j + 4], scales[j + 8]
+                s0, hi = byte(builder.add(at, _const(4 + j))), byte(builder.add(at, _const(12 + j)))
                 sc[j] = builder.and_(s0, i32(63))
-                mn[j] = builder.and_(m0, i32(63))
                 sc[j + 4] = builder.or_(builder.and_(hi, i32(0x0F)), builder.shl(builder.lshr(s0, i32(6)), i32(4)))
-                mn[j + 4] = builder.or_(builder.lshr(hi, i32(4)), builder.shl(builder.lshr(m0, i32(6)), i32(4)))
-            imin = i32(0)
-            for j in range(8):
-                bsum = builder.load(builder.gep(bsum_p, [builder.add(builder.mul(b, _const(8)), _const(j))]))
-                imin = builder.add(imin, builder.mul(mn[j], bsum))
+            # imin by vector: the mins of all eight sub-blocks from the 12 scale bytes (read as
+            # 16: the 4 after them are the block's own qs), times the sums, added
+            s16 = builder.load(builder.bitcast(builder.gep(raw_p, [builder.add(at, _const(4))]),
+                                               ir.VectorType(_I8, 16).as_pointer()), align=1)
+            mins_at = builder.zext(_shuffle(builder, s16, s16, [4, 5, 6, 7, 8, 9, 10, 11]), _V8I32)
+            high_at = builder.zext(_shuffle(builder, s16, s16, [4, 4, 4, 4, 4, 5, 6, 7]), _V8I32)
+            mn_vec = builder.or_(
+                builder.and_(builder.lshr(mins_at, _i32s([0, 0, 0, 0, 4, 4, 4, 4])), _i32s([63] * 4 + [15] * 4)),
+                builder.and_(builder.shl(builder.lshr(high_at, _i32s([6] * 8)), _i32s([4] * 8)),
+                             _i32s([0] * 4 + [-1] * 4)))
+            bsums = _load(builder, bsum_p, builder.mul(b, _const(8)), _V8I32)
+            imin = builder.call(reduce_add, [builder.mul(mn_vec, bsums)])
             lanes = ir.Constant(_V8I32, None)
             for c in range(4):
                 qs = builder.load(builder.bitcast(builder.gep(raw_p, [builder.add(at, _const(16 + 32 * c))]),
