@@ -25,7 +25,6 @@ does (the C library's cosf/sinf, the fused multiply-adds of rope's rotation) is 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -63,13 +62,8 @@ def matmul_ggml_is_exact(w: Matrix) -> bool:
     matmul has its family; a big-endian file's matrices are not reproduced). Every matrix
     the forward pass multiplies by is a MUL_MAT weight to llama.cpp, and may be repacked: a
     tied output too (llama.cpp loads a copy of token_embd for it)."""
-    return _exact(w.ggml_type, w.shape, w.byteorder)
-
-
-@functools.cache
-def _exact(ggml_type: int, shape: tuple[int, int], byteorder: str) -> bool:
-    """matmul_ggml_is_exact by what decides it (asked for every product of every token)."""
-    return matmul.family(type_name(ggml_type), shape, mul_mat_weight=True) is not None and byteorder == "<"
+    family = matmul.family(type_name(w.ggml_type), w.shape, mul_mat_weight=True)
+    return family is not None and w.byteorder == "<"
 
 
 def matmul_ggml(x: np.ndarray, w: Matrix) -> np.ndarray:

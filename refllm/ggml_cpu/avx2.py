@@ -114,6 +114,12 @@ def _load(builder, pointer, index, vector_type):
     return builder.load(builder.bitcast(at, vector_type.as_pointer()), align=1)
 
 
+def _fp16_field(builder, pointer, at):
+    """The little-endian fp16 at byte `at` of a uint8 pointer, as float32 (F16C's vcvtph2ps)."""
+    bits = builder.load(builder.bitcast(builder.gep(pointer, [at]), _I16.as_pointer()), align=1)
+    return builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
+
+
 def _shuffle(builder, x, y, mask):
     return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, len(mask)), mask))
 
@@ -556,11 +562,9 @@ def _legacy_row_dot_codegen(weight_type, context, builder, signature, args):
     maddubs, maddwd, sign, fma = _instructions(builder)
     ones = ir.Constant(_V16I16, [ir.Constant(_I16, 1)] * 16)
     offsets = ir.Constant(_V32I8, [ir.Constant(_I8, offset)] * 32)
-    half = ir.HalfType()
 
     def fp16_at(at):
-        bits = builder.load(builder.bitcast(builder.gep(raw_p, [at]), _I16.as_pointer()), align=1)
-        return builder.fpext(builder.bitcast(bits, half), _F32)
+        return _fp16_field(builder, raw_p, at)
 
     acc = cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None))
     summs = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
@@ -707,12 +711,10 @@ def _legacy_row_dot_f32_codegen(weight_type, context, builder, signature, args):
     row_at, blocks = args[1], args[3]
     fma = _function(builder, "llvm.fma.v8f32", _V8F32, [_V8F32, _V8F32, _V8F32])
     offsets = ir.Constant(_V32I8, [ir.Constant(_I8, offset)] * 32)
-    half = ir.HalfType()
     v32f = ir.VectorType(_F32, 32)
 
     def fp16_at(at):
-        bits = builder.load(builder.bitcast(builder.gep(raw_p, [at]), _I16.as_pointer()), align=1)
-        return builder.fpext(builder.bitcast(bits, half), _F32)
+        return _fp16_field(builder, raw_p, at)
 
     accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(4)]
     with cgutils.for_range(builder, blocks) as loop:
@@ -810,8 +812,7 @@ def q4_0_row_dot_repack(typingctx, raw, row_at, a, d_a, nb):
             isum = builder.extract_element(lanes, ir.Constant(_I32, 0))
             for i in range(1, 8):
                 isum = builder.add(isum, builder.extract_element(lanes, ir.Constant(_I32, i)))
-            bits = builder.load(builder.bitcast(builder.gep(raw_p, [at]), _I16.as_pointer()), align=1)
-            d_w = builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
+            d_w = _fp16_field(builder, raw_p, at)
             scale = builder.fmul(d_w, builder.load(builder.gep(d_a_p, [b])))
             builder.store(builder.call(fma, [builder.sitofp(isum, _F32), scale, builder.load(acc)]), acc)
         return builder.load(acc)
@@ -850,8 +851,7 @@ def q4_k_row_dot(typingctx, raw, row_at, a, d_a, bsum32, nb):
             return builder.zext(builder.load(builder.gep(raw_p, [at])), _I32)
 
         def fp16_at(at):
-            bits = builder.load(builder.bitcast(builder.gep(raw_p, [at]), _I16.as_pointer()), align=1)
-            return builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
+            return _fp16_field(builder, raw_p, at)
 
         def i32(value):
             return ir.Constant(_I32, value)

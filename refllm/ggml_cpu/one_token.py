@@ -24,6 +24,8 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from refllm.ggml_cpu import avx2
+from refllm.ggml_cpu.cpu.legacy import TYPE_IDS
+from refllm.ggml_cpu.reference.legacy import LEGACY_BLOCKS
 from refllm.ggml_cpu.threads import shared
 from refllm.ggml_cpu.x86 import expf_scalar, f16_bits, f16_round, fma32, hsum8
 from refllm.kernels.cpu.fp import f16_to_f32
@@ -256,9 +258,7 @@ def gelu_tanh_times(gate, up, out):
 
 # -- f32's one-token products: each weight decoded exactly, in registers, and multiplied --------
 
-# the legacy types legacy_gemv_f32 specializes on, and the rows of a work item of its parallel loop
-LEGACY_TYPE_IDS = {"Q4_0": 0, "Q4_1": 1, "Q5_0": 2, "Q5_1": 3, "Q8_0": 4}
-LEGACY_BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
+# rows of a work item of the gemv kernels' parallel loops
 GEMV_ROWS = 16
 
 
@@ -274,8 +274,8 @@ def gemv_f32(raw: np.ndarray, weight_type: str, shape: tuple[int, int], x: np.nd
     out = np.empty(rows, F32)
     raw = raw.reshape(-1)
     share = shared(raw.nbytes)
-    if weight_type in LEGACY_TYPE_IDS:
-        legacy_gemv_f32(raw, LEGACY_TYPE_IDS[weight_type], k // 32, LEGACY_BLOCK_BYTES[weight_type], x, out, share)
+    if weight_type in TYPE_IDS:
+        legacy_gemv_f32(raw, TYPE_IDS[weight_type], k // 32, LEGACY_BLOCKS[weight_type][0], x, out, share)
     elif weight_type in ("F16", "F32"):
         plain_gemv_f32(raw.view(np.uint16 if weight_type == "F16" else F32), k, x, out, share)
     else:
@@ -285,7 +285,7 @@ def gemv_f32(raw: np.ndarray, weight_type: str, shape: tuple[int, int], x: np.nd
 
 @njit(cache=True, parallel=True)
 def legacy_gemv_f32(raw, type_id, nb, block_bytes, x, out, shared):
-    """out [rows] = the legacy-type rows of raw (LEGACY_TYPE_IDS) times x [32 nb], by
+    """out [rows] = the legacy-type rows of raw (cpu.legacy.TYPE_IDS) times x [32 nb], by
     avx2.legacy_row_dot_f32_*; with shared, groups of GEMV_ROWS rows shared among Numba's
     threads."""
     rows = out.shape[0]
