@@ -4,11 +4,15 @@
     vec_dot.py     the activation type each weight type's matmul converts its input to
     x86.py         AVX2/FMA/F16C float operations: fused multiply-adds, lane sums, expf, softmax,
                    the f16 KV-cache products, fp16 rounding, rope's cosf/sinf
-    avx2.py        register-tiled batch kernels written with LLVM's x86 intrinsics
+    avx2.py        kernels written with LLVM's x86 intrinsics: register tiles for batches, one
+                   weight row's dot product straight from its blocks for one token
+    one_token.py   the decode step's compiled norms, rope and attention (ggml's operations, or
+                   f32's), and f32's one-token products
+    threads.py     when a one-token kernel shares its work among Numba's threads
     reference/     NumPy, readable: one module per matmul family (type_traits.py's `matmul`
                    column, and repack), and quantize_activations.py (float32 -> Q8_0/Q8_1/Q8_K)
     cpu/           Numba, fast: the same modules, giving the same bits
 
-Only refllm.engine's ggml numerics uses this package; refllm.kernels (exact dequantization)
-does not depend on it.
+refllm.engine's ggml numerics uses this package, and its decode step (refllm.engine.decode) in
+both numerics; refllm.kernels (exact dequantization) does not depend on it.
 """
