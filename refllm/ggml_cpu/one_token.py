@@ -32,8 +32,8 @@ from refllm.kernels.cpu.fp import f16_to_f32
 
 F32 = np.float32
 F64 = np.float64
-# attend_one's products through avx2's row kernels where the machine has AVX2 (tests switch it
-# off to check the portable loops)
+# attend_one's products and gemv_f32 through avx2's row kernels where the machine has AVX2 (tests
+# switch it off to check the portable loops and the chunked f32 products)
 USE_AVX2 = avx2.AVAILABLE
 
 
@@ -269,7 +269,7 @@ def gemv_f32(raw: np.ndarray, weight_type: str, shape: tuple[int, int], x: np.nd
     rows shared among Numba's threads. None where there is no such kernel (a machine without
     AVX2, another type): the caller decodes rows a chunk at a time instead."""
     rows, k = shape
-    if not avx2.AVAILABLE or k % 32:
+    if not USE_AVX2 or k % 32:
         return None
     out = np.empty(rows, F32)
     raw = raw.reshape(-1)

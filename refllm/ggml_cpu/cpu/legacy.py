@@ -11,11 +11,10 @@ matrix; only a chunk of rows is ever decoded):
     one token, AVX2               `legacy_gemv_avx2`: llama.cpp's vec_dot row by row, each
                                   row's blocks unpacked in registers (avx2.legacy_row_dot_*),
                                   groups of rows shared among the threads (the decode step)
-    few tokens (n < FEW_TOKENS),  `legacy_matmul_rows`: row by row, the row's quants are
-                                  decoded to int16, multiplied by each token's in pairs
+    few tokens without AVX2       `legacy_matmul_rows`: row by row, the row's quants are
+    (n < FEW_TOKENS)              decoded to int16, multiplied by each token's in pairs
                                   (vpmaddwd), paired up into the lanes, and the lanes folded
                                   into eight scalar accumulators
-      without AVX2
     batches, AVX2                 `legacy_matmul_avx2`: a chunk of rows decoded to int8, then
                                   refllm.ggml_cpu.avx2's register tiles (4 rows x 2 tokens,
                                   vpmaddubsw lanes, the accumulators in registers), after the
