@@ -45,7 +45,7 @@ def decode_both(model, numerics: str, tokens: list[int]) -> tuple[list[np.ndarra
     step, block())."""
     results = []
     for decode_step in (True, False):
-        net = Transformer(model, numerics, decode_step=decode_step)
+        net = Transformer(model, numerics, decode_step=decode_step, flash_attn=False)
         cache = net.new_cache(len(tokens) + 8)
         net.forward(tokens[:PREFILL], cache)
         results.append([net.forward([t], cache) for t in tokens[PREFILL:]])
@@ -112,7 +112,7 @@ def test_generating_does_not_grow_the_process(tmp_path, numerics):
     # the cache's pages touched first (np.zeros maps them as positions fill), then 40 warm-up
     # tokens; 300 more tokens must not add a megabyte
     model = write(tmp_path, "memory", weight_types={name: "Q4_0" for name in DEFAULT_WEIGHT_TYPES})
-    net = Transformer(model, numerics)
+    net = Transformer(model, numerics, flash_attn=False)
     cache = net.new_cache(400)
     for array in cache.k + cache.v:
         array.fill(0)

@@ -1,6 +1,6 @@
 """refllm's logits against llama.cpp's (golden/logits, made by golden/logits/make_golden.py with
-llama-cpp-python 0.3.36: batched, f16 KV cache, flash attention off; the *-nb1 cases token by
-token, n_batch 1, and refllm evaluates those token by token too).
+llama-cpp-python 0.3.36: batched, f16 KV cache, flash attention off but in the *-fa cases; the
+*-nb1 cases token by token, n_batch 1, and refllm evaluates those token by token too).
 
 Every case runs in both numerics modes:
 
@@ -64,7 +64,11 @@ def golden_case(request, tmp_path_factory):
     if (name, mode) not in _logits:
         model = refllm.open(case_model_path(request, tmp_path_factory, name))
         tokens = golden["tokens"].tolist()
-        _logits[name, mode] = prompt_logits(Transformer(model, mode), tokens, n_batch=SPEC[name].get("n_batch"))
+        # llama.cpp's settings: its context size and threads, flash attention as the case ran it
+        net = Transformer(model, mode, flash_attn=SPEC[name].get("flash_attn", False),
+                          threads=PROVENANCE["llama_args"]["n_threads"])
+        _logits[name, mode] = prompt_logits(net, tokens, n_batch=SPEC[name].get("n_batch"),
+                                            n_ctx=PROVENANCE["llama_args"]["n_ctx"])
     return name, mode, golden, _logits[name, mode]
 
 

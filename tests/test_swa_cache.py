@@ -42,12 +42,12 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["f32", "ggml"])
 def net(request, model):
-    return Transformer(model, request.param)
+    return Transformer(model, request.param, flash_attn=False)
 
 
 @pytest.fixture(scope="module")
 def ggml(model):
-    return Transformer(model, "ggml")
+    return Transformer(model, "ggml", flash_attn=False)
 
 
 @pytest.fixture(scope="module")

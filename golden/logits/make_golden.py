@@ -13,7 +13,8 @@ template (Jinja2ChatFormatter, as Llama.__init__ sets it up); or token ids (its 
 "same_ids_as" another case's). With "max_tokens" only the first that many ids are evaluated.
 The model is loaded with SETTINGS, except that a case with "n_batch" sets n_batch and n_ubatch
 to it (1: token by token, llama.cpp's decode path, where the default evaluates the prompt in
-one batch of up to 512); the ids are evaluated in one `Llama.eval`, and `Llama.scores[:n]`
+one batch of up to 512), and a case with "flash_attn": true turns flash attention on (SETTINGS
+turn it off; llama.cpp's own CPU default, -fa auto, resolves to on); the ids are evaluated in one `Llama.eval`, and `Llama.scores[:n]`
 (float32 [n, n_vocab]; row i predicts token i + 1) is stored as golden/logits/<case>.npz:
 
     tokens       int32   [n]          the ids evaluated
@@ -59,6 +60,7 @@ HERE = Path(__file__).parent
 TOP_K = 32
 ROWS_BUDGET = 3_000_000          # bytes of float16 full rows per case
 ROWS_BUDGET_NB1 = 1_500_000      # the same for an n_batch 1 case (golden/ stays under 40 MB)
+ROWS_BUDGET_FA = 300_000         # the same for a flash-attention case (bit-exactness rests on top-32)
 
 # Every Llama() argument the golden runs set; everything else (type_k/type_v: f16 KV cache) is
 # llama-cpp-python's default, recorded in provenance from the context parameters.
@@ -106,8 +108,12 @@ def run(path: Path, ids: list[int], **changes) -> tuple[np.ndarray, dict]:
 
 
 def case_changes(case: dict) -> dict:
-    """A case's changes to SETTINGS: n_batch and n_ubatch set to its "n_batch", if it has one."""
-    return dict(n_batch=case["n_batch"], n_ubatch=case["n_batch"]) if "n_batch" in case else {}
+    """A case's changes to SETTINGS: n_batch and n_ubatch set to its "n_batch", if it has one,
+    and flash attention on where it says "flash_attn": true."""
+    changes = dict(n_batch=case["n_batch"], n_ubatch=case["n_batch"]) if "n_batch" in case else {}
+    if case.get("flash_attn"):
+        changes["flash_attn"] = True
+    return changes
 
 
 def prompt_ids(path: Path, case: dict, spec: dict) -> tuple[list[int], dict]:
@@ -205,7 +211,8 @@ def make_case(name: str, case: dict, spec: dict, path: Path) -> tuple[dict, dict
     assert np.all(np.isfinite(logits)), name
 
     nb1 = settings["n_batch"] == 1
-    positions = stored_positions(n, n_vocab, ROWS_BUDGET_NB1 if nb1 else ROWS_BUDGET)
+    budget = ROWS_BUDGET_FA if case.get("flash_attn") else ROWS_BUDGET_NB1 if nb1 else ROWS_BUDGET
+    positions = stored_positions(n, n_vocab, budget)
     topk_ids, topk_logits = top_k(logits, TOP_K)
     out = HERE / f"{name}.npz"
     np.savez_compressed(out, tokens=np.array(ids, np.int32), positions=positions,
@@ -214,7 +221,8 @@ def make_case(name: str, case: dict, spec: dict, path: Path) -> tuple[dict, dict
     entry = {"model": path.name, "sha256": sha256_file(path), **info}
     if "synth" in case:
         entry["synth"] = case["synth"]
-    entry.update(n_batch=settings["n_batch"], n_ubatch=settings["n_ubatch"], n_tokens=n, n_vocab=n_vocab,
+    entry.update(n_batch=settings["n_batch"], n_ubatch=settings["n_ubatch"], flash_attn_type=settings["flash_attn_type"],
+                 n_tokens=n, n_vocab=n_vocab,
                  stored_positions=int(positions.size), npz_sha256=sha256_file(out))
     print(f"{name}: n_batch {settings['n_batch']}, {n} tokens, {positions.size} full rows, "
           f"{out.stat().st_size} bytes", flush=True)
@@ -258,8 +266,10 @@ def main() -> None:
         command += " --only " + ",".join(names)
         old = json.loads((HERE / "provenance.json").read_text(encoding="utf-8"))
         # merged files must come from the same build and settings as the ones they join
+        # (the platform string names the kernel's build, which changes under the same library
+        # build; each run records its own)
         differ = [key for key, value in {**versions, "system_info": system_info, "llama_args": SETTINGS}.items()
-                  if old.get(key) != value]
+                  if key != "platform" and old.get(key) != value]
         if differ:
             sys.exit(f"--only: this environment differs from provenance.json's in {', '.join(differ)}; "
                      "remake every case instead")
@@ -275,7 +285,7 @@ def main() -> None:
         base = base_settings or (old["context_params"] if old else None)
         if base is not None:
             differ = sorted(k for k in set(base) | set(settings)
-                            if k not in ("n_batch", "n_ubatch") and base.get(k) != settings.get(k))
+                            if k not in ("n_batch", "n_ubatch", "flash_attn_type") and base.get(k) != settings.get(k))
             assert not differ, f"{name}: context settings differ from the default run's in {differ}"
     if base_settings is None:
         base_settings = old["context_params"]
@@ -292,7 +302,8 @@ def main() -> None:
                      if name in made_variation or name in old_variation}
         runs = old.get("runs") or [{"command": old["command"], "date": old["date"], "cases": list(old["cases"])}]
         runs = [dict(r, cases=[c for c in r["cases"] if c not in made and c in cases]) for r in runs]
-        runs = [r for r in runs if r["cases"]] + [{"command": command, "date": today, "cases": names}]
+        runs = [r for r in runs if r["cases"]] + [{"command": command, "date": today, "cases": names,
+                                                    "platform": versions["platform"]}]
 
     provenance = {
         "made_by": "golden/logits/make_golden.py",
@@ -308,11 +319,14 @@ def main() -> None:
                 "entry's where it names them (the n_batch 1 cases; an entry without them ran with llama_args'); "
                 "logits = Llama.scores[:n] (float32, row i predicts token i + 1); type_k/type_v left at their "
                 "default (context_params: 1 = f16); context_params: those of a batched run, and every case's "
-                "are the same but for n_batch and n_ubatch",
+                "are the same but for n_batch and n_ubatch, and flash_attn_type (1 = enabled) in the cases that "
+                "say \"flash_attn\": true",
         "storage": {"top_k": TOP_K, "rows_budget_bytes": ROWS_BUDGET,
                     "rows_budget_bytes_n_batch_1": ROWS_BUDGET_NB1,
+                    "rows_budget_bytes_flash_attn": ROWS_BUDGET_FA,
                     "positions": "all when n * n_vocab * 2 <= the case's budget (rows_budget_bytes, or "
-                                 "rows_budget_bytes_n_batch_1 for an n_batch 1 case), else "
+                                 "rows_budget_bytes_n_batch_1 for an n_batch 1 case, "
+                                 "rows_budget_bytes_flash_attn for a flash-attention case), else "
                                  "unique(round(linspace(0, n - 1, budget // (n_vocab * 2))))"},
         "cases": cases,
         "llama_cpp_self_variation": {
@@ -328,6 +342,8 @@ def main() -> None:
             "cases": variation,
         },
     }
+    if old is not None:
+        provenance["platform"] = old["platform"]           # the first run's; later runs record their own
     tmp = HERE / "provenance.json.tmp"
     tmp.write_text(json.dumps(provenance, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(HERE / "provenance.json")

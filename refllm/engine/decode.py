@@ -26,9 +26,10 @@ import math
 
 import numpy as np
 
-from refllm.engine.kv_cache import KVCache
+from refllm.engine.kv_cache import KVCache, as_stored
 from refllm.engine.numerics import gelu_table
 from refllm.ggml_cpu import one_token
+from refllm.ggml_cpu.flash_attn import flash_attention
 from refllm.ggml_cpu.threads import shared
 
 F32 = np.float32
@@ -83,11 +84,17 @@ class DecodeStep:
             window = cfg.n_swa if cfg.swa_layers[il] else 0
             if self.probs.shape[1] < pos + 64:
                 self.probs = np.empty((cfg.n_head, max(pos + 64, 2 * self.probs.shape[1])), F32)
-            cache_k, cache_v = _as_stored(cache.k[il]), _as_stored(cache.v[il])
-            vector = one_token.USE_AVX2 and cfg.head_dim % 8 == 0 and cfg.head_dim_v % 8 == 0
             visible = min(pos + 1, window or pos + 1)
-            one_token.attend_one(q, cache_k, cache_v, pos, window, scale, self.exact, vector, self.probs, self.attn,
-                                 shared(2 * visible * cache_k[:, 0].nbytes))
+            if net.flash_attn:
+                keys, values, first = cache.keys_values(il, pos, pos + 1)
+                self.attn[:] = flash_attention(q[None], as_stored(keys), as_stored(values), positions, first, window,
+                                               scale, cache.llama_view(il, pos + 1), net.threads,
+                                               shared(2 * visible * keys[:, 0].nbytes)).reshape(self.attn.shape)
+            else:
+                cache_k, cache_v = as_stored(cache.k[il]), as_stored(cache.v[il])
+                vector = one_token.USE_AVX2 and cfg.head_dim % 8 == 0 and cfg.head_dim_v % 8 == 0
+                one_token.attend_one(q, cache_k, cache_v, pos, window, scale, self.exact, vector, self.probs,
+                                     self.attn, shared(2 * visible * cache_k[:, 0].nbytes))
 
             # output projection; residual (gemma3: post-attention norm first); FFN norm
             a = net.linear(self.attn.reshape(1, -1), layer, "attn_output")[0]
@@ -115,7 +122,3 @@ class DecodeStep:
             one_token.gelu_tanh_times(gate, up, out)
         return out
 
-
-def _as_stored(cells: np.ndarray) -> np.ndarray:
-    """Cache cells as the kernels read them: float16 as its bits (uint16), float32 as it is."""
-    return cells.view(np.uint16) if cells.dtype == np.float16 else cells

@@ -19,10 +19,17 @@ from collections.abc import Callable
 import numpy as np
 
 from refllm.engine.config import ModelConfig
+from refllm.ggml_cpu import flash_attn
 
 # Attention reads the cache in whole runs of this many cells, the ones past the last position
 # masked out (llama.cpp pads to 256): whole 32s are what ggml's f16 kernels take without a tail.
 CELL_PAD = 32
+
+
+def as_stored(cells: np.ndarray) -> np.ndarray:
+    """Cache cells as the compiled kernels read them: float16 as its bits (uint16), float32 as
+    it is."""
+    return cells.view(np.uint16) if cells.dtype == np.float16 else cells
 
 
 def round_up(n: int) -> int:
@@ -62,6 +69,7 @@ class KVCache:
         ring = ring_size(n_batch, config.n_swa) if config.n_swa > 0 else full
         # per layer: is it a ring (a sliding-window layer whose ring is smaller than the context)?
         self.is_ring = [swa and ring < full and not swa_full for swa in config.swa_layers]
+        self.is_swa = [swa and not swa_full for swa in config.swa_layers]
         self.ring_cells = ring if any(self.is_ring) else 0
         # np.zeros maps fresh pages lazily: memory is only touched as positions fill
         cells = [ring if is_ring else full for is_ring in self.is_ring]
@@ -89,6 +97,17 @@ class KVCache:
         CELL_PAD. The cells past end hold zeros or stale keys and values; attention masks them
         (their probabilities are exactly 0, so they add nothing)."""
         return round_up(end)
+
+    def llama_view(self, layer: int, end: int) -> int:
+        """llama.cpp's KV view (n_kv) for a batch whose last position is end - 1, in the cache
+        llama.cpp would make for this context: n_ctx rounded up to 256 cells, a sliding-window
+        layer's (unless swa_full) the window plus a batch, rounded up to 256, if that is fewer
+        (llama_kv_cache_iswa). One sequence fills it from cell 0, so the used cells are the
+        positions 0..end-1 (the view's length only steers flash attention's split kernel)."""
+        cells = flash_attn.VIEW_PAD * -(-self.n_ctx // flash_attn.VIEW_PAD)
+        if self.is_swa[layer]:
+            cells = min(cells, flash_attn.VIEW_PAD * -(-(self.window + self.n_batch) // flash_attn.VIEW_PAD))
+        return flash_attn.kv_view(min(end, cells), cells)
 
     def held_from(self, layer: int) -> int:
         """The first position whose keys and values the layer still holds."""

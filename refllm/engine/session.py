@@ -77,7 +77,8 @@ class GenerationStats:
         return "\n".join(f"{name + ':':<22}{value}" for name, value in lines)
 
 
-def prompt_logits(transformer: Transformer, tokens: Sequence[int], n_batch: int | None = None) -> np.ndarray:
+def prompt_logits(transformer: Transformer, tokens: Sequence[int], n_batch: int | None = None,
+                  n_ctx: int | None = None) -> np.ndarray:
     """The logits at every position of `tokens`, evaluated in a fresh cache: float32
     [n, n_vocab], row i scoring the token after tokens[i].
 
@@ -85,12 +86,14 @@ def prompt_logits(transformer: Transformer, tokens: Sequence[int], n_batch: int 
     `Session.evaluate(tokens, all_logits=True)` does on an empty cache). n_batch k feeds them k
     at a time, each call attending to the keys and values the earlier ones left in the cache,
     as llama.cpp does with n_batch = n_ubatch = k; n_batch 1 is token by token, the path every
-    generated token takes (and the golden/logits cases made with "n_batch": 1).
+    generated token takes (and the golden/logits cases made with "n_batch": 1). n_ctx: the
+    context size (default: just the tokens); under flash attention, llama.cpp's context size
+    steers how one token's attention is split among its threads.
     """
     tokens = list(tokens)
     if n_batch is not None and n_batch < 1:
         raise ValueError(f"n_batch must be at least 1, not {n_batch}")
-    cache = transformer.new_cache(len(tokens))
+    cache = transformer.new_cache(n_ctx or len(tokens))
     step = n_batch or len(tokens)
     rows = [transformer.forward(tokens[i:i + step], cache, all_logits=True) for i in range(0, len(tokens), step)]
     return rows[0] if len(rows) == 1 else np.concatenate(rows)

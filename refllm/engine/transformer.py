@@ -32,13 +32,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numba
 import numpy as np
 
 from refllm.engine.config import ModelConfig, ModelConfigError
 from refllm.engine.decode import DecodeStep
-from refllm.engine.kv_cache import KVCache
+from refllm.engine.kv_cache import KVCache, as_stored
 from refllm.engine.numerics import NUMERICS, Numerics
 from refllm.engine.weights import Layer, ModelWeights
+from refllm.ggml_cpu.flash_attn import flash_attention
 
 N_BATCH = 512       # tokens evaluated together; bounds the attention scores' memory, as llama.cpp's n_batch
 
@@ -46,13 +48,24 @@ N_BATCH = 512       # tokens evaluated together; bounds the attention scores' me
 class Transformer:
     """A model ready to run: its configuration, its (still quantized) weights, its numerics."""
 
-    def __init__(self, model, numerics: str = "f32", decode_step: bool = True):
+    def __init__(self, model, numerics: str = "f32", decode_step: bool = True, flash_attn: bool = True,
+                 threads: int | None = None):
         """Check `model` (an opened GGUF) and map its weights. Raises ModelConfigError for an
-        unsupported architecture or a missing tensor, and for an unknown numerics mode.
+        unsupported architecture or a missing tensor, for an unknown numerics mode and for a
+        thread count below 1.
         decode_step: evaluate a single token with refllm.engine.decode's compiled step (the
-        same results; False runs block(), the reference, for every batch)."""
+        same results; False runs block(), the reference, for every batch).
+        flash_attn: under --numerics ggml, attention as llama.cpp's flash attention rounds it
+        (its CPU default, -fa auto, turns it on), else as its softmax-matrix path (-fa off). f32
+        computes the same attention either way.
+        threads: llama.cpp's thread count (--threads) to reproduce: its flash attention splits
+        one token's attention over 512 cells or more among them (default: Numba's threads)."""
         if numerics not in NUMERICS:
             raise ModelConfigError(f"unknown numerics {numerics!r} (known: {', '.join(NUMERICS)})")
+        if threads is not None and threads < 1:
+            raise ModelConfigError(f"the thread count must be at least 1, not {threads}")
+        self.flash_attn = flash_attn and numerics == "ggml"
+        self.threads = threads or numba.get_num_threads()
         self.config = ModelConfig.from_model(model)
         self.weights = ModelWeights.from_model(model, self.config)
         self.numerics: Numerics = NUMERICS[numerics]
@@ -160,7 +173,12 @@ class Transformer:
         scale = np.float32(cfg.attn_scale)
         if spec.scale_q:
             q, scale = q * scale, np.float32(1)
-        a = attention(q, keys, values, positions, window, scale, self.numerics, first)  # [n, n_head * head_dim_v]
+        if self.flash_attn:
+            n_view = cache.llama_view(il, int(positions[-1]) + 1)
+            a = flash_attention(q, as_stored(keys), as_stored(values), positions, first, window, scale, n_view,
+                                self.threads)                                              # [n, n_head * head_dim_v]
+        else:
+            a = attention(q, keys, values, positions, window, scale, self.numerics, first)  # [n, n_head * head_dim_v]
 
         # output projection (gemma3: post-attention norm), residual
         a = self.linear(a, layer, "attn_output")
