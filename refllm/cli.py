@@ -483,6 +483,29 @@ def sampling_flags(command):
     return command
 
 
+def llama_cpp_flags(command):
+    """Add --flash-attn and --threads, the llama.cpp settings --numerics ggml reproduces."""
+    command = click.option("--threads", type=int, default=None,
+                           help="Threads, refllm's and the llama.cpp run's to reproduce (its flash attention "
+                                "splits one token's attention among them)  [default: all cores]")(command)
+    return click.option("--flash-attn", type=click.Choice(["on", "off"]), default="on", show_default=True,
+                        help="--numerics ggml: attention rounded as llama.cpp's flash attention (its CPU default, "
+                             "-fa auto) or as its -fa off path; f32 computes it one way")(command)
+
+
+def _transformer(model, numerics: str, flash_attn: str, threads: int | None):
+    """The Transformer a running command uses, with Numba's threads set to --threads."""
+    import numba
+
+    from refllm.engine.transformer import Transformer
+
+    if threads is not None:
+        if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise RefllmError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, not {threads}")
+        numba.set_num_threads(threads)
+    return Transformer(model, numerics, flash_attn=flash_attn == "on", threads=threads)
+
+
 @cli.command(short_help="Generate text: refllm generate [MODEL] [PROMPT].")
 @click.argument("args", nargs=-1)
 @click.option("--system", help="A system message, for models with a chat template.")
@@ -493,15 +516,16 @@ def sampling_flags(command):
 @click.option("--no-shift", is_flag=True, help="Fail when the context fills, instead of shifting it.")
 @click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="ggml", show_default=True,
               help="ggml: llama.cpp's CPU arithmetic, bit for bit (the fastest); f32: the readable float32 reference")
+@llama_cpp_flags
 @click.option("--verbose", is_flag=True, help="Print ollama's timing statistics to stderr afterwards.")
-def generate(args, system, raw, ctx, truncate, no_shift, numerics, verbose, **sampling) -> int:
+def generate(args, system, raw, ctx, truncate, no_shift, numerics, flash_attn, threads, verbose, **sampling) -> int:
     """Generate text: refllm generate [MODEL] [PROMPT].
 
     MODEL is a path, a blob digest or an ollama name (default: SmolLM2, pulled on first use).
     With one argument it is the PROMPT, unless it is an existing file. PROMPT '-' or no PROMPT
     reads stdin. Chat models get their chat template unless --raw. The text streams as it comes.
     """
-    from refllm.engine import Session, Transformer, prompt_tokens
+    from refllm.engine import Session, prompt_tokens
     from refllm.tokenizer import Tokenizer
 
     started = time.perf_counter()
@@ -515,7 +539,7 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, verbose, **sa
         prompt = _read_stdin_text().removesuffix("\n")
     tokenizer = Tokenizer.from_model(model)
     _announce_compiling()
-    transformer = Transformer(model, numerics)
+    transformer = _transformer(model, numerics, flash_attn, threads)
     _warn_inexact(transformer)
     n_ctx_train = transformer.config.n_ctx_train
     n_ctx = ctx if ctx is not None else min(4096, n_ctx_train)
@@ -563,13 +587,13 @@ def _parse_token_list(text: str) -> list[int]:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
 @click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="f32", show_default=True,
               help="f32: the float32 reference; ggml: llama.cpp's CPU roundings (quantized activations, f16 KV cache)")
-def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -> int:
+@llama_cpp_flags
+def logits(model, prompt, token_list, no_bos, parse_special, output, numerics, flash_attn, threads) -> int:
     """Write the logits at every position of a prompt to OUTPUT (.npz: tokens int32 [n],
     logits float32 [n, n_vocab]; row i scores the token after tokens[i])."""
     import numpy as np
 
     from refllm.engine.session import Session
-    from refllm.engine.transformer import Transformer
     from refllm.tokenizer import Tokenizer
     from refllm.tools.compare import save_logits
 
@@ -577,7 +601,7 @@ def logits(model, prompt, token_list, no_bos, parse_special, output, numerics) -
         raise RefllmError("give exactly one of --prompt TEXT and --tokens 1,2,3")
     opened = _open_for_running(model)
     _announce_compiling()
-    transformer = Transformer(opened, numerics)
+    transformer = _transformer(opened, numerics, flash_attn, threads)
     _warn_inexact(transformer)
     if token_list is not None:
         ids = _parse_token_list(token_list)
