@@ -622,6 +622,62 @@ def logits(model, prompt, token_list, no_bos, parse_special, output, numerics, f
     return 0
 
 
+@cli.command(short_help="Every intermediate tensor of a forward pass, named as llama.cpp names it.")
+@click.argument("model")
+@click.option("--prompt", help="Text to tokenize (the model's BOS rules apply unless --no-bos).")
+@click.option("--tokens", "token_list", help="Token ids instead of text: 1,2,3.")
+@click.option("--no-bos", is_flag=True, help="Add no BOS/EOS to --prompt.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="The trace .npz to write.")
+@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="ggml", show_default=True,
+              help="ggml: llama.cpp's CPU roundings (its tensors bit for bit); f32: the float32 reference")
+@llama_cpp_flags
+@click.option("--stats", is_flag=True, help="Print every tensor as llama.cpp's eval-callback example does.")
+@click.option("--against", type=click.Path(dir_okay=False),
+              help="Another trace .npz: report the first tensor, layer and position where they differ (exit 1).")
+def trace(model, prompt, token_list, no_bos, output, numerics, flash_attn, threads, stats, against) -> int:
+    """Trace a forward pass: every intermediate tensor (embd, attn_norm-N, Qcur-N, Kcur-N,
+    Vcur-N, kq_soft_max-N, kqv_out-N, ffn_out-N, l_out-N, result_output, ...) under llama.cpp's
+    graph names, for the ids evaluated in one batch. MODEL is a model (with --prompt or
+    --tokens) or a trace .npz written by -o (to print it or compare it)."""
+    from refllm.tools.trace import first_difference, load_trace, run_trace, save_trace, stats_lines
+
+    if not (output or stats or against):
+        raise RefllmError("nothing to do: give -o OUT.npz, --stats or --against OTHER.npz")
+    if model.endswith(".npz") and Path(model).is_file():
+        if prompt is not None or token_list is not None:
+            raise RefllmError(f"{model} is a trace already: --prompt and --tokens are for a model")
+        result = load_trace(model)
+    else:
+        if (prompt is None) == (token_list is None):
+            raise RefllmError("give exactly one of --prompt TEXT and --tokens 1,2,3")
+        opened = _open_for_running(model)
+        _announce_compiling()
+        net = _transformer(opened, numerics, flash_attn, threads)
+        if token_list is not None:
+            ids = _parse_token_list(token_list)
+        else:
+            from refllm.tokenizer import Tokenizer
+            ids = Tokenizer.from_model(opened).tokenize(prompt, add_special=not no_bos)
+            if not ids:
+                raise RefllmError("the prompt gives no tokens")
+        if len(ids) > net.config.n_ctx_train:
+            raise RefllmError(f"{len(ids)} tokens are more than the {net.config.n_ctx_train} the model was trained for")
+        result = run_trace(net, ids)
+        result.meta["model"] = Path(opened.path).name
+    if output:
+        save_trace(output, result)
+        click.echo(f"{len(result.tensors)} tensors of {len(result.tokens)} tokens -> {output}", err=True)
+    if stats:
+        click.echo("\n".join(stats_lines(result)))
+    if against:
+        difference = first_difference(result, load_trace(against))
+        if difference is not None:
+            click.echo(difference.describe())
+            return 1
+        click.echo(f"identical: every tensor the traces share ({len(result.tensors)} in {model}) is equal, bit for bit")
+    return 0
+
+
 @cli.command(short_help="Compare two logits files with llama-perplexity's statistics.")
 @click.argument("ref", type=click.Path(dir_okay=False))
 @click.argument("test", type=click.Path(dir_okay=False))

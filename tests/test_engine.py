@@ -317,18 +317,24 @@ def test_cli_logits_and_compare(smollm2_path, tmp_path, capsys):
 
 
 def test_cli_logits_numerics_ggml_is_the_golden_bits(smollm2_path, tmp_path, capsys):
-    """`refllm logits --numerics ggml` writes llama.cpp's own logits: golden/logits/smollm2-chat's
-    stored top-32 float32 logits, exactly; --numerics f32 writes other (close) ones."""
-    golden = np.load(Path(__file__).parent.parent / "golden" / "logits" / "smollm2-chat.npz")
-    tokens = ",".join(map(str, golden["tokens"][:12]))
-    for mode in ("ggml", "f32"):
-        code, _, _ = run(["logits", smollm2_path, "--tokens", tokens, "--numerics", mode,
-                          "-o", tmp_path / f"{mode}.npz"], capsys)
+    """`refllm logits --numerics ggml` writes llama.cpp's own logits: with flash attention (the
+    default) golden/logits/smollm2-chat-fa's stored top-32 float32 logits, with --flash-attn off
+    smollm2-chat's, exactly; --numerics f32 writes other (close) ones."""
+    logits_dir = Path(__file__).parent.parent / "golden" / "logits"
+    golden = {"on": np.load(logits_dir / "smollm2-chat-fa.npz"), "off": np.load(logits_dir / "smollm2-chat.npz")}
+    tokens = ",".join(map(str, golden["on"]["tokens"][:12]))
+    assert np.array_equal(golden["on"]["tokens"], golden["off"]["tokens"])
+    for name, flags in {"ggml-on": ["--numerics", "ggml"], "ggml-off": ["--numerics", "ggml", "--flash-attn", "off"],
+                        "f32": ["--numerics", "f32"]}.items():
+        code, _, _ = run(["logits", smollm2_path, "--tokens", tokens, *flags, "-o", tmp_path / f"{name}.npz"], capsys)
         assert code == 0
-    with np.load(tmp_path / "ggml.npz") as ggml, np.load(tmp_path / "f32.npz") as f32:
-        ids = golden["topk_ids"][:12]
-        np.testing.assert_array_equal(np.take_along_axis(ggml["logits"], ids, axis=1), golden["topk_logits"][:12])
-        assert not np.array_equal(f32["logits"], ggml["logits"])
+    ours = {name: np.load(tmp_path / f"{name}.npz")["logits"] for name in ("ggml-on", "ggml-off", "f32")}
+    for fa in ("on", "off"):
+        ids = golden[fa]["topk_ids"][:12]
+        top = np.take_along_axis(ours[f"ggml-{fa}"], ids, axis=1)
+        np.testing.assert_array_equal(top, golden[fa]["topk_logits"][:12])
+    assert not np.array_equal(ours["ggml-on"], ours["ggml-off"])
+    assert not np.array_equal(ours["f32"], ours["ggml-on"])
 
 
 def test_cli_numerics_choices_are_the_engine_modes():

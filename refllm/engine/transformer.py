@@ -82,6 +82,9 @@ class Transformer:
         # not the first prompt's time
         self.weights.token_embd.gather_rows([0])
         self.decode_step = DecodeStep(self) if decode_step else None
+        # trace(name, layer, array) sees every intermediate tensor (refllm.tools.trace sets it;
+        # the decode step is then bypassed, so that every batch goes through block())
+        self.trace: Callable[[str, int | None, np.ndarray, str], None] | None = None
 
     def new_cache(self, n_ctx: int, n_batch: int = N_BATCH, swa_full: bool = False) -> KVCache:
         """An empty KV cache for n_ctx positions, in this numerics' element type, that `forward`
@@ -113,7 +116,7 @@ class Transformer:
         bad = [t for t in tokens if not 0 <= t < self.config.n_vocab]
         if bad:
             raise ModelConfigError(f"token id {bad[0]} is out of range for a vocabulary of {self.config.n_vocab}")
-        if len(tokens) == 1 and self.decode_step is not None:
+        if len(tokens) == 1 and self.decode_step is not None and self.trace is None:
             return self.decode_step(tokens[0], cache)
         rows = []
         step = cache.n_batch
@@ -133,8 +136,10 @@ class Transformer:
 
         # token embeddings: decode just the rows of these tokens  x [n, n_embd]
         x = w.token_embd.gather_rows(tokens)
+        self.show("embd", None, x, "GET_ROWS")
         if cfg.spec.embed_scale:
             x *= np.float32(math.sqrt(cfg.n_embd))
+            self.show("inp_scaled", None, x, "SCALE")
 
         for il, layer in enumerate(w.layers):
             x = self.block(il, layer, x, positions, cache)
@@ -147,22 +152,26 @@ class Transformer:
         n = x.shape[0]
 
         # attention norm
-        h = rms_norm(x, layer.vector("attn_norm"), cfg.rms_eps)                  # [n, n_embd]
+        h = self.norm(x, layer, "attn_norm", il)                                   # [n, n_embd]
 
         # q, k, v projections, split into heads
-        q, k, v = self.linears(h, layer, ("attn_q", "attn_k", "attn_v"))
+        q, k, v = self.linears(h, layer, ("attn_q", "attn_k", "attn_v"), il)
         q = q.reshape(n, cfg.n_head, cfg.head_dim)
         k = k.reshape(n, cfg.n_head_kv, cfg.head_dim)
         v = v.reshape(n, cfg.n_head_kv, cfg.head_dim_v)
+        for name, y in (("Qcur", q), ("Kcur", k), ("Vcur", v)):
+            self.show(name, il, y, "RESHAPE")
 
         # per-head q/k norm (qwen3, gemma3)
         if spec.qk_norm:
-            q = rms_norm(q, layer.vector("attn_q_norm"), cfg.rms_eps)
-            k = rms_norm(k, layer.vector("attn_k_norm"), cfg.rms_eps)
+            q = self.norm(q, layer, "attn_q_norm", il)
+            k = self.norm(k, layer, "attn_k_norm", il)
 
         # rope: rotate q and k by their positions
         q = rope(q, positions, self.rope[il], spec.rope_type, self.numerics.rotate)
         k = rope(k, positions, self.rope[il], spec.rope_type, self.numerics.rotate)
+        self.show("Qcur", il, q, "ROPE")
+        self.show("Kcur", il, k, "ROPE")
 
         # store k and v; attend over the cached positions first..the last of this batch (read in
         # whole runs of cells, the ones past it masked; first > 0 where a ring has dropped the
@@ -178,44 +187,75 @@ class Transformer:
             a = flash_attention(q, as_stored(keys), as_stored(values), positions, first, window, scale, n_view,
                                 self.threads)                                              # [n, n_head * head_dim_v]
         else:
-            a = attention(q, keys, values, positions, window, scale, self.numerics, first)  # [n, n_head * head_dim_v]
+            show = (lambda name, y, op: self.show(name, il, y, op)) if self.trace else None
+            a = attention(q, keys, values, positions, window, scale, self.numerics, first, show)  # [n, n_head * dv]
+        self.show("kqv_out", il, a, "RESHAPE" if self.flash_attn else "CONT")
 
         # output projection (gemma3: post-attention norm), residual
-        a = self.linear(a, layer, "attn_output")
+        a = self.linear(a, layer, "attn_output", il)
         if spec.post_norms:
-            a = rms_norm(a, layer.vector("post_attention_norm"), cfg.rms_eps)
+            a = self.norm(a, layer, "post_attention_norm", il)
         x = x + a
+        self.show("ffn_inp", il, x, "ADD")
 
         # feed-forward: norm, gated activation, down projection (gemma3: post-FFN norm), residual
-        h = rms_norm(x, layer.vector("ffn_norm"), cfg.rms_eps)
-        gate, up = self.linears(h, layer, ("ffn_gate", "ffn_up"))
-        f = self.linear(self.numerics.activations[spec.activation](gate) * up, layer, "ffn_down")
+        h = self.norm(x, layer, "ffn_norm", il)
+        gate, up = self.linears(h, layer, ("ffn_gate", "ffn_up"), il)
+        g = self.numerics.activations[spec.activation](gate) * up
+        self.show("ffn_" + spec.activation, il, g, "GLU")
+        f = self.linear(g, layer, "ffn_down", il)
         if spec.post_norms:
-            f = rms_norm(f, layer.vector("post_ffw_norm"), cfg.rms_eps)
-        return x + f
+            f = self.norm(f, layer, "post_ffw_norm", il)
+        x = x + f
+        self.show("l_out", il, x, "ADD")
+        return x
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Final norm and output projection: x [n, n_embd] -> logits float32 [n, n_vocab]."""
         cfg, w = self.config, self.weights
-        h = rms_norm(x, w.output_norm, cfg.rms_eps)
+        h = self.norm(x, None, "output_norm", None)
         logits = self.numerics.matmuls(h, [w.output])[0]
         if w.output_bias is not None:
             logits += w.output_bias
+        self.show("result_output", None, logits, "MUL_MAT")
         if cfg.final_softcap > 0:
             c = np.float32(cfg.final_softcap)
             logits = c * np.tanh(logits / c)
         return logits
 
-    def linear(self, x: np.ndarray, layer: Layer, name: str) -> np.ndarray:
+    def linear(self, x: np.ndarray, layer: Layer, name: str, il: int | None = None) -> np.ndarray:
         """x [n, in] through the layer's matrix `name` [out, in], plus its bias if it has one."""
-        return self.linears(x, layer, (name,))[0]
+        return self.linears(x, layer, (name,), il)[0]
 
-    def linears(self, x: np.ndarray, layer: Layer, names: tuple[str, ...]) -> list[np.ndarray]:
+    def linears(self, x: np.ndarray, layer: Layer, names: tuple[str, ...], il: int | None = None) -> list[np.ndarray]:
         """x [n, in] through each of the layer's matrices `names`, plus their biases (one
-        input: the numerics may convert it once for all of them)."""
+        input: the numerics may convert it once for all of them). il: the layer, for traces."""
         ys = self.numerics.matmuls(x, [layer.matrices[name] for name in names])
-        biases = [layer.vector(name + ".bias") for name in names]
-        return [y if bias is None else y + bias for y, bias in zip(ys, biases)]
+        out = []
+        for name, y in zip(names, ys):
+            self.show(name, il, y, "MUL_MAT")
+            bias = layer.vector(name + ".bias")
+            if bias is not None:
+                y = y + bias
+                self.show(name, il, y, "ADD")
+            out.append(y)
+        return out
+
+    def norm(self, x: np.ndarray, layer: Layer | None, name: str, il: int | None) -> np.ndarray:
+        """rms_norm(x) times the norm weight `name` (the layer's, or the model's output_norm)."""
+        cfg = self.config
+        weight = self.weights.output_norm if layer is None else layer.vector(name)
+        normed = rms_normalize(x, cfg.rms_eps)
+        self.show("norm." + name, il, normed, "RMS_NORM")
+        h = normed * weight
+        self.show(name, il, h, "MUL")
+        return h
+
+    def show(self, name: str, il: int | None, y: np.ndarray, op: str) -> None:
+        """Hand an intermediate tensor, and the ggml op llama.cpp computes it with, to the trace,
+        if one is set (refllm.tools.trace names it as llama.cpp's graph does)."""
+        if self.trace is not None:
+            self.trace(name, il, y, op)
 
     # -- context shift ----------------------------------------------------------------------------
 
@@ -236,13 +276,18 @@ F32 = np.float32
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x / sqrt(mean(x^2) + eps) * weight over the last axis, as ggml computes it: the squares
-    in float32 summed in order in float64 (a running sum: cumsum's last element), the mean
-    and 1/sqrtf(mean + eps) in float32."""
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis (rms_normalize, then the weight)."""
+    return rms_normalize(x, eps) * weight
+
+
+def rms_normalize(x: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) over the last axis, as ggml's RMS_NORM computes it: the
+    squares in float32 summed in order in float64 (a running sum: cumsum's last element), the
+    mean and 1/sqrtf(mean + eps) in float32."""
     total = np.cumsum(np.square(x).astype(np.float64), axis=-1)[..., -1:]
     mean_square = (total / x.shape[-1]).astype(F32)
     scale = F32(1) / np.sqrt(mean_square + F32(eps))
-    return (x * scale) * weight
+    return x * scale
 
 
 class RopeFrequencies:
@@ -307,7 +352,8 @@ def rope(x: np.ndarray, positions: np.ndarray, freqs: RopeFrequencies, rope_type
 
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray, window: int,
-              scale: np.float32, numerics: Numerics, first: int = 0) -> np.ndarray:
+              scale: np.float32, numerics: Numerics, first: int = 0,
+              show: Callable[[str, np.ndarray, str], None] | None = None) -> np.ndarray:
     """Causal multi-head attention with grouped KV heads, as ggml's non-flash path computes it.
 
     q [n, n_head, d] float32 at `positions`; keys [n_kv, T, d] and values [n_kv, T, dv] for
@@ -318,7 +364,9 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np
     Like ggml, the cache is multiplied by its operand converted to the cache's type: q is
     rounded to it for q·k and the probabilities are rounded to it for probs·v (f16 for an f16
     cache, no change for float32). The products and the softmax (scores * scale + mask) are
-    the numerics' own.
+    the numerics' own. show(name, array, op), if given, sees llama.cpp's kq and kq_soft_max
+    [n_head, n, keys up to the last query's position] and kqv [n_head, n, dv] (every score is
+    then computed, the masked ones too, as llama.cpp's kq holds them).
     """
     n, n_head, d = q.shape
     n_kv, n_keys, dv = values.shape
@@ -331,13 +379,23 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np
     # onward) are masked and their probabilities 0, which the products may skip
     seen = np.tile(np.minimum(positions + 1 - first, n_keys), group)          # [group * n]
     out = np.empty((n_head, n, dv), F32)
+    shown = {name: np.empty((n_head, n, n_keys), F32) for name in ("kq", "kq_soft_max")} if show else {}
     for g in range(n_kv):
         # the group's query heads stacked: one product per KV head  [group * n, d]
-        q_group = q[:, g * group:(g + 1) * group].transpose(1, 0, 2).reshape(group * n, d)
+        heads = slice(g * group, (g + 1) * group)
+        q_group = q[:, heads].transpose(1, 0, 2).reshape(group * n, d)
         q_group = numerics.to_kv_type(q_group)
-        scores = numerics.cache_matmul(keys[g].astype(F32, copy=False), q_group, n, needed=seen)   # [group * n, T]
+        needed = None if show else seen
+        scores = numerics.cache_matmul(keys[g].astype(F32, copy=False), q_group, n, needed=needed)  # [group * n, T]
         probs = numerics.soft_max(scores.reshape(group, n, n_keys), scale, hidden)     # [group, n, T]
+        if show:
+            shown["kq"][heads], shown["kq_soft_max"][heads] = scores.reshape(group, n, n_keys), probs
         probs = numerics.to_kv_type(probs.reshape(group * n, n_keys))
         v_rows = np.ascontiguousarray(values[g].T, dtype=F32)                          # [dv, T]
-        out[g * group:(g + 1) * group] = numerics.cache_matmul(v_rows, probs, n, nonzero=seen).reshape(group, n, dv)
+        out[heads] = numerics.cache_matmul(v_rows, probs, n, nonzero=seen).reshape(group, n, dv)
+    if show:
+        end = int(positions[-1]) + 1 - first                                          # keys past it: padding
+        show("kq", shown["kq"][..., :end], "MUL_MAT")
+        show("kq_soft_max", shown["kq_soft_max"][..., :end], "SOFT_MAX")
+        show("kqv", out, "MUL_MAT")
     return out.transpose(1, 0, 2).reshape(n, n_head * dv)
