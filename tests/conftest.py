@@ -33,11 +33,11 @@ def cpu_path(request, monkeypatch):
     """Run a test of the Numba kernels on both CPU paths, which must give the same bits: the
     AVX2 register tiles (refllm.ggml_cpu.avx2, on a machine with AVX2) and the portable
     Numba kernels (every machine)."""
-    from refllm.ggml_cpu import avx2, one_token, x86
+    from refllm.ggml_cpu import avx2, flash_attn, one_token, x86
     from refllm.ggml_cpu.cpu import kquants, legacy, repack
     if request.param == "avx2" and not avx2.AVAILABLE:
         pytest.skip("this machine has no AVX2 and FMA: only the portable kernels run here")
-    for module in (x86, legacy, repack, kquants, one_token):
+    for module in (x86, legacy, repack, kquants, one_token, flash_attn):
         monkeypatch.setattr(module, "USE_AVX2", request.param == "avx2")
     return request.param
 

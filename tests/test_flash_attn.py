@@ -85,6 +85,21 @@ def test_threads_change_only_the_split_kernel():
     assert all(np.array_equal(chunk[0], c) for c in chunk[1:])
 
 
+@pytest.mark.parametrize("n, n_view", [(3, 256), (1, 768)])
+def test_portable_scores_give_the_avx2_bits(n, n_view, monkeypatch):
+    """one_chunk's and split's scores by avx2.f16_row_dot, or by the portable Numba loop."""
+    from refllm.ggml_cpu import avx2, flash_attn
+    if not avx2.AVAILABLE:
+        pytest.skip("this machine has no AVX2: only the portable loop runs here")
+    q, keys, values, positions = inputs(n, 600, seed=7)
+    results = []
+    for use_avx2 in (True, False):
+        monkeypatch.setattr(flash_attn, "USE_AVX2", use_avx2)
+        results.append(flash_attention(q, keys.view(np.uint16), values.view(np.uint16), positions, 0, 0, 0.125,
+                                       n_view, 2))
+    assert np.array_equal(*results)
+
+
 def test_shared_and_serial_give_the_same_bits():
     q, keys, values, positions = inputs(80, 200, seed=3)
     k, v = keys.view(np.uint16), values.view(np.uint16)

@@ -47,6 +47,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from refllm.ggml_cpu import avx2
 from refllm.ggml_cpu.one_token import _reduce_lanes, cached_value
 from refllm.ggml_cpu.x86 import expf_scalar, f16_round, fma32, hsum8
 
@@ -57,6 +58,9 @@ Q_TILE = 64             # GGML_FA_TILE_Q: batches of this many tokens or more ta
 KV_TILE = 64            # GGML_FA_TILE_KV: the tiled kernel's keys per step
 SPLIT_MIN_VIEW = 512    # one token over a KV view this long or longer is split among the threads
 VIEW_PAD = 256          # llama.cpp pads the KV view and the context to multiples of this
+# one_chunk's scores by avx2.f16_row_dot where the machine has AVX2 (tests switch it off to
+# check the portable loop; the same bits)
+USE_AVX2 = avx2.AVAILABLE
 
 
 def kernel_name(n_tokens: int, n_view: int) -> str:
@@ -81,60 +85,73 @@ def flash_attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positio
     batch sees among them. Query head h reads KV head h // (n_head / n_kv); a query at position
     p sees keys at positions k <= p, with a window w > 0 only those with p - k < w. n_view:
     llama.cpp's KV view for this batch (kv_view); n_threads: llama.cpp's thread count (both only
-    matter where kernel_name says "split"). Returns float32 [n, n_head * dv]."""
+    matter where kernel_name says "split"). shared: share the work among Numba's threads.
+    Returns float32 [n, n_head * dv]."""
     n, n_head, _ = q.shape
     dv = values.shape[2]
     out = np.empty((n, n_head, dv), F32)
+    q = np.ascontiguousarray(q, F32)
+    keys, values = np.ascontiguousarray(keys), np.ascontiguousarray(values)
+    positions = np.asarray(positions, np.int64)
     kernel = kernel_name(n, n_view)
-    chunk = -(-n_view // n_threads) if kernel == "split" else 0
-    _attend(np.ascontiguousarray(q, F32), keys, values, np.asarray(positions, np.int64), first, window, F32(scale),
-            kernel == "tiled", chunk, n_view, out, shared)
+    if kernel == "tiled":
+        _tiled(q, keys, values, positions, first, window, F32(scale), out, shared)
+    else:
+        chunk = -(-n_view // n_threads) if kernel == "split" else 0
+        vector = USE_AVX2 and keys.dtype == np.uint16
+        _by_row(q, keys, values, positions, first, window, F32(scale), chunk, n_view, vector, out, shared)
     return out.reshape(n, n_head * dv)
 
 
+@njit(inline="always", cache=True)
+def _visible(positions, i, first, window):
+    """The cells (lo, hi) query i sees: positions max(0, p - window + 1)..p, minus first."""
+    pos = positions[i]
+    lo = max(first, pos - window + 1) if window > 0 else first
+    return lo - first, pos + 1 - first
+
+
+# -- one_chunk and split: one query row at a time -------------------------------------------------
+
 @njit(cache=True, parallel=True)
-def _attend(q, keys, values, positions, first, window, scale, tiled, chunk, n_view, out, shared):
-    """flash_attention's work: every (query row, head), shared among Numba's threads where
-    `shared`. tiled: the tiled kernel; else chunk > 0: split with that chunk size; else
-    one_chunk."""
-    n, n_head = q.shape[0], q.shape[1]
+def _by_row(q, keys, values, positions, first, window, scale, chunk, n_view, vector, out, shared):
+    """one_chunk (chunk 0) or split (chunks of `chunk` cells) for every (query row, head),
+    shared among Numba's threads where `shared`."""
+    jobs = q.shape[0] * q.shape[1]
     if shared:
-        for job in prange(n * n_head):
-            _attend_row(q, keys, values, positions, first, window, scale, tiled, chunk, n_view, out, job)
+        for job in prange(jobs):
+            _row(q, keys, values, positions, first, window, scale, chunk, n_view, vector, out, job)
     else:
-        for job in range(n * n_head):
-            _attend_row(q, keys, values, positions, first, window, scale, tiled, chunk, n_view, out, job)
+        for job in range(jobs):
+            _row(q, keys, values, positions, first, window, scale, chunk, n_view, vector, out, job)
 
 
 @njit(cache=True)
-def _attend_row(q, keys, values, positions, first, window, scale, tiled, chunk, n_view, out, job):
-    """One query row i and head h (job = i * n_head + h): out[i, h]."""
-    n_head = q.shape[1]
+def _row(q, keys, values, positions, first, window, scale, chunk, n_view, vector, out, job):
+    """Query row i and head h (job = i * n_head + h): out[i, h]."""
+    n_head, d = q.shape[1], q.shape[2]
     i, h = job // n_head, job % n_head
     g = h // (n_head // keys.shape[0])
-    pos = positions[i]
-    lo = max(first, pos - window + 1) if window > 0 else first       # the visible positions: lo .. pos
-    hi = pos + 1
+    lo, hi = _visible(positions, i, first, window)
     o = out[i, h]
-    if tiled:
-        _tiled(q[i, h], keys[g], values[g], lo - first, hi - first, first, scale, o)
-        return
-    q16 = np.empty(q.shape[2], F32)
-    for e in range(q.shape[2]):
+    q16 = np.empty(d, F32)
+    for e in range(d):
         q16[e] = f16_round(q[i, h, e])                               # q converted to K's type, f16
     if chunk == 0:
-        m, s = _one_chunk(q16, keys[g], values[g], lo - first, hi - first, scale, o)
+        m, s = _one_chunk(q16, keys, values, g, lo, hi, scale, vector, o)
         _divide(o, s)
         return
     # split: one chunk of the view per thread, each an online softmax of its own; then merged
-    # in order. A chunk that sees no key has S = 0 and is left out.
+    # in order (ggml_flash_attn_ext_reduce_partials). A chunk that sees no key has S = 0 and
+    # is left out. The merge's a * b + c * d is one fused multiply-add and a product, as GCC
+    # contracts it (the golden files tell the two roundings apart).
     part = np.empty_like(o)
     m_all, s_all = F32(-np.inf), F32(0)
     o[:] = 0
     for start in range(0, n_view, chunk):
         stop = min(start + chunk, n_view)
-        a, b = max(lo, start + first), min(hi, stop + first)          # visible positions of the chunk
-        m, s = _one_chunk(q16, keys[g], values[g], a - first, max(a, b) - first, scale, part)
+        a, b = max(lo, start - first), min(hi, stop - first)         # the chunk's visible cells
+        m, s = _one_chunk(q16, keys, values, g, a, max(a, b), scale, vector, part)
         if s == 0:
             continue
         m_new = max(m_all, m)
@@ -155,18 +172,23 @@ def _divide(o, s):
 
 
 @njit(cache=True)
-def _one_chunk(q16, k, v, a, b, scale, vkq):
-    """ggml's one_chunk loop over cells a..b-1 of one KV head (k [T, d], v [T, dv]) for a
-    query q16 (float32 [d], fp16 values): returns (M, S) and leaves VKQ (fp16 values, as
-    float32) in vkq [dv]. Every key is visible; the C library's expf (math.exp on float32)."""
+def _one_chunk(q16, keys, values, g, a, b, scale, vector, vkq):
+    """ggml's one_chunk loop over cells a..b-1 of KV head g for a query q16 (float32 [d], fp16
+    values): returns (M, S) and leaves VKQ (fp16 values, as float32) in vkq [dv]. Every key is
+    visible; expf is the C library's (math.exp on a float32)."""
     d, dv = q16.shape[0], vkq.shape[0]
+    n_cells = keys.shape[1]
+    keys_flat = keys.reshape(-1)
     lanes = np.empty(32, F32)
     m, s_sum = F32(-np.inf), F32(0)
     vkq[:] = 0
     for c in range(a, b):
         # the score: ggml_vec_dot_f16 of the key and q; scale; the mask's 0
-        s = F32(_vec_dot_f16(k[c], q16, lanes, d) * scale)
-        s = F32(s + F32(0))
+        if vector:
+            s = avx2.f16_row_dot(keys_flat, (g * n_cells + c) * d, q16, d)
+        else:
+            s = _vec_dot_f16(keys[g, c], q16, lanes, d)
+        s = F32(F32(s * scale) + F32(0))
         ms, vs = F32(1), F32(1)
         if s > m:
             # a new maximum: rescale VKQ (ggml_vec_scale_f16) and S
@@ -177,8 +199,9 @@ def _one_chunk(q16, k, v, a, b, scale, vkq):
         else:
             vs = F32(math.exp(F32(s - m)))
         # VKQ += v * vs (ggml_vec_mad_f16: one fused multiply-add per element, rounded to f16)
+        v_row = values[g, c]
         for e in range(dv):
-            vkq[e] = f16_round(fma32(cached_value(v[c, e]), vs, vkq[e]))
+            vkq[e] = f16_round(fma32(cached_value(v_row[e]), vs, vkq[e]))
         s_sum = fma32(s_sum, ms, vs)
     return m, s_sum
 
@@ -187,7 +210,7 @@ def _one_chunk(q16, k, v, a, b, scale, vkq):
 def _vec_dot_f16(a, b, acc, d):
     """ggml_vec_dot_f16 (AVX2) of a row of cache elements and b (float32, fp16 values) [d]:
     four 8-lane accumulators over each 32 elements, reduced as one_token's; the elements past
-    the last whole 32 added in float64."""
+    the last whole 32 added in float64 (avx2.f16_row_dot computes the same in registers)."""
     whole = d - d % 32
     acc[:] = 0
     for base in range(0, whole, 32):
@@ -199,51 +222,96 @@ def _vec_dot_f16(a, b, acc, d):
     return F32(total)
 
 
+# -- tiled: a block of query rows against KV_TILE keys at a time -----------------------------------
+
+@njit(cache=True, parallel=True)
+def _tiled(q, keys, values, positions, first, window, scale, out, shared):
+    """The tiled kernel for every (KV head, block of Q_TILE query rows), shared among Numba's
+    threads where `shared`."""
+    blocks = -(-q.shape[0] // Q_TILE)
+    jobs = keys.shape[0] * blocks
+    if shared:
+        for job in prange(jobs):
+            _tiled_block(q, keys, values, positions, first, window, scale, out, job // blocks, job % blocks)
+    else:
+        for job in range(jobs):
+            _tiled_block(q, keys, values, positions, first, window, scale, out, job // blocks, job % blocks)
+
+
 @njit(cache=True)
-def _tiled(q, k, v, a, b, first, scale, vkq):
-    """ggml's tiled kernel for one float32 query q [d] over the visible cells a..b-1 of one KV
-    head (k [T, d], v [T, dv]; cell c holds position first + c, and the tiles start at the
-    positions that are multiples of KV_TILE). Leaves the output in vkq [dv]."""
-    d, dv = q.shape[0], vkq.shape[0]
+def _tiled_block(q, keys, values, positions, first, window, scale, out, g, block):
+    """ggml's tiled kernel for the query heads of KV head g and query rows block * Q_TILE ..:
+    q stays float32; the keys and values are decoded KV_TILE cells at a time (the tiles start
+    at positions that are multiples of KV_TILE); every visible score is a fused multiply-add
+    chain over d from 0 (simd_gemm), times scale; the running maximum rescales VKQ and S with
+    the C library's expf; the probabilities are ggml's AVX2 expf of s - M, summed in 8-lane
+    groups in float64 (ggml_vec_soft_max_f32); VKQ gets a fused multiply-add chain over the
+    tile's cells (simd_gemm again). Hidden cells take no part: their probability is exactly 0."""
+    n, n_head, d = q.shape
+    dv = values.shape[2]
+    n_cells = keys.shape[1]
+    group = n_head // keys.shape[0]
+    r0, r1 = block * Q_TILE, min(n, block * Q_TILE + Q_TILE)
+    m = np.full((r1 - r0, group), -np.inf, F32)
+    s_sum = np.zeros((r1 - r0, group), F32)
+    vkq = np.zeros((r1 - r0, group, dv), F32)
+    k_tile = np.empty((d, KV_TILE), F32)                     # transposed, as ggml packs it
+    v_tile = np.empty((KV_TILE, dv), F32)
     kq = np.empty(KV_TILE, F32)
-    m, s_sum = F32(-np.inf), F32(0)
-    vkq[:] = 0
-    tile = (a + first) // KV_TILE * KV_TILE - first                     # first cell of a's tile
-    while tile < b:
-        lo, hi = max(a, tile), min(b, tile + KV_TILE)
-        # the tile's scores: a fused multiply-add chain over d from 0 (simd_gemm), times scale;
-        # hidden cells -inf (the mask's -inf added)
-        top = F32(-np.inf)
+    lo_all, _ = _visible(positions, r0, first, window)
+    _, hi_all = _visible(positions, r1 - 1, first, window)
+    tile = (lo_all + first) // KV_TILE * KV_TILE - first      # the cell where lo_all's tile starts
+    while tile < hi_all:
         for t in range(KV_TILE):
             c = tile + t
-            if c < lo or c >= hi:
-                kq[t] = -np.inf
-                continue
-            acc = F32(0)
+            inside = 0 <= c < n_cells
             for e in range(d):
-                acc = fma32(q[e], cached_value(k[c, e]), acc)
-            kq[t] = F32(F32(acc * scale) + F32(0))
-            top = max(top, kq[t])
-        # the running maximum; a larger one rescales VKQ and S (the C library's expf)
-        m_new = max(m, top)
-        if m_new > m:
-            ms = F32(math.exp(F32(m - m_new)))
+                k_tile[e, t] = cached_value(keys[g, c, e]) if inside else F32(0)
             for e in range(dv):
-                vkq[e] = F32(vkq[e] * ms)
-            s_sum = F32(s_sum * ms)
-        m = m_new
-        # probabilities: ggml's AVX2 expf of s - M; their sum in 8-lane groups, in float64
-        total = 0.0
-        for t in range(KV_TILE):
-            kq[t] = expf_scalar(F32(kq[t] - m))
-        for t in range(0, KV_TILE, 8):
-            total += F64(hsum8((kq[t], kq[t + 1], kq[t + 2], kq[t + 3], kq[t + 4], kq[t + 5], kq[t + 6], kq[t + 7])))
-        s_sum = F32(F64(s_sum) + total)
-        # VKQ += p v: a fused multiply-add chain over the tile's cells (simd_gemm); the hidden
-        # cells' p is 0 and adds nothing
-        for c in range(lo, hi):
-            p = kq[c - tile]
-            for e in range(dv):
-                vkq[e] = fma32(p, cached_value(v[c, e]), vkq[e])
+                v_tile[t, e] = cached_value(values[g, c, e]) if inside else F32(0)
+        for r in range(r0, r1):
+            lo, hi = _visible(positions, r, first, window)
+            a, b = max(lo, tile), min(hi, tile + KV_TILE)
+            if a >= b:
+                continue                                     # no visible key in this tile
+            for j in range(group):
+                h = g * group + j
+                # the tile's scores; hidden cells -inf (the mask's -inf added)
+                kq[:] = 0
+                for e in range(d):
+                    qe = q[r, h, e]
+                    for t in range(KV_TILE):
+                        kq[t] = fma32(qe, k_tile[e, t], kq[t])
+                top = F32(-np.inf)
+                for t in range(KV_TILE):
+                    visible = a <= tile + t < b
+                    kq[t] = F32(F32(kq[t] * scale) + F32(0)) if visible else F32(-np.inf)
+                    top = max(top, kq[t])
+                # the running maximum; a larger one rescales VKQ and S (the C library's expf)
+                row, acc = r - r0, vkq[r - r0, j]
+                m_new = max(m[row, j], top)
+                if m_new > m[row, j]:
+                    ms = F32(math.exp(F32(m[row, j] - m_new)))
+                    for e in range(dv):
+                        acc[e] = F32(acc[e] * ms)
+                    s_sum[row, j] = F32(s_sum[row, j] * ms)
+                m[row, j] = m_new
+                # probabilities: ggml's AVX2 expf of s - M; their sum in 8-lane groups, in float64
+                total = 0.0
+                for t in range(KV_TILE):
+                    kq[t] = expf_scalar(F32(kq[t] - m_new))
+                for t in range(0, KV_TILE, 8):
+                    total += F64(hsum8((kq[t], kq[t + 1], kq[t + 2], kq[t + 3],
+                                        kq[t + 4], kq[t + 5], kq[t + 6], kq[t + 7])))
+                s_sum[row, j] = F32(F64(s_sum[row, j]) + total)
+                # VKQ += p v over the visible cells (the hidden ones' p is 0 and adds nothing)
+                for c in range(a, b):
+                    p = kq[c - tile]
+                    for e in range(dv):
+                        acc[e] = fma32(p, v_tile[c - tile, e], acc[e])
         tile += KV_TILE
-    _divide(vkq, s_sum)
+    for r in range(r0, r1):
+        for j in range(group):
+            o = out[r, g * group + j]
+            o[:] = vkq[r - r0, j]
+            _divide(o, s_sum[r - r0, j])
