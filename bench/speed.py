@@ -49,15 +49,16 @@ MODELS = {
     "llama1b-q8_0": ("Llama-3.2-1B-shaped synth, Q8_0", "Q8_0"),
 }
 
-# The llama.cpp worker: argv = path, token ids (JSON), threads, runs, decode steps, long position.
+# The llama.cpp worker: argv = path, token ids (JSON), threads, runs, decode steps, long position,
+# flash attention (1 or 0).
 LLAMA_WORKER = r"""
 import ctypes, json, statistics, sys, time
 import numpy as np
 import llama_cpp as L
-path, ids, threads, runs, n_decode, long = sys.argv[1], json.loads(sys.argv[2]), *map(int, sys.argv[3:])
+path, ids, threads, runs, n_decode, long, flash = sys.argv[1], json.loads(sys.argv[2]), *map(int, sys.argv[3:])
 n_ctx = max(len(ids), 2 * 256) + 64
 llm = L.Llama(path, n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads,
-              verbose=False)
+              flash_attn=bool(flash), verbose=False)
 ctx = llm._ctx.ctx
 n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(llm._model.model))
 
@@ -90,24 +91,26 @@ for run in range(runs + 1):                     # the first run warms up
 print(json.dumps({k: statistics.median(v) if v[0] is not None else None for k, v in figures.items()}))
 """
 
-# The llama.cpp side of the process measurement: argv = path, prompt, n_predict, threads.
+# The llama.cpp side of the process measurement: argv = path, prompt, n_predict, threads, flash (1/0).
 LLAMA_PROCESS = r"""
 import sys
 import llama_cpp as L
-path, prompt, n_predict, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-llm = L.Llama(path, n_ctx=4096, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+path, prompt, n_predict, threads, flash = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+llm = L.Llama(path, n_ctx=4096, n_batch=512, n_threads=threads, n_threads_batch=threads, flash_attn=bool(flash),
+              verbose=False)
 for chunk in llm.create_completion(prompt, max_tokens=n_predict, temperature=0, stream=True):
     sys.stdout.write(chunk["choices"][0]["text"]); sys.stdout.flush()
 """
 
 
-def refllm_worker(path: str, ids: list[int], runs: int, n_decode: int, long: int, numerics: str) -> dict:
+def refllm_worker(path: str, ids: list[int], runs: int, n_decode: int, long: int, numerics: str,
+                  flash_attn: bool) -> dict:
     """In this (worker) process: refllm's figures, as LLAMA_WORKER's."""
     import numpy as np
 
     import refllm
     from refllm.engine.transformer import Transformer
-    net = Transformer(refllm.open(path), numerics)
+    net = Transformer(refllm.open(path), numerics, flash_attn=flash_attn)
 
     def steps(cache, token, n):
         t = time.perf_counter()
@@ -210,6 +213,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--numerics", default="ggml")
+    ap.add_argument("--flash-attn", choices=["on", "off"], default="on",
+                    help="both engines' attention (llama.cpp's CPU default: on)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--long", type=int, default=2000, help="the later decode position (real models)")
@@ -219,7 +224,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         path, ids = args.worker[0], json.loads(Path(args.worker[1]).read_text())
-        print(json.dumps(refllm_worker(path, ids, args.runs, args.decode, args.long, args.numerics)))
+        print(json.dumps(refllm_worker(path, ids, args.runs, args.decode, args.long, args.numerics,
+                                       args.flash_attn == "on")))
         return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -227,7 +233,7 @@ def main() -> None:
                platform.processor())
     lines = [f"{SECTION}, {time.strftime('%Y-%m-%d')})", "",
              f"CPU: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; refllm "
-             f"`--numerics {args.numerics}`; llama.cpp: "
+             f"`--numerics {args.numerics}`, flash attention {args.flash_attn} in both engines; llama.cpp: "
              + ("llama-cpp-python 0.3.36, AVX2/FMA/F16C build, raw llama_decode loop" if args.llama_python
                 else "not measured") + f". Medians of {args.runs} runs; ratios are refllm / llama.cpp "
              "within this run.", "",
@@ -254,13 +260,14 @@ def main() -> None:
             env = thread_env(threads)
             ours = last_json(subprocess.run(
                 [sys.executable, __file__, "--worker", str(path), str(ids_file), "--runs", str(args.runs),
-                 "--decode", str(args.decode), "--long", str(long), "--numerics", args.numerics],
+                 "--decode", str(args.decode), "--long", str(long), "--numerics", args.numerics,
+                 "--flash-attn", args.flash_attn],
                 env=env, capture_output=True, text=True, check=True).stdout)
             theirs = {"prefill": None, "decode": None, "decode_long": None}
             if args.llama_python:
                 theirs = last_json(subprocess.run(
                     [args.llama_python, "-c", LLAMA_WORKER, str(path), json.dumps(ids), str(threads),
-                     str(args.runs), str(args.decode), str(long)],
+                     str(args.runs), str(args.decode), str(long), str(int(args.flash_attn == "on"))],
                     env=env, capture_output=True, text=True, check=True).stdout)
             slowdown = "-"
             if ours["decode_long"]:
@@ -289,9 +296,12 @@ def main() -> None:
     for label, path in processes:
         env = thread_env(threads)
         ours_cmd = [str(Path(sys.executable).parent / "refllm"), "generate", str(path), prompt_text, "--raw",
-                    "-n", "64", "--temperature", "0", "--ctx", "4096", "--numerics", args.numerics]
+                    "-n", "64", "--temperature", "0", "--ctx", "4096", "--numerics", args.numerics,
+                    "--flash-attn", args.flash_attn]
         ours = [process_run(ours_cmd, env) for _ in range(args.runs)]
-        theirs = [process_run([args.llama_python, "-c", LLAMA_PROCESS, str(path), prompt_text, "64", str(threads)], env)
+        flash = str(int(args.flash_attn == "on"))
+        theirs = [process_run([args.llama_python, "-c", LLAMA_PROCESS, str(path), prompt_text, "64", str(threads),
+                               flash], env)
                   for _ in range(args.runs)] if args.llama_python else None
 
         def median(runs, key):
