@@ -1,6 +1,7 @@
 """docs/'s pages run as tests (Sybil), each page's blocks in order in one namespace:
 
     ```python   a block of code; one that starts with >>> is a doctest, its printed output checked
+                (a number to the digits it is written with: Sybil's NUMBER)
     ```console  `$ command` lines run with bash in a scratch folder, each followed by the output
                 it must print (`...` stands for any text, runs of whitespace compare equal)
 
@@ -16,13 +17,13 @@ from __future__ import annotations
 
 import doctest
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from sybil import Sybil
+from sybil.evaluators.doctest import NUMBER
 from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser, SkipParser
 
 DOCS = Path(__file__).resolve().parent
@@ -30,10 +31,11 @@ PAGES = ["*.md"]
 NOT_PAGES = ["README.md", "ARCHITECTURE.md"]     # notes without code to run
 COMMAND_TIMEOUT = 300                             # seconds for one console command
 OUTPUT_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+PYTHON_FLAGS = OUTPUT_FLAGS | NUMBER     # a page shows the digits that hold on every machine
 
 
 @pytest.fixture(scope="session")
-def FIGURES(tmp_path_factory) -> Path:          # noqa: N802 -- the name the pages use
+def FIGURES(tmp_path_factory) -> Path:          # upper case: a constant, to the pages' code
     """Where the pages' pictures go: docs/figures/ when REFLLM_WRITE_FIGURES is set, else a
     temporary folder (the tests leave the repository as it was)."""
     if os.environ.get("REFLLM_WRITE_FIGURES"):
@@ -71,14 +73,13 @@ def run_console(example) -> None:
                                 capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
         if result.returncode != 0:
             raise AssertionError(f"$ {command}\nexit {result.returncode}:\n{result.stderr[-2000:]}")
-        got = re.sub(r"[ \t]+$", "", result.stdout, flags=re.MULTILINE)
-        if not checker.check_output(expected, got, OUTPUT_FLAGS):
+        if not checker.check_output(expected, result.stdout, OUTPUT_FLAGS):
             raise AssertionError(f"$ {command}\n" + checker.output_difference(
-                doctest.Example(command, expected), got, OUTPUT_FLAGS))
+                doctest.Example(command, expected), result.stdout, OUTPUT_FLAGS))
 
 
 pytest_collect_file = Sybil(
-    parsers=[PythonCodeBlockParser(doctest_optionflags=OUTPUT_FLAGS), CodeBlockParser("console", run_console),
+    parsers=[PythonCodeBlockParser(doctest_optionflags=PYTHON_FLAGS), CodeBlockParser("console", run_console),
              SkipParser()],
     patterns=PAGES,
     excludes=NOT_PAGES,
