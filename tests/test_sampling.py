@@ -1,9 +1,13 @@
-"""refllm.engine.sampling: each step of llama.cpp's chain on hand-computed examples, the chain's
-order, seeded determinism (also across processes), the drawn distribution, option validation,
-and stop strings over streamed chunks."""
+"""refllm.engine.sampling and the pieces under it (refllm.ggml_cpu.sampler, libstdcxx): std::mt19937
+against numpy's MT19937, generate_canonical and the C library's expf on hand-checked values, each
+step of llama.cpp's chain on hand-computed examples, the chain's order, seeded determinism (also
+across processes), the drawn distribution, option validation, and stop strings over streamed
+chunks. tests/test_sampling_golden.py checks all of it against llama.cpp itself."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
 import os
@@ -16,21 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refllm.engine.sampling import (
-    Sampler,
-    SamplingError,
-    SamplingOptions,
-    StopStrings,
-    apply_penalties,
-    apply_temperature,
-    draw,
-    keep_min_p,
-    keep_top_k,
-    keep_top_p,
-    largest_first,
-    softmax,
-)
+from refllm.cli import main
+from refllm.engine.sampling import LLAMA_DEFAULT_SEED, Sampler, SamplingError, SamplingOptions, StopStrings
 from refllm.errors import RefllmError
+from refllm.ggml_cpu import libstdcxx
+from refllm.ggml_cpu import sampler as steps
+from refllm.ggml_cpu.libstdcxx import MT19937, generate_canonical
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Options that let every token through, so a test can switch on one step at a time.
@@ -46,11 +41,16 @@ def log_probs(probs):
     return f32(np.log(probs))
 
 
+def candidates(logits):
+    return steps.Candidates.from_logits(f32(logits))
+
+
 # ------------------------------------------------------------------------------------------
 # Options
 # ------------------------------------------------------------------------------------------
 
-def test_defaults_are_ollamas():
+def test_defaults_are_the_documented_ones():
+    # ollama's api.DefaultOptions, except repeat_penalty: llama.cpp's 1.0 (ollama: 1.1)
     o = SamplingOptions()
     assert (o.temperature, o.top_k, o.top_p, o.min_p) == (0.8, 40, 0.9, 0.0)
     assert (o.repeat_last_n, o.repeat_penalty, o.presence_penalty, o.frequency_penalty) == (64, 1.0, 0.0, 0.0)
@@ -81,6 +81,8 @@ def test_options_are_frozen_and_stop_list_becomes_tuple():
     ("presence_penalty", float("nan")),
     ("frequency_penalty", "high"),
     ("seed", -2),
+    ("seed", LLAMA_DEFAULT_SEED),       # llama.cpp's "random seed", not a seed
+    ("seed", 2**32),                    # not a 32-bit seed
     ("num_predict", -3),
     ("num_keep", -2),
     ("stop", ("ok", "")),
@@ -98,11 +100,126 @@ def test_impossible_options_are_named(name, value):
 
 @pytest.mark.parametrize("name, value", [
     ("temperature", 0.0), ("top_k", 0), ("top_p", 1.0), ("min_p", 0.0), ("min_p", 1.0),
-    ("repeat_last_n", -1), ("repeat_last_n", 0), ("seed", 0), ("num_predict", 0), ("num_keep", -1),
-    ("presence_penalty", -1.5), ("frequency_penalty", 2.0),
+    ("repeat_last_n", -1), ("repeat_last_n", 0), ("seed", 0), ("seed", LLAMA_DEFAULT_SEED - 1),
+    ("num_predict", 0), ("num_keep", -1), ("presence_penalty", -1.5), ("frequency_penalty", 2.0),
 ])
 def test_edge_values_are_allowed(name, value):
     assert getattr(SamplingOptions(**{name: value}), name) == value
+
+
+def test_cli_names_a_seed_out_of_range(capsys):
+    # the options are checked before the model is opened: no model needed
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "no-such-model.gguf", "Hello", "--seed", str(LLAMA_DEFAULT_SEED)])
+    out = capsys.readouterr()
+    assert e.value.code == 2 and out.out == "" and out.err.count("\n") == 1
+    assert "--seed must be between 0 and 4294967294" in out.err
+
+
+# ------------------------------------------------------------------------------------------
+# The C++ library and the C library
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 42, 5489, 2**31, LLAMA_DEFAULT_SEED - 1])
+def test_mt19937_is_numpys_legacy_seeded_stream(seed):
+    reference = np.random.MT19937()
+    reference._legacy_seeding(seed)                  # init_genrand(seed), as std::mt19937(seed)
+    expected = reference.random_raw(1500).tolist()   # past two regenerations of the state
+    rng = MT19937(seed)
+    assert [rng() for _ in range(1500)] == expected
+
+
+def test_mt19937_hand_checked_outputs():
+    # std::mt19937's defining check (C++ [rand.predef]): the 10000th output of the default
+    # seed 5489 is 4123659995
+    rng = MT19937(5489)
+    for _ in range(9999):
+        rng()
+    assert rng() == 4123659995
+    with pytest.raises(ValueError, match="32-bit"):
+        MT19937(2**32)
+
+
+class FixedOutputs:
+    """A generator that returns given 32-bit outputs."""
+
+    def __init__(self, *outputs):
+        self.outputs = list(outputs)
+
+    def __call__(self):
+        return self.outputs.pop(0)
+
+
+def test_generate_canonical_hand_checked_values():
+    # (x1 + x2 * 2^32) / 2^64, the sum rounded once to double
+    assert generate_canonical(FixedOutputs(0, 0)) == 0.0
+    assert generate_canonical(FixedOutputs(0, 2**31)) == 0.5
+    assert generate_canonical(FixedOutputs(2**32 - 1, 0)) == (2**32 - 1) / 2**64
+    # 2^64 - 1 rounds up to 2^64: 1.0 is replaced by the largest double below it
+    assert generate_canonical(FixedOutputs(2**32 - 1, 2**32 - 1)) == 1 - 2**-53
+    # x1 = 1 is below half an ulp of x2 * 2^32 = 2^63: lost in the rounding
+    assert generate_canonical(FixedOutputs(1, 2**31)) == 0.5
+    # std::mt19937(0)'s first two outputs 2357136044, 2546248239 (what g++ 12's
+    # uniform_real_distribution<double>(0, 1) printed: 0.59284461651668263)
+    assert generate_canonical(MT19937(0)) == 0.59284461651668263
+
+
+def libm_function(name):
+    path = ctypes.util.find_library("m")
+    if path is None:
+        pytest.skip("no C math library to compare with")
+    function = getattr(ctypes.CDLL(path), name)
+    function.restype, function.argtypes = ctypes.c_float, [ctypes.c_float]
+    return function
+
+
+def test_expf_and_logf_are_the_c_librarys():
+    rng = np.random.default_rng(5)
+    x = f32(np.concatenate([rng.standard_normal(20000) * 30, [0.0, -0.0, 88.7, 89.0, -103.0, -np.inf]]))
+    libm_expf = libm_function("expf")
+    expected = f32([libm_expf(float(v)) for v in x])
+    ours = np.array([steps.expf(v) for v in x], np.float32)
+    np.testing.assert_array_equal(ours.view(np.uint32), expected.view(np.uint32))
+    # and inside the sampler's jitted loops: softmax is libm's expf and a float32 running sum
+    row = f32(rng.standard_normal(5000) * 4)
+    shifted = f32(row - row.max())
+    e = f32([libm_expf(float(v)) for v in shifted])
+    total = np.float32(0)
+    for value in e:
+        total = np.float32(total + value)
+    cur = candidates(row)
+    steps.softmax(cur, False)
+    np.testing.assert_array_equal(cur.p.view(np.uint32), (e / total).view(np.uint32))
+    # numpy's float32 exp is a different function (this is why the sampler does not use it)
+    with np.errstate(over="ignore"):
+        assert np.any(np.exp(x[:20000]).view(np.uint32) != expected[:20000].view(np.uint32))
+    libm_logf = libm_function("logf")
+    p = f32(rng.uniform(0, 1, 5000))
+    np.testing.assert_array_equal(f32([steps.logf(v) for v in p]), f32([libm_logf(float(v)) for v in p]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=st.lists(st.integers(-4, 4).map(float), min_size=1, max_size=300), data=st.data())
+def test_sorts_order_largest_first_and_keep_every_position(keys, data):
+    keys = f32(keys)
+    n = len(keys)
+    order = np.arange(n)
+    libstdcxx.sort(order, keys, 0, n)
+    assert sorted(order.tolist()) == list(range(n)) and np.all(np.diff(keys[order]) <= 0)
+    middle = data.draw(st.integers(0, n))
+    order = np.arange(n)
+    libstdcxx.partial_sort(order, keys, 0, middle, n)
+    assert sorted(order.tolist()) == list(range(n))
+    np.testing.assert_array_equal(keys[order[:middle]], np.sort(keys)[::-1][:middle])
+
+
+def test_short_sorts_keep_ties_in_place():
+    # up to 16 keys std::sort is one insertion sort, which never moves an element past an
+    # equal one: ties stay in their order (longer ranges are partitioned, and need not)
+    keys = f32([1, 3, 1, 3, 2, 1])
+    order = np.arange(6)
+    libstdcxx.sort(order, keys, 0, 6)
+    assert order.tolist() == [1, 3, 4, 0, 2, 5]
 
 
 # ------------------------------------------------------------------------------------------
@@ -110,37 +227,53 @@ def test_edge_values_are_allowed(name, value):
 # ------------------------------------------------------------------------------------------
 
 def test_penalties_hand_example():
-    logits = f32([2.0, -1.0, 0.5, 3.0, 0.0])
+    cur = candidates([2.0, -1.0, 0.5, 3.0, 0.0])
     # token 0 twice, tokens 1 and 4 once; tokens 2 and 3 not at all
-    out = apply_penalties(logits, [0, 1, 0, 4], repeat_penalty=2.0, frequency_penalty=0.25,
-                          presence_penalty=0.5)
+    counts = np.bincount([0, 1, 0, 4], minlength=5)
+    steps.penalties(cur, counts, 2.0, 0.25, 0.5)
     # 0: 2/2 - (2*0.25 + 0.5) = 0;  1: -1*2 - 0.75 = -2.75;  4: 0*2 - 0.75 = -0.75
-    np.testing.assert_array_equal(out, f32([0.0, -2.75, 0.5, 3.0, -0.75]))
-    assert out.dtype == np.float32
-    np.testing.assert_array_equal(logits, f32([2.0, -1.0, 0.5, 3.0, 0.0]))  # input untouched
+    np.testing.assert_array_equal(cur.logits, f32([0.0, -2.75, 0.5, 3.0, -0.75]))
+    assert cur.logits.dtype == np.float32 and not cur.sorted
 
 
 def test_penalties_reject_ids_outside_the_vocabulary():
+    s = Sampler(SamplingOptions(repeat_penalty=1.1), n_vocab=3, n_ctx=16)
     with pytest.raises(ValueError, match="7"):
-        apply_penalties(f32([0, 0, 0]), [1, 7], 1.1, 0.0, 0.0)
-
-
-def test_largest_first_orders_by_value_then_lowest_position():
-    values = f32([1, 5, 3, 5, 2, 3])
-    assert largest_first(values, 3).tolist() == [1, 3, 2]
-    assert largest_first(values, 6).tolist() == [1, 3, 2, 5, 4, 0]
-    assert largest_first(values, 99).tolist() == [1, 3, 2, 5, 4, 0]
+        s.penalty_counts([1, 7])
+    with pytest.raises(ValueError, match="-1"):
+        s.sample(f32([0, 0, 0]), [1, -1])
+    assert s.penalty_counts([2, 0, 2]).tolist() == [1, 0, 2]
 
 
 def test_top_k_hand_example():
-    ids = np.arange(6)
-    logits = f32([1, 5, 3, 5, 2, 3])
-    kept_ids, kept_logits = keep_top_k(ids, logits, 3)
-    # 5, 5 and one of the two 3s: the lower id (2) wins the tie
-    assert kept_ids.tolist() == [1, 2, 3]
-    assert kept_logits.tolist() == [5, 3, 5]
-    assert keep_top_k(ids, logits, 0)[0].tolist() == list(range(6))     # 0 = disabled
-    assert keep_top_k(ids, logits, 10)[0].tolist() == list(range(6))
+    cur = candidates([1, 5, 3, 6, 2, 4])
+    steps.top_k(cur, 3)
+    # the three largest, largest first, and sorted from now on
+    assert cur.ids.tolist() == [3, 1, 5] and cur.logits.tolist() == [6, 5, 4] and cur.sorted
+    for k in (0, -1):                                      # disabled: untouched
+        cur = candidates([1, 5, 3])
+        steps.top_k(cur, k)
+        assert cur.ids.tolist() == [0, 1, 2] and not cur.sorted
+    cur = candidates([1, 5, 3])
+    steps.top_k(cur, 10)                                   # k > size: all of them, sorted
+    assert cur.ids.tolist() == [1, 2, 0]
+
+
+def test_top_k_above_128_sorts_by_buckets():
+    # 200 candidates, k 150: llama.cpp's bucket sort, the same set and order as a full sort
+    logits = f32(np.random.default_rng(3).permutation(200) * 0.1 - 10)
+    cur = candidates(logits)
+    steps.top_k(cur, 150)
+    assert cur.ids.tolist() == np.argsort(-logits, kind="stable")[:150].tolist()
+
+
+def test_bucket_partial_sort_puts_huge_logits_in_the_lowest_bucket():
+    # 6.4 * 1e9 does not fit an int32: x86 converts it to INT_MIN, clamped to bucket 0, so a
+    # 1e9 logit sorts below every logit of the higher buckets (llama.cpp does the same)
+    logits = f32([0.0, 1e9, 5.0, -3.0])
+    order = steps.bucket_partial_sort(logits, 2)
+    assert order[:2].tolist() == [2, 0]
+    assert steps.bucket_partial_sort(logits, 4).tolist() == [2, 0, 3, 1]
 
 
 # probabilities 0.15, 0.5, 0.05, 0.3 for ids 0..3: sorted 0.5 (1), 0.3 (3), 0.15 (0), 0.05 (2)
@@ -150,40 +283,53 @@ SHUFFLED = log_probs([0.15, 0.5, 0.05, 0.3])
 @pytest.mark.parametrize("p, expected", [
     (0.4, [1]),               # 0.5 >= 0.4 already
     (0.6, [1, 3]),            # 0.8
-    (0.85, [0, 1, 3]),        # 0.95
-    (0.96, [0, 1, 2, 3]),     # needs all
-    (1.0, [0, 1, 2, 3]),      # disabled
+    (0.85, [1, 3, 0]),        # 0.95
+    (0.96, [1, 3, 0, 2]),     # needs all
 ])
 def test_top_p_hand_example(p, expected):
-    kept_ids, kept_logits = keep_top_p(np.arange(4), SHUFFLED, p)
-    assert kept_ids.tolist() == expected
-    np.testing.assert_array_equal(kept_logits, SHUFFLED[expected])
+    cur = candidates(SHUFFLED)
+    steps.top_p(cur, p)
+    # the head, most likely first, with its probabilities (softmax over all four)
+    assert cur.ids.tolist() == expected and cur.sorted
+    np.testing.assert_allclose(cur.p, f32([0.15, 0.5, 0.05, 0.3])[expected], rtol=1e-6)
+
+
+def test_top_p_1_and_min_keep():
+    cur = candidates(SHUFFLED)
+    steps.top_p(cur, 1.0)                                  # disabled: untouched
+    assert cur.ids.tolist() == [0, 1, 2, 3] and not cur.sorted
+    cur = candidates(SHUFFLED)
+    steps.top_p(cur, 0.4, 3)                               # but at least 3
+    assert cur.ids.tolist() == [1, 3, 0]
 
 
 def test_top_p_looks_past_the_first_256_on_a_flat_distribution():
-    n = 1000
-    kept_ids, _ = keep_top_p(np.arange(n), np.zeros(n, np.float32), 0.9)
-    # each token holds 0.001: about 900 are needed, and ties go to the lowest ids
-    assert 899 <= len(kept_ids) <= 901
-    assert kept_ids.tolist() == list(range(len(kept_ids)))
+    n = 2000
+    cur = candidates(np.zeros(n, np.float32))
+    steps.top_p(cur, 0.9)
+    # each token holds 1/2000: about 1800 are needed, found after sorting past the first 256
+    assert 1799 <= cur.size <= 1801 and len(set(cur.ids.tolist())) == cur.size
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(logits=st.lists(st.floats(-8, 8, width=32), min_size=1, max_size=600),
+@given(logits=st.lists(st.floats(-8, 8, width=32), min_size=1, max_size=1500),
        p=st.floats(0.01, 0.99))
 def test_top_p_keeps_the_smallest_head_reaching_p(logits, p):
     logits = f32(logits)
-    probs = softmax(logits).astype(np.float64)
-    kept_ids, _ = keep_top_p(np.arange(len(logits)), logits, p)
-    kept = set(kept_ids.tolist())
-    # a head: every kept token is at least as likely as every dropped one
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
+    cur = candidates(logits)
+    steps.top_p(cur, p)
+    kept = set(cur.ids.tolist())
+    # a head, largest first: every kept token is at least as likely as every dropped one
+    assert np.all(np.diff(cur.logits) <= 0)
     dropped = [i for i in range(len(logits)) if i not in kept]
     if dropped:
-        assert logits[kept_ids].min() >= logits[dropped].max()
+        assert cur.logits.min() >= logits[dropped].max()
     # reaches p (up to float32 rounding), and would not without its least likely member
-    mass = probs[kept_ids].sum()
+    mass = probs[cur.ids].sum()
     assert mass >= p - 1e-5 or len(kept) == len(logits)
-    assert mass - probs[kept_ids].min() < p + 1e-5
+    assert mass - probs[cur.ids].min() < p + 1e-5
 
 
 @pytest.mark.parametrize("min_p, expected", [
@@ -194,28 +340,70 @@ def test_top_p_keeps_the_smallest_head_reaching_p(logits, p):
     (0.0, [0, 1, 2, 3]),   # disabled
 ])
 def test_min_p_hand_example(min_p, expected):
-    kept_ids, _ = keep_min_p(np.arange(4), SHUFFLED, min_p)
-    assert kept_ids.tolist() == expected
+    # unsorted candidates keep their (id) order
+    cur = candidates(SHUFFLED)
+    steps.min_p(cur, min_p)
+    assert cur.ids.tolist() == expected and not cur.sorted
+    # sorted ones are cut after the last one above the bound
+    cur = candidates(SHUFFLED)
+    steps.top_k(cur, 4)
+    steps.min_p(cur, min_p)
+    assert cur.ids.tolist() == sorted(expected, key=lambda i: -SHUFFLED[i])
 
 
-def test_temperature_divides():
-    np.testing.assert_array_equal(apply_temperature(f32([2.0, -4.0, 0.0]), 2.0), [1.0, -2.0, 0.0])
-    np.testing.assert_array_equal(apply_temperature(f32([1.0]), 0.5), [2.0])
+def test_min_p_with_min_keep_falls_back_to_sorting():
+    cur = candidates(SHUFFLED)
+    steps.min_p(cur, 0.5, 3)                    # two pass, three must stay: sorted and cut at 3
+    assert cur.ids.tolist() == [1, 3, 0] and cur.sorted
+
+
+def test_temperature_divides_in_float32():
+    cur = candidates([2.0, -4.0, 0.0])
+    steps.temp(cur, 2.0)
+    np.testing.assert_array_equal(cur.logits, f32([1.0, -2.0, 0.0]))
+    cur = candidates([1.0])
+    with np.errstate(over="ignore"):
+        steps.temp(cur, 1e-39)                  # float32, as llama.cpp: overflows to inf
+    assert cur.logits.tolist() == [np.inf]
+
+
+def test_temperature_zero_keeps_the_first_largest():
+    cur = candidates([1.0, 3.0, -2.0, 3.0])
+    steps.temp(cur, 0.0)
+    assert cur.logits.tolist() == [-np.inf, 3.0, -np.inf, -np.inf]
 
 
 def test_softmax_hand_example():
-    np.testing.assert_allclose(softmax(f32([0.0, math.log(3.0)])), [0.25, 0.75], rtol=1e-6)
+    cur = candidates([0.0, math.log(3.0)])
+    steps.softmax(cur, False)
+    np.testing.assert_allclose(cur.p, [0.25, 0.75], rtol=1e-6)
+    assert cur.ids.tolist() == [0, 1]
+    steps.softmax(cur, True)                    # sorted first
+    assert cur.ids.tolist() == [1, 0] and cur.sorted
 
 
-def test_draw_uses_exactly_one_random_number_and_never_a_zero_probability():
-    rng = np.random.Generator(np.random.PCG64(5))
-    twin = np.random.Generator(np.random.PCG64(5))
-    assert draw(np.array([42]), f32([0.0]), rng) == 42
-    twin.random()
-    assert rng.random() == twin.random()
-    # a -inf logit has probability 0 (e.g. a token a penalty or a mask removed)
-    drawn = {draw(np.arange(3), f32([0.0, -np.inf, 0.0]), rng) for _ in range(300)}
+def test_dist_draws_once_even_for_one_candidate_and_never_a_zero_probability():
+    rng, twin = MT19937(5), MT19937(5)
+    cur = candidates([0.0])
+    assert steps.dist(cur, rng) == 0 and cur.p.tolist() == [1.0]
+    generate_canonical(twin)
+    assert rng() == twin()
+    # a -inf logit has probability 0 (e.g. a token temperature 0 removed)
+    drawn = set()
+    for _ in range(300):
+        cur = candidates([0.0, -np.inf, 0.0])
+        drawn.add(int(cur.ids[steps.dist(cur, rng)]))
     assert drawn == {0, 2}
+
+
+def test_dist_picks_where_the_running_sum_reaches_the_draw():
+    # four equal candidates: the draw u picks index floor(4u) (the first whose running sum
+    # (i + 1) / 4 reaches u); generate_canonical(FixedOutputs(0, 2^31)) is 0.5 -> index 1
+    cur = candidates([0.0, 0.0, 0.0, 0.0])
+    assert steps.dist(cur, FixedOutputs(0, 2**31)) == 1
+    np.testing.assert_array_equal(cur.p, f32([0.25] * 4))
+    cur = candidates([0.0, 0.0, 0.0, 0.0])
+    assert steps.dist(cur, FixedOutputs(0, 2**31 + 1)) == 2
 
 
 # ------------------------------------------------------------------------------------------
@@ -232,16 +420,22 @@ SMALL_LOGITS = st.lists(st.integers(-3, 3).map(float), min_size=1, max_size=40) 
 @settings(max_examples=100, deadline=None)
 @given(logits=SMALL_LOGITS)
 def test_temperature_zero_is_argmax(logits):
-    s = sampler(len(logits), temperature=0.0, seed=1)
+    # unsorted candidates (top_k and top_p off): the first largest in id order, numpy's argmax
+    s = sampler(len(logits), temperature=0.0, top_k=0, top_p=1.0, seed=1)
     assert s.sample(f32(logits), []) == int(np.argmax(logits))
+    # sorted (by top_k, or top_p): a largest one, the first in libstdc++'s sort order
+    for sorting in (dict(top_k=5), dict(top_k=0, top_p=0.9)):
+        s = sampler(len(logits), temperature=0.0, seed=1, **sorting)
+        assert logits[s.sample(f32(logits), [])] == max(logits)
 
 
 @settings(max_examples=100, deadline=None)
 @given(logits=SMALL_LOGITS, temperature=st.floats(0.01, 100.0), top_p=st.floats(0.05, 1.0),
        min_p=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
 def test_top_k_1_is_greedy_whatever_the_temperature(logits, temperature, top_p, min_p, seed):
-    s = sampler(len(logits), top_k=1, temperature=temperature, top_p=top_p, min_p=min_p, seed=seed)
-    assert s.sample(f32(logits), []) == int(np.argmax(logits))
+    s = sampler(len(logits), top_k=1, temperature=temperature, top_p=top_p, min_p=min_p,
+                seed=min(seed, 2**32 - 2))
+    assert logits[s.sample(f32(logits), [])] == max(logits)
 
 
 def test_greedy_sees_the_penalised_logits():
@@ -336,7 +530,7 @@ def test_random_seed_is_exposed_and_replays():
     flat = np.zeros(n_vocab, np.float32)
     a = sampler(n_vocab, **NEUTRAL)                 # seed -1
     b = sampler(n_vocab, **NEUTRAL)
-    assert 0 <= a.seed < 2**32 and a.seed != b.seed  # equal with probability 2 ** -32
+    assert 0 <= a.seed < LLAMA_DEFAULT_SEED and a.seed != b.seed  # equal with probability 2 ** -32
     tokens = [a.sample(flat, []) for _ in range(30)]
     replay = sampler(n_vocab, seed=a.seed, **NEUTRAL)
     assert [replay.sample(flat, []) for _ in range(30)] == tokens

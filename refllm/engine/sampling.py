@@ -1,27 +1,56 @@
-"""Choosing the next token from the model's logits, and cutting the reply at stop strings,
-as ollama does it (ollama's options and defaults; llama.cpp's sampler chain, which ollama's
-llama-server runs).
+"""Choosing the next token from the model's logits as llama.cpp's sampler chain does, draw for
+draw, and cutting the reply at stop strings, with ollama's options.
 
     options = SamplingOptions(temperature=0.7, seed=42, stop=("</s>",))
     sampler = Sampler(options, n_vocab=len(vocab), n_ctx=4096)
     token = sampler.sample(logits, history)      # history: prompt and generated ids so far
 
-The chain is llama.cpp's default order (`common_params_sampling::samplers` in common/common.h,
-built into a chain by `common_sampler_init` in common/sampling.cpp), less the samplers that
-ollama leaves neutral (DRY, top-n-sigma, typical-p, XTC):
+The chain is the one ollama's llama.cpp runner builds (runner/llamarunner: common_sampler_init of
+common/sampling.cpp, llama.cpp's default order of common/common.h), less the samplers that ollama
+leaves neutral (DRY, top-n-sigma, typical-p, XTC, no logit bias on the two models):
 
-1. penalties    repeat / frequency / presence, over the last `repeat_last_n` tokens of history
+1. penalties    repeat / frequency / presence, over the last `repeat_last_n` ids of history
 2. top_k        keep the k highest logits
 3. top_p        keep the smallest head whose probability mass reaches p
 4. min_p        keep tokens at least min_p times as likely as the most likely one
-5. temperature  divide the logits by T
-6. draw         pick one candidate with probability softmax(logits)
+5. temperature  divide the logits by T (llama_sampler_init_temp_ext(T, 0, 1)); T = 0 keeps
+                only the largest logit
+6. dist         draw one candidate with probability softmax(logits), from std::mt19937(seed)
 
-top_k, top_p and min_p come before temperature, so they see temperature-1 probabilities: a high
-temperature flattens the draw among the survivors but does not let more tokens survive.
+Each step is refllm.ggml_cpu.sampler's reproduction of llama.cpp's, with its float arithmetic,
+its candidate order (libstdc++'s sorts, ties included) and its random numbers, so with the same
+logits (`--numerics ggml`) and the same seed refllm draws llama.cpp's tokens. top_k, top_p and
+min_p come before temperature, so they see temperature-1 probabilities: a high temperature
+flattens the draw among the survivors but does not let more tokens survive. Temperature 0 is
+not a shortcut: the chain runs, the draw still takes one random number, and of equal largest
+logits the first in the candidates' order wins (after top_k, libstdc++'s order).
 
-Tokens are numbered 0..n_vocab-1; every step below keeps its candidates in ascending id order,
-so that wherever logits tie, the lowest id wins (as numpy's argmax does).
+The penalty window is the ids the sampler has accepted: ollama's runner accepts the whole prompt
+(after any truncation) before the first draw and then every drawn id (as llama-server does), so
+`history` is the prompt and the reply so far.
+
+Where ollama's defaults and llama.cpp's differ, each option follows:
+
+    option            default  follows
+    temperature       0.8      both
+    top_k             40       both; 0 disables
+    top_p             0.9      ollama (llama.cpp's common default is 0.95); 1 disables
+    min_p             0.0      ollama (llama.cpp: 0.05); 0 disables
+    repeat_penalty    1.0      llama.cpp (ollama's api.DefaultOptions has 1.1); 1 disables
+    repeat_last_n     64       both; 0 disables; -1 means the context size, as ollama documents
+                               (llama.cpp's CLI refuses negatives, and ollama's llama.cpp
+                               runner passes -1 on, which llama_sampler_init_penalties clamps
+                               to 0: penalties off)
+    presence_penalty  0.0      both
+    frequency_penalty 0.0      both
+    seed              -1       ollama: -1 draws a random seed (llama.cpp's is LLAMA_DEFAULT_SEED,
+                               0xFFFFFFFF, so a seed is 0 .. 2^32 - 2)
+    min_keep          0        llama.cpp's default; ollama does not set it (not an option here)
+
+num_predict, num_keep and stop are ollama's options for the generation loop (Session.generate);
+the Sampler does not read them. ollama's newer Go engine (ollamarunner) samples with its own Go
+code (temperature before top_p and min_p, another random generator): refllm follows the llama.cpp
+runner, not that one.
 """
 
 from __future__ import annotations
@@ -35,6 +64,9 @@ import numpy as np
 
 from refllm.errors import RefllmError
 
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF     # llama_sampler_init_dist's "random seed"; not a seed itself
+MIN_KEEP = 0                        # common_params_sampling::min_keep, which ollama leaves as is
+
 
 class SamplingError(RefllmError, ValueError):
     """A sampling option with an impossible value; the message names the option."""
@@ -42,12 +74,14 @@ class SamplingError(RefllmError, ValueError):
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """ollama's sampling options (`api.Options`), with ollama's defaults.
+    """ollama's sampling options (`api.Options`), with the defaults of the module docstring's
+    table.
 
     top_k 0 disables top_k, top_p 1 disables top_p, min_p 0 disables min_p; repeat_last_n 0
-    disables the penalties and -1 means the whole context; seed -1 means a random seed;
-    num_predict -1 means no limit. num_predict, num_keep and stop are for the generation loop
-    (the Sampler itself does not read them). Constructing an impossible set raises SamplingError.
+    disables the penalties and -1 means the whole context; seed -1 means a random seed, else
+    0 .. 2^32 - 2; num_predict -1 means no limit. num_predict, num_keep and stop are for the
+    generation loop (the Sampler itself does not read them). Constructing an impossible set
+    raises SamplingError.
     """
 
     temperature: float = 0.8
@@ -96,8 +130,9 @@ class SamplingOptions:
                                 f"got {self.repeat_last_n}")
         if not self.repeat_penalty > 0:
             raise SamplingError(f"repeat_penalty must be > 0 (1 = disabled), got {self.repeat_penalty}")
-        if not self.seed >= -1:
-            raise SamplingError(f"seed must be >= 0, or -1 for a random seed, got {self.seed}")
+        if not -1 <= self.seed < LLAMA_DEFAULT_SEED:
+            raise SamplingError(f"seed must be between 0 and {LLAMA_DEFAULT_SEED - 1} (llama.cpp's 32-bit "
+                                f"seeds), or -1 for a random seed, got {self.seed}")
         if not self.num_predict >= -1:
             raise SamplingError(f"num_predict must be >= 0, or -1 for no limit, got {self.num_predict}")
         if not self.num_keep >= -1:
@@ -112,198 +147,77 @@ class SamplingOptions:
 
 
 # ---------------------------------------------------------------------------------------------
-# The steps. Each takes candidates as (ids, logits): two parallel arrays, ids ascending.
-# ---------------------------------------------------------------------------------------------
-
-def apply_penalties(logits: np.ndarray, recent_tokens: Sequence[int], repeat_penalty: float,
-                    frequency_penalty: float, presence_penalty: float) -> np.ndarray:
-    """Return a copy of the full-vocabulary `logits` with every token that occurs c > 0 times in
-    `recent_tokens` penalised: a positive logit is divided by repeat_penalty, a negative (or zero)
-    one multiplied by it, then c * frequency_penalty + presence_penalty is subtracted
-    (llama.cpp's `llama_sampler_penalties_apply`). Tokens that do not occur are unchanged."""
-    penalised = logits.copy()
-    if len(recent_tokens) == 0:
-        return penalised
-    seen, counts = np.unique(np.asarray(recent_tokens, dtype=np.int64), return_counts=True)
-    if seen[0] < 0 or seen[-1] >= len(logits):
-        raise ValueError(f"history holds token id {seen[0] if seen[0] < 0 else seen[-1]}, "
-                         f"outside the vocabulary of {len(logits)} tokens")
-    # float32 throughout, as llama.cpp computes it
-    repeat = np.float32(repeat_penalty)
-    seen_logits = penalised[seen]
-    # Dividing a negative logit would make the token MORE likely, so those are multiplied.
-    seen_logits = np.where(seen_logits <= 0, seen_logits * repeat, seen_logits / repeat)
-    seen_logits -= counts.astype(np.float32) * np.float32(frequency_penalty) + np.float32(presence_penalty)
-    penalised[seen] = seen_logits
-    return penalised
-
-
-def largest_first(logits: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the n largest values of `logits` (all of them if n >= len), ordered from the
-    largest down; equal values are ordered by position, lowest first. Only the n chosen are
-    sorted, so this is cheap for n much smaller than len(logits)."""
-    if n < len(logits):
-        # The n-th largest value, found without sorting; everything above it is in, and the
-        # remaining places go to the lowest positions holding exactly that value.
-        nth_largest = np.partition(logits, len(logits) - n)[len(logits) - n]
-        above = np.flatnonzero(logits > nth_largest)
-        tied = np.flatnonzero(logits == nth_largest)[: n - len(above)]
-        chosen = np.sort(np.concatenate([above, tied]))
-    else:
-        chosen = np.arange(len(logits))
-    # A stable sort on -logit keeps ascending positions among equal logits.
-    return chosen[np.argsort(-logits[chosen], kind="stable")]
-
-
-def keep_top_k(ids: np.ndarray, logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the k candidates with the highest logits (ties: lowest ids); k <= 0 keeps all
-    (llama.cpp's `llama_sampler_top_k_impl`)."""
-    if k <= 0 or k >= len(ids):
-        return ids, logits
-    kept = np.sort(largest_first(logits, k))
-    return ids[kept], logits[kept]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities proportional to exp(logit), summing to 1 (float32, max subtracted first so
-    that exp cannot overflow)."""
-    weights = np.exp(logits - logits.max())
-    return weights / weights.sum()
-
-
-# top_p sorts only the most likely tokens: the first 256 (as llama.cpp does), then 16 times as
-# many while they hold less than p. Sorting all 262,144 logits at once takes tens of ms.
-TOP_P_FIRST_LOOK = 256
-TOP_P_LOOK_GROWTH = 16
-
-
-def keep_top_p(ids: np.ndarray, logits: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the smallest set of most likely candidates whose probabilities (softmax over the
-    candidates) add up to at least p, and at least one; p >= 1 keeps all (llama.cpp's
-    `llama_sampler_top_p_apply`, with min_keep 1). If rounding keeps the total below p, all are
-    kept, as in llama.cpp."""
-    if p >= 1:
-        return ids, logits
-    p = np.float32(p)                          # llama.cpp compares in float32
-    probs = softmax(logits)
-    look = TOP_P_FIRST_LOOK
-    head = largest_first(logits, look)
-    cumulative = np.cumsum(probs[head])       # float32, summed in order, as llama.cpp does
-    while cumulative[-1] < p and len(head) < len(logits):
-        look *= TOP_P_LOOK_GROWTH
-        head = largest_first(logits, look)
-        cumulative = np.cumsum(probs[head])
-    # the first position where the running total reaches p, counted inclusively
-    n_keep = min(int(np.searchsorted(cumulative, p, side="left")) + 1, len(head))
-    kept = np.sort(head[:n_keep])
-    return ids[kept], logits[kept]
-
-
-def keep_min_p(ids: np.ndarray, logits: np.ndarray, min_p: float) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the candidates whose probability is at least min_p times the largest probability,
-    i.e. whose logit is at least max_logit + log(min_p); min_p <= 0 keeps all. The most likely
-    candidate always survives (llama.cpp's `llama_sampler_min_p_apply`)."""
-    if min_p <= 0:
-        return ids, logits
-    # p_i / p_max = exp(logit_i - max_logit), so the test needs no softmax
-    threshold = logits.max() + np.float32(math.log(min_p))
-    kept = logits >= threshold
-    return ids[kept], logits[kept]
-
-
-def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """The logits divided by temperature (> 0), as float64: above 1 flattens the distribution,
-    below 1 sharpens it (llama.cpp's `llama_sampler_temp_impl`, there in float32; float64 keeps a
-    tiny temperature from overflowing to inf). Temperature 0 is handled by the Sampler as greedy."""
-    return logits.astype(np.float64) / temperature
-
-
-def draw(ids: np.ndarray, logits: np.ndarray, rng: np.random.Generator) -> int:
-    """One id from `ids`, id i with probability softmax(logits)[i], using exactly one uniform
-    draw from `rng` (even when there is a single candidate, so a seed's stream of draws does not
-    depend on how many candidates survived). Candidates with probability 0 are never drawn."""
-    weights = np.exp(logits.astype(np.float64) - logits.max())
-    cumulative = np.cumsum(weights)
-    target = rng.random() * cumulative[-1]            # uniform in [0, total)
-    # inverse CDF: the first candidate whose running total passes the target
-    index = int(np.searchsorted(cumulative, target, side="right"))
-    return int(ids[min(index, len(ids) - 1)])
-
-
-# ---------------------------------------------------------------------------------------------
 # The chain
 # ---------------------------------------------------------------------------------------------
 
 class Sampler:
-    """Picks next tokens for one generation, with one random stream.
+    """Picks next tokens for one generation, with one std::mt19937 stream: llama.cpp's chain
+    (the module docstring's steps) built from `options`, as common_sampler_init builds it.
 
-    Differences from llama.cpp:
-    - The random numbers come from numpy's PCG64 (`np.random.Generator(np.random.PCG64(seed))`);
-      llama.cpp uses std::mt19937. The same seed gives the same tokens on every run of refllm
-      (same options, same logits), but not the tokens llama.cpp or ollama would give.
-    - seed -1 takes a 32-bit seed from the OS (`secrets`); it is exposed as `sampler.seed`, so
-      a run can be repeated.
-    - temperature 0 is plain argmax of the penalised logits and draws no random number
-      (llama.cpp keeps the largest logit and still draws once). The chosen token is the same,
-      ties aside: refllm picks the lowest id; llama.cpp's tie order is its sort's.
-    - The penalty window is the last repeat_last_n ids of `history` as given; llama-server
-      puts the prompt tokens into that window too, so pass the prompt and the generated ids.
-    - Candidates are drawn by inverse CDF in ascending id order (llama.cpp: in its candidate
-      order); the distribution is the same.
+    seed -1 takes a seed from the OS (`secrets`, 0 .. 2^32 - 2); `sampler.seed` exposes it, so
+    a run can be repeated.
     """
 
     def __init__(self, options: SamplingOptions, n_vocab: int, n_ctx: int):
+        # the steps are jitted: loaded here, not when the CLI imports SamplingOptions
+        from refllm.ggml_cpu import libstdcxx, sampler
+
         options.validate()
         if n_vocab < 1 or n_ctx < 1:
             raise ValueError(f"n_vocab and n_ctx must be positive, got {n_vocab} and {n_ctx}")
         self.options = options
         self.n_vocab = n_vocab
         self.n_ctx = n_ctx
-        self.seed = options.seed if options.seed != -1 else secrets.randbits(32)
+        self.seed = options.seed if options.seed != -1 else secrets.randbelow(LLAMA_DEFAULT_SEED)
         self.penalty_window = n_ctx if options.repeat_last_n == -1 else options.repeat_last_n
-        self._rng = np.random.Generator(np.random.PCG64(self.seed))
-        # Every id, made once: a fresh 2 MB array per token costs about a millisecond.
-        self._all_ids = np.arange(n_vocab)
-        self._all_ids.flags.writeable = False
+        self._steps = sampler
+        self._rng = libstdcxx.MT19937(self.seed)
 
     def _penalties_apply(self) -> bool:
-        """Whether the penalty step changes anything (llama.cpp's `is_disabled`, negated)."""
+        """Whether the penalty step changes anything (llama.cpp's `is_disabled`, negated; the
+        penalties compare as C floats)."""
         o = self.options
-        return self.penalty_window > 0 and not (
-            o.repeat_penalty == 1 and o.frequency_penalty == 0 and o.presence_penalty == 0)
+        return self.penalty_window > 0 and not (np.float32(o.repeat_penalty) == 1
+                                                and np.float32(o.frequency_penalty) == 0
+                                                and np.float32(o.presence_penalty) == 0)
+
+    def penalty_counts(self, history: Sequence[int]) -> np.ndarray:
+        """How often each id occurs among the last penalty_window ids of `history`: int64
+        [n_vocab] (the penalty sampler's token_count). ValueError for an id outside the
+        vocabulary."""
+        recent = np.asarray(history[-self.penalty_window:], dtype=np.int64)
+        if recent.size and (recent.min() < 0 or recent.max() >= self.n_vocab):
+            bad = recent.min() if recent.min() < 0 else recent.max()
+            raise ValueError(f"history holds token id {bad}, outside the vocabulary of {self.n_vocab} tokens")
+        return np.bincount(recent, minlength=self.n_vocab)
 
     def sample(self, logits: np.ndarray, history: Sequence[int]) -> int:
         """The next token id: the options' chain applied to `logits` (one float per vocabulary
         entry, not modified) given `history` (the ids so far, oldest first). Deterministic for a
-        given seed, options and sequence of calls."""
+        given seed, options and sequence of calls; each call takes exactly one random draw."""
         logits = np.asarray(logits, dtype=np.float32)
         if logits.shape != (self.n_vocab,):
             raise ValueError(f"logits must have shape ({self.n_vocab},), got {logits.shape}")
         if np.isnan(logits).any():
             raise ValueError("logits contain NaN")
-        o = self.options
+        o, steps = self.options, self._steps
 
+        cur = steps.Candidates.from_logits(logits)            # every id, in id order
         # 1. penalties: make recently seen tokens less likely
         if self._penalties_apply():
-            recent = history[-self.penalty_window:]
-            logits = apply_penalties(logits, recent, o.repeat_penalty, o.frequency_penalty,
-                                     o.presence_penalty)
-
-        # temperature 0: the most likely token; top_k/top_p/min_p always keep it anyway
-        if o.temperature == 0:
-            return int(np.argmax(logits))
-
-        ids = self._all_ids
+            steps.penalties(cur, self.penalty_counts(history), o.repeat_penalty, o.frequency_penalty,
+                            o.presence_penalty)
         # 2. top_k: only the k most likely tokens stay candidates
-        ids, logits = keep_top_k(ids, logits, o.top_k)
+        steps.top_k(cur, o.top_k)
         # 3. top_p: only the head of the distribution holding probability p
-        ids, logits = keep_top_p(ids, logits, o.top_p)
+        steps.top_p(cur, o.top_p, MIN_KEEP)
         # 4. min_p: drop tokens much less likely than the best one
-        ids, logits = keep_min_p(ids, logits, o.min_p)
-        # 5. temperature: reshape the distribution among the survivors
-        logits = apply_temperature(logits, o.temperature)
+        steps.min_p(cur, o.min_p, MIN_KEEP)
+        # 5. temperature: reshape the distribution among the survivors (0: keep the best)
+        if np.float32(o.temperature) != 1:
+            steps.temp(cur, o.temperature)
         # 6. draw one of them
-        return draw(ids, logits, self._rng)
+        return int(cur.ids[steps.dist(cur, self._rng)])
 
 
 # ---------------------------------------------------------------------------------------------
