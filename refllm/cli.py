@@ -451,13 +451,14 @@ SAMPLING_FLAGS = (
     (("-n", "--num-predict"), "num_predict", "Most tokens to generate; -1: no limit."),
     (("--temperature",), "temperature", "0 means greedy."),
     (("--top-k",), "top_k", "0 disables."),
-    (("--top-p",), "top_p", "1 disables."),
-    (("--min-p",), "min_p", "0 disables."),
-    (("--repeat-penalty",), "repeat_penalty", "1 disables."),
+    (("--top-p",), "top_p", "1 disables (ollama's default; llama.cpp's is 0.95)."),
+    (("--min-p",), "min_p", "0 disables (ollama's default; llama.cpp's is 0.05)."),
+    (("--repeat-penalty",), "repeat_penalty", "1 disables (llama.cpp's default; ollama's is 1.1)."),
     (("--repeat-last-n",), "repeat_last_n", "0 disables; -1: the whole context."),
     (("--presence-penalty",), "presence_penalty", "0 disables."),
     (("--frequency-penalty",), "frequency_penalty", "0 disables."),
-    (("--seed",), "seed", "-1: a random seed."),
+    (("--seed",), "seed", "-1: a random seed; else 0..4294967294, llama.cpp's std::mt19937 seed (with "
+                          "--numerics ggml, llama.cpp's reply token for token)."),
     (("--keep",), "num_keep", "Tokens kept at the start when the context shifts; -1: the whole prompt."),
 )
 
@@ -524,6 +525,7 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, flash_attn, t
     MODEL is a path, a blob digest or an ollama name (default: SmolLM2, pulled on first use).
     With one argument it is the PROMPT, unless it is an existing file. PROMPT '-' or no PROMPT
     reads stdin. Chat models get their chat template unless --raw. The text streams as it comes.
+    Tokens are drawn by llama.cpp's sampler chain (the one ollama's llama.cpp runner builds).
     """
     from refllm.engine import Session, prompt_tokens
     from refllm.tokenizer import Tokenizer

@@ -41,6 +41,11 @@ REAL_FIXTURES = {"smollm2": "smollm2_path", "gemma3": "gemma3_path"}
 N_CTX = PROVENANCE["llama_args"]["n_ctx"]
 
 
+def test_golden_files_are_what_provenance_says():
+    for name, digest in PROVENANCE["files_sha256"].items():
+        assert sha256_file(GOLDEN / name) == digest, name
+
+
 # ------------------------------------------------------------------------------------------
 # The samplers one at a time
 # ------------------------------------------------------------------------------------------

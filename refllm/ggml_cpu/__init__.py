@@ -9,10 +9,14 @@
     one_token.py   the decode step's compiled norms, rope and attention (ggml's operations, or
                    f32's), and f32's one-token products
     threads.py     when a one-token kernel shares its work among Numba's threads
+    sampler.py     llama.cpp's samplers (penalties, top_k, top_p, min_p, temp, dist) on a
+                   candidate array, step for step, with the C library's expf
+    libstdcxx.py   what those call from GCC's C++ library: std::sort and std::partial_sort (the
+                   order of ties), std::mt19937, generate_canonical
     reference/     NumPy, readable: one module per matmul family (type_traits.py's `matmul`
                    column, and repack), and quantize_activations.py (float32 -> Q8_0/Q8_1/Q8_K)
     cpu/           Numba, fast: the same modules, giving the same bits
 
-refllm.engine's ggml numerics uses this package, and its decode step (refllm.engine.decode) in
-both numerics; refllm.kernels (exact dequantization) does not depend on it.
+refllm.engine's ggml numerics uses this package, its decode step (refllm.engine.decode) in
+both numerics, and its Sampler in both; refllm.kernels (exact dequantization) does not depend on it.
 """
