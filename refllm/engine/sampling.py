@@ -7,7 +7,9 @@ draw, and cutting the reply at stop strings, with ollama's options.
 
 The chain is the one ollama's llama.cpp runner builds (runner/llamarunner: common_sampler_init of
 common/sampling.cpp, llama.cpp's default order of common/common.h), less the samplers that ollama
-leaves neutral (DRY, top-n-sigma, typical-p, XTC, no logit bias on the two models):
+leaves neutral (DRY, top-n-sigma, typical-p, XTC). common_sampler_init would also put a -inf
+logit bias first for the ids a model's tokenizer.ggml.suppress_tokens lists; refllm does not
+(neither real model lists any):
 
 1. penalties    repeat / frequency / presence, over the last `repeat_last_n` ids of history
 2. top_k        keep the k highest logits
@@ -23,7 +25,8 @@ logits (`--numerics ggml`) and the same seed refllm draws llama.cpp's tokens. to
 min_p come before temperature, so they see temperature-1 probabilities: a high temperature
 flattens the draw among the survivors but does not let more tokens survive. Temperature 0 is
 not a shortcut: the chain runs, the draw still takes one random number, and of equal largest
-logits the first in the candidates' order wins (after top_k, libstdc++'s order).
+logits the first in the candidates' order wins: libstdc++'s order once top_k or top_p has sorted
+them (both are on by default), else the lowest id.
 
 The penalty window is the ids the sampler has accepted: ollama's runner accepts the whole prompt
 (after any truncation) before the first draw and then every drawn id (as llama-server does), so

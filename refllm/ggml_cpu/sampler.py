@@ -1,5 +1,6 @@
-"""llama.cpp's CPU samplers (src/llama-sampler.cpp), step for step: the same candidates in the
-same order, the same float32 and float64 operations in the same order, the same random numbers.
+"""llama.cpp's CPU samplers (src/llama-sampler.cpp of the llama.cpp llama-cpp-python 0.3.36
+vendors), step for step: the same candidates in the same order, the same float32 and float64
+operations in the same order, the same random numbers.
 
     cur = Candidates.from_logits(logits)      # llama_token_data_array: every id, in id order
     penalties(cur, counts, 1.1, 0.0, 0.0)     # counts[id]: occurrences in the penalty window
