@@ -11,9 +11,19 @@ reproduced so that refllm's sampler draws exactly what llama.cpp's does:
                          x1, x2 make (x1 + x2 * 2^32) / 2^64
 
 Neither sort is stable, and which of two equal keys comes first is a consequence of each
-algorithm's steps (pivots, heap moves). Reproducing those steps exactly makes the order of ties
-llama.cpp's: it decides which of two equally likely tokens top-k keeps at its cut, which one a
-greedy pick returns, and which side of the draw's running sum each lands on.
+algorithm's steps. Reproducing those steps exactly makes the order of ties llama.cpp's: it
+decides which of two equally likely tokens top-k keeps at its cut, which one a greedy pick
+returns, and which side of the draw's running sum each lands on. What happens at ties:
+
+- std::sort of at most 16 keys is one insertion sort, which never moves a key past an equal
+  one: ties keep their order. Longer ranges are partitioned around median-of-three pivots
+  first (Hoare's scheme swaps equal keys across the pivot), so ties end in no simple order.
+- std::partial_sort keeps its first `middle - first` keys as a heap (its top the smallest
+  kept) and lets a later key in only if it compares strictly above the top, so a key equal to
+  the smallest kept one stays out; which of several equal keys remain, and their order after
+  the final heap sort, follow the heap's moves, not their positions.
+
+golden/sampling/steps (llama.cpp's samplers on tie-heavy rows) checks these orders.
 
 The sorts move integer positions (`order`, int64), and compare `keys[order[i]]`: the caller
 gathers its records (id, logit, p) by the final order, as C++ would have moved them. They are
