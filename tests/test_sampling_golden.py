@@ -7,9 +7,9 @@ with llama-cpp-python 0.3.36):
   and over repeated rounds the same draws (the mt19937 stream).
 - sequences: whole seeded replies of both real models. refllm's Transformer under
   `--numerics ggml` evaluates each prompt as llama.cpp did (one batch, all logits; then each
-  drawn token alone) and refllm's Sampler draws, token for token, the ids llama.cpp's sampler
-  chain drew. Every logits row is first checked against the sha256 llama.cpp's had, so that a
-  failure says whether the logits or the draw differ.
+  drawn token alone; flash attention off, as there) and refllm's Sampler draws, token for
+  token, the ids llama.cpp's sampler chain drew. Every logits row is first checked against the
+  sha256 llama.cpp's had, so that a failure says whether the logits or the draw differ.
 - the CLI: `refllm generate --seed S` prints one golden case's reply.
 """
 
@@ -39,6 +39,8 @@ SEQUENCES = json.loads((GOLDEN / "sequences.json").read_text(encoding="utf-8"))[
 STEPS = json.loads((GOLDEN / "steps.json").read_text(encoding="utf-8"))["cases"]
 REAL_FIXTURES = {"smollm2": "smollm2_path", "gemma3": "gemma3_path"}
 N_CTX = PROVENANCE["llama_args"]["n_ctx"]
+N_THREADS = PROVENANCE["llama_args"]["n_threads"]
+assert PROVENANCE["llama_args"]["flash_attn"] is False
 
 
 def test_golden_files_are_what_provenance_says():
@@ -135,7 +137,8 @@ class PromptRunner:
     """One model under --numerics ggml; each prompt evaluated once, its cache copied per case."""
 
     def __init__(self, path: Path):
-        self.transformer = Transformer(refllm.open(path), "ggml")
+        # golden/sampling ran llama.cpp with flash attention off, on 2 threads
+        self.transformer = Transformer(refllm.open(path), "ggml", flash_attn=False, threads=N_THREADS)
         self.prompts: dict[tuple[int, ...], tuple] = {}
 
     def after_prompt(self, ids: list[int]):
@@ -217,8 +220,8 @@ def test_cli_generate_with_a_seed_prints_llama_cpps_reply(smollm2_path, capsys):
     assert prompt_tokens(Tokenizer.from_model(model), model.metadata, question, None, False) == case["prompt_ids"]
     flags = [str(a) for key, flag in OPTION_FLAGS.items() for a in (flag, case["options"][key])]
     with pytest.raises(SystemExit) as e:
-        main(["generate", str(smollm2_path), question, "--numerics", "ggml", "--seed", str(case["seed"]),
-              "--ctx", str(N_CTX), "-n", str(len(case["ids"])), *flags])
+        main(["generate", str(smollm2_path), question, "--numerics", "ggml", "--flash-attn", "off",
+              "--seed", str(case["seed"]), "--ctx", str(N_CTX), "-n", str(len(case["ids"])), *flags])
     out = capsys.readouterr()
     assert e.value.code == 0, out.err
     assert not case["stopped_at_eog"] and len(case["ids"]) == PROVENANCE["n_tokens"]
