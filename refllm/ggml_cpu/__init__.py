@@ -8,6 +8,8 @@
                    weight row's dot product straight from its blocks for one token
     one_token.py   the decode step's compiled norms, rope and attention (ggml's operations, or
                    f32's), and f32's one-token products
+    flash_attn.py  FLASH_ATTN_EXT, llama.cpp's default attention on the CPU: its tiled,
+                   one_chunk and split kernels, and llama.cpp's KV view that picks among them
     threads.py     when a one-token kernel shares its work among Numba's threads
     sampler.py     llama.cpp's samplers (penalties, top_k, top_p, min_p, temp, dist) on a
                    candidate array, step for step, with the C library's expf
