@@ -128,8 +128,11 @@ class Transformer:
                 rows.append(self.logits(x if all_logits else x[-1:]))
         return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
-    def hidden_states(self, tokens: list[int], cache: KVCache) -> np.ndarray:
-        """Run one batch through every block; returns the last block's output [n, n_embd]."""
+    def hidden_states(self, tokens: list[int], cache: KVCache, out_rows: np.ndarray | None = None) -> np.ndarray:
+        """Run one batch through every block; returns the last block's output [n, n_embd], or
+        with out_rows (indices into the batch) only those rows [len(out_rows), n_embd]: the last
+        block then drops the others after attention, as llama.cpp's graphs do with the rows
+        that give no output (inp_out_ids), so its feed-forward multiplies only the kept rows."""
         cfg, w = self.config, self.weights
         start = cache.n_past
         positions = np.arange(start, start + len(tokens))          # [n]
@@ -141,13 +144,16 @@ class Transformer:
             x *= np.float32(math.sqrt(cfg.n_embd))
             self.show("inp_scaled", None, x, "SCALE")
 
+        last = len(w.layers) - 1
         for il, layer in enumerate(w.layers):
-            x = self.block(il, layer, x, positions, cache)
+            x = self.block(il, layer, x, positions, cache, out_rows if il == last else None)
         cache.tokens.extend(tokens)
         return x
 
-    def block(self, il: int, layer: Layer, x: np.ndarray, positions: np.ndarray, cache: KVCache) -> np.ndarray:
-        """One transformer block: x [n, n_embd] -> x [n, n_embd]; stores this layer's k and v."""
+    def block(self, il: int, layer: Layer, x: np.ndarray, positions: np.ndarray, cache: KVCache,
+              out_rows: np.ndarray | None = None) -> np.ndarray:
+        """One transformer block: x [n, n_embd] -> x [n, n_embd]; stores this layer's k and v.
+        out_rows: keep only these rows after attention (x [len(out_rows), n_embd] out)."""
         cfg, spec = self.config, self.config.spec
         n = x.shape[0]
 
@@ -196,6 +202,8 @@ class Transformer:
         if spec.post_norms:
             a = self.norm(a, layer, "post_attention_norm", il)
         x = x + a
+        if out_rows is not None:
+            x = x[out_rows]
         self.show("ffn_inp", il, x, "ADD")
 
         # feed-forward: norm, gated activation, down projection (gemma3: post-FFN norm), residual

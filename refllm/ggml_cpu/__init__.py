@@ -15,6 +15,7 @@
                    candidate array, step for step, with the C library's expf
     libstdcxx.py   what those call from GCC's C++ library: std::sort and std::partial_sort (the
                    order of ties), std::mt19937, generate_canonical
+    libm.py        the C library's expf and a C loop's float64 sum (llama-perplexity's scoring)
     reference/     NumPy, readable: one module per matmul family (type_traits.py's `matmul`
                    column, and repack), and quantize_activations.py (float32 -> Q8_0/Q8_1/Q8_K)
     cpu/           Numba, fast: the same modules, giving the same bits
