@@ -9,6 +9,7 @@ sent to a closed stdout, ends quietly with exit code 0.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -689,11 +690,18 @@ def compare(ref, test, as_json) -> int:
     llama-perplexity's statistics: KLD (mean, max, p99, median), same top-1 %, RMS delta-p,
     NMSE, max |delta logit|, and how many rows are identical. REF is the reference (e.g.
     llama.cpp); it may also be one of golden/logits' files, compared at the positions it
-    stores (rows identical once TEST is rounded to their float16)."""
+    stores (rows identical once TEST is rounded to their float16). REF and TEST may also both be
+    base-logits files (refllm perplexity or llama-perplexity --kl-divergence-base), compared at
+    the positions they score."""
     import numpy as np
 
     from refllm.tools.compare import check_same_tokens, compare_logits, format_report, load_logits, load_reference
+    from refllm.tools.perplexity import is_base_logits
 
+    if is_base_logits(ref) or is_base_logits(test):
+        stats = _compare_base_files(ref, test)
+        click.echo(json.dumps(stats) if as_json else format_report(stats))
+        return 0
     ref_tokens, ref_rows, positions = load_reference(ref)
     test_tokens, test_logits = load_logits(test)
     check_same_tokens(ref_tokens, test_tokens, ref, test)
@@ -703,6 +711,130 @@ def compare(ref, test, as_json) -> int:
         following = np.append(ref_tokens, -1)[positions + 1]          # the token after each row
         stats = compare_logits(ref_rows, test_logits[positions], ref_precision=np.float16, next_tokens=following)
     click.echo(json.dumps(stats) if as_json else format_report(stats))
+    return 0
+
+
+def _compare_base_files(ref: str, test: str) -> dict:
+    """compare_logits of two base-logits files' log-probabilities (as llama-perplexity reads
+    them), row by row; RefllmError unless both are base files of the same chunks."""
+    from refllm.tools.compare import check_same_tokens, compare_logits
+    from refllm.tools.perplexity import base_log_probs, is_base_logits, read_base_logits
+
+    for name in (ref, test):
+        if not is_base_logits(name):
+            raise RefllmError(f"{name}: is not a base-logits file, and the other file is one (expected two base "
+                              "files, or two logits files)")
+    ref_base, test_base = read_base_logits(ref), read_base_logits(test)
+    if (ref_base.n_ctx, ref_base.n_chunk, ref_base.n_vocab) != (test_base.n_ctx, test_base.n_chunk, test_base.n_vocab):
+        raise RefllmError(f"{ref} has n_ctx {ref_base.n_ctx}, {ref_base.n_chunk} chunks, n_vocab {ref_base.n_vocab}; "
+                          f"{test} has {test_base.n_ctx}, {test_base.n_chunk}, {test_base.n_vocab} (expected the same)")
+    check_same_tokens(ref_base.tokens, test_base.tokens, ref, test)
+    ref_rows, following = base_log_probs(ref_base)
+    test_rows, _ = base_log_probs(test_base)
+    return compare_logits(ref_rows, test_rows, next_tokens=following)
+
+
+# -- perplexity ------------------------------------------------------------------------------
+
+@cli.command(short_help="A text's perplexity, or KL divergence from a base, as llama-perplexity.")
+@click.argument("model")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--ctx", type=int, default=None, help="Tokens per chunk  [default: 512; with --kl-divergence: "
+              "the base file's]")
+@click.option("--batch", type=int, default=2048, show_default=True,
+              help="Tokens per batch: below --ctx, a chunk goes in pieces; a multiple of it, that many chunks a batch.")
+@click.option("--chunks", type=int, default=-1, show_default=True, help="Chunks to score; -1: every whole chunk.")
+@click.option("--kl-divergence-base", "base_path", type=click.Path(dir_okay=False),
+              help="Write the scored log-probabilities to this base-logits file (llama.cpp's format); with "
+                   "--kl-divergence, read them from it.")
+@click.option("--kl-divergence", "kl_divergence", is_flag=True,
+              help="Compare MODEL with --kl-divergence-base's file instead of scoring FILE.")
+@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="f32", show_default=True,
+              help="f32: the float32 reference; ggml: llama.cpp's CPU roundings, its figures to every digit")
+def perplexity(model, file, ctx, batch, chunks, base_path, kl_divergence, numerics) -> int:
+    """Score FILE (UTF-8 text) with MODEL as llama-perplexity does: chunks of --ctx tokens, each
+    from an empty context with BOS first, the second half of each scored. Prints the running
+    "[i]PPL," line and "Final estimate: PPL = x +/- y".
+
+    With --kl-divergence-base OUT, also writes OUT, llama.cpp's base-logits file. With
+    --kl-divergence --kl-divergence-base BASE (no FILE), evaluates BASE's chunks and prints
+    llama-perplexity's KL-divergence statistics against it. MODEL is a path, a blob digest or
+    an ollama name. llama-perplexity's hellaswag, winogrande, multiple-choice and strided modes
+    are not here.
+    """
+    from refllm.engine.transformer import Transformer
+    from refllm.tokenizer import Tokenizer
+    from refllm.tools import perplexity as ppl
+
+    if kl_divergence:
+        if file is not None:
+            raise RefllmError("--kl-divergence reads its tokens from the base file; give no FILE")
+        if base_path is None:
+            raise RefllmError("--kl-divergence needs --kl-divergence-base BASE, the base model's file to compare with")
+        if chunks != -1:
+            raise RefllmError("--chunks does not apply with --kl-divergence (the base file holds the chunks)")
+    elif file is None:
+        raise RefllmError("missing FILE, the text to score (or --kl-divergence with --kl-divergence-base BASE)")
+    opened = _open_for_running(model)
+    tokenizer = Tokenizer.from_model(opened)
+    bos_id = tokenizer.vocab.bos_id if tokenizer.vocab.add_bos else None
+    if kl_divergence:
+        base = ppl.read_base_logits(base_path)
+        if ctx is not None and ctx < base.n_ctx:
+            raise RefllmError(f"{base_path} was computed with a context of {base.n_ctx}; --ctx {ctx} is smaller")
+        _announce_compiling()
+        transformer = Transformer(opened, numerics)
+        plan = ppl.kl_plan(transformer, base, batch)
+        _warn_inexact(transformer)
+        click.echo(f"kl_divergence: computing over {plan.n_chunk} chunks, n_ctx={plan.n_ctx}, "
+                   f"batch_size={plan.n_batch}, n_seq={plan.n_seq}", err=True)
+
+        def chunk_done(i: int, sums, seconds: float) -> None:
+            if i == 1:
+                click.echo(ppl.KLD_HEADER)
+            click.echo(ppl.kld_chunk_line(i, sums))
+
+        result = ppl.kl_divergence(transformer, base, batch, bos_id, on_chunk=chunk_done)
+        statistics = ppl.kld_statistics_lines(result)
+        if statistics:
+            click.echo("\n" + "\n".join(statistics))
+        return 0
+
+    data = Path(file).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RefllmError(f"{file}: at byte {e.start}: {data[e.start:e.start + 1]!r} is not UTF-8 "
+                          "(expected UTF-8 text)") from None
+    tokens = tokenizer.tokenize(text.removesuffix("\n"))          # llama.cpp drops one final newline
+    _announce_compiling()
+    transformer = Transformer(opened, numerics)
+    plan = ppl.plan_chunks(len(tokens), 512 if ctx is None else ctx, batch, chunks,
+                           transformer.config.n_ctx_train, source=file)
+    if base_path is not None and any(Path(base_path).resolve() == Path(p).resolve() for p in (file, opened.path)):
+        raise RefllmError(f"refusing to overwrite the input {base_path}")
+    _warn_inexact(transformer)
+    click.echo(f"perplexity: calculating perplexity over {plan.n_chunk} chunks, n_ctx={plan.n_ctx}, "
+               f"batch_size={plan.n_batch}, n_seq={plan.n_seq}", err=True)
+
+    def chunk_done(i: int, value: float, seconds: float) -> None:
+        if i == 1:
+            click.echo(f"perplexity: {seconds:.2f} seconds per pass", err=True)
+        sys.stdout.write(ppl.format_running(i, value))
+        sys.stdout.flush()
+
+    if base_path is None:
+        result = ppl.perplexity(transformer, tokens, plan, bos_id, on_chunk=chunk_done)
+    else:
+        from refllm.formats.files import atomic_output
+        with atomic_output(base_path) as out:
+            result = ppl.perplexity(transformer, tokens, plan, bos_id, base_out=out, on_chunk=chunk_done)
+    click.echo("")
+    final = ppl.format_final(result)
+    if math.isnan(result.uncertainty):
+        click.echo(final, err=True)
+        return 1
+    click.echo(final)
     return 0
 
 

@@ -504,13 +504,10 @@ class KLDResult:
     p_diff_values: np.ndarray    # float32 [count]
 
 
-def kl_divergence(transformer, base: BaseLogits, n_batch: int, bos_id: int | None,
-                  on_chunk: Callable[[int, KLDSums, float], None] | None = None) -> KLDResult:
-    """llama-perplexity --kl-divergence: evaluate the base file's chunks (its n_ctx, its tokens,
-    the first of each replaced by bos_id unless None) with `transformer`, n_batch tokens a batch,
-    and compare each scored row with the base's. on_chunk(i, sums, seconds) is called after
-    chunk i (1-based). PerplexityError when the model's vocabulary is not the base's or n_batch
-    is impossible for the base's n_ctx."""
+def kl_plan(transformer, base: BaseLogits, n_batch: int) -> ChunkPlan:
+    """The plan of kl_divergence: the base file's chunks fed n_batch tokens at a time.
+    PerplexityError when the model's vocabulary is not the base's, its trained context is
+    shorter than the base's n_ctx, or n_batch is impossible for that n_ctx."""
     n_vocab = transformer.config.n_vocab
     if n_vocab != base.n_vocab:
         raise PerplexityError(f"{base.path}: was written for a vocabulary of {base.n_vocab} tokens; "
@@ -518,7 +515,16 @@ def kl_divergence(transformer, base: BaseLogits, n_batch: int, bos_id: int | Non
     if base.n_ctx > transformer.config.n_ctx_train:
         raise PerplexityError(f"{base.path}: was computed with a context of {base.n_ctx}, more than this model's "
                               f"trained context {transformer.config.n_ctx_train}")
-    plan = chunk_plan(base.n_ctx, n_batch, base.n_chunk)
+    return chunk_plan(base.n_ctx, n_batch, base.n_chunk)
+
+
+def kl_divergence(transformer, base: BaseLogits, n_batch: int, bos_id: int | None,
+                  on_chunk: Callable[[int, KLDSums, float], None] | None = None) -> KLDResult:
+    """llama-perplexity --kl-divergence: evaluate the base file's chunks (its n_ctx, its tokens,
+    the first of each replaced by bos_id unless None) with `transformer`, n_batch tokens a batch,
+    and compare each scored row with the base's. on_chunk(i, sums, seconds) is called after
+    chunk i (1-based). PerplexityError as kl_plan raises it."""
+    plan = kl_plan(transformer, base, n_batch)
     sums = KLDSums()
     kld_values, p_diff_values = [], []
     for i, chunks in _chunk_batches(base.tokens, plan):
