@@ -742,7 +742,8 @@ def _compare_base_files(ref: str, test: str) -> dict:
 @click.option("--ctx", type=int, default=None, help="Tokens per chunk  [default: 512; with --kl-divergence: "
               "the base file's]")
 @click.option("--batch", type=int, default=2048, show_default=True,
-              help="Tokens per batch: below --ctx, a chunk goes in pieces; a multiple of it, that many chunks a batch.")
+              help="Tokens per llama.cpp batch: below --ctx, a chunk goes in pieces; a multiple of --ctx, "
+                   "batch/ctx chunks a batch.")
 @click.option("--chunks", type=int, default=-1, show_default=True, help="Chunks to score; -1: every whole chunk.")
 @click.option("--kl-divergence-base", "base_path", type=click.Path(dir_okay=False),
               help="Write the scored log-probabilities to this base-logits file (llama.cpp's format); with "

@@ -161,6 +161,21 @@ def test_base_file_has_llama_cpp_bytes(synth_models, tmp_path, capsys):
     assert running_entries(out) == running_entries(stdout) and final_estimate(out) == final_estimate(stderr)
 
 
+@pytest.mark.parametrize("name, model", [
+    ("smollm2-c128-n4-b256-base", "smollm2_path"),  # two chunks a batch (n_seq 2), evaluated one by one
+    ("smollm2-c128-n4-b32-base", "smollm2_path"),   # four batches a chunk
+    ("gemma3-c128-n2-base", "gemma3_path"),         # 262144 log-probabilities a row
+])
+def test_real_base_files_are_llama_cpps(name, model, request, tmp_path, capsys):
+    """llama.cpp's file, by sha256 (too large to commit; SmolLM2's is the same for -b 32, 128
+    and 256)."""
+    out_path = tmp_path / "base.kld"
+    code, out, err = run(["perplexity", request.getfixturevalue(model), TEXT, "--numerics", "ggml",
+                          "--kl-divergence-base", out_path, *_flat(llama_args(name))], capsys)
+    assert code == 0, err
+    assert sha256_file(out_path) == PROVENANCE["runs"][golden_run(name)]["base_file"]["sha256"]
+
+
 def test_smollm2_base_file_is_llama_cpps(smollm2_base):
     path, printed = smollm2_base
     stdout, stderr = llama_output("smollm2-c128-n4-base")
@@ -222,12 +237,16 @@ def test_llama_cpps_file_layout():
     assert np.array_equal(third["scale"], scale_and_min[2 * n_scored:3 * n_scored, 0])
 
 
+c_expf = ctypes.CDLL(ctypes.util.find_library("m")).expf        # the C library's expf, through ctypes
+c_expf.restype, c_expf.argtypes = ctypes.c_float, [ctypes.c_float]
+
+
 def test_quantized_record_by_hand():
     """One row quantized as perplexity.cpp's log_softmax does: codes over [max - 16, max] in 65535
     steps, 0 below; min_log_prob = min - max - log(sum exp); -log p in float32."""
     logits = np.array([[0.0, -1.0, -20.0]], np.float32)
     records, nll = ppl.quantized_log_probs(logits, np.array([1]))
-    sum_exp = 1.0 + float(np.exp(np.float32(-1))) + float(np.exp(np.float32(-20)))
+    sum_exp = 1.0 + c_expf(-1.0) + c_expf(-20.0)
     log_sum_exp = np.float32(np.log(sum_exp))
     scale = np.float32(16) / np.float32(65535)
     assert records["scale"][0] == scale
@@ -353,12 +372,10 @@ def test_compare_refuses_a_base_file_with_a_logits_file(tmp_path, capsys):
 # -- the pieces ---------------------------------------------------------------------------------
 
 def test_expf_is_the_c_librarys():
-    expf = ctypes.CDLL(ctypes.util.find_library("m")).expf
-    expf.restype, expf.argtypes = ctypes.c_float, [ctypes.c_float]
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(-104, 89, 20000), rng.uniform(-17, 0, 20000),
                         [0.0, -0.0, 1e-30, -16.0, 88.7, -103.9, -200.0]]).astype(np.float32)
-    expected = np.array([expf(float(v)) for v in x], np.float32)
+    expected = np.array([c_expf(float(v)) for v in x], np.float32)
     assert libm.expf(x).tobytes() == expected.tobytes()
 
 

@@ -39,7 +39,7 @@ llama.cpp has:
     plain        `-log p = -((logit[tok] - max) - log(sum exp))`, the difference in float32,
                  the rest in float64 (perplexity.cpp's first log_softmax)
     writing      with --kl-divergence-base OUT: each scored row's log-probabilities quantized
-                 to 16 bits over [max(min, max - 16), max] (BaseRows), and -log p computed in
+                 to 16 bits over [max(min, max - 16), max] (base_record), and -log p computed in
                  float32 as `max + log_sum_exp - logit[tok]` (its second log_softmax)
     KL           with --kl-divergence: the model's log-softmax against the base file's rows,
                  terms of the base below -16 dropped (its third log_softmax)
@@ -555,6 +555,14 @@ def _f64(value) -> np.float64:
     return np.float64(value)
 
 
+def _exp(value) -> np.float64:
+    """The C library's exp (NumPy's own float64 exp can differ in the last bit), inf on overflow."""
+    try:
+        return np.float64(math.exp(value))
+    except OverflowError:
+        return np.float64(math.inf)
+
+
 def _mean_and_uncertainty(total: float, total2: float, count: int) -> tuple[np.float64, np.float64]:
     """perplexity.cpp's mean_and_uncertainty: the mean, and sqrt(var / (count - 1)) when the
     variance is positive and count > 10, else 0."""
@@ -582,7 +590,7 @@ def kld_chunk_line(i: int, sums: KLDSums) -> str:
         log_ppl = _mean_and_uncertainty(sums.sum_nll, sums.sum_nll2, sums.count)
         log_ppl_base = _mean_and_uncertainty(sums.sum_nll_base, sums.sum_nll_base2, sums.count)
         cov = _covariance(sums.sum_nll, sums.sum_nll_base, sums.sum_nll_nll_base, sums.count)
-        ppl = np.exp(log_ppl[0])
+        ppl = _exp(log_ppl[0])
         ratio = log_ppl[0] - log_ppl_base[0]
         ratio_unc = np.sqrt(log_ppl[1] * log_ppl[1] + log_ppl_base[1] * log_ppl_base[1] - 2.0 * cov)
         kl = _mean_and_uncertainty(sums.sum_kld, sums.sum_kld2, sums.count)
@@ -627,18 +635,18 @@ def kld_statistics_lines(result: KLDResult) -> list[str]:
     lines = ["====== Perplexity statistics ======"]
     with np.errstate(all="ignore"):
         log_ppl = _mean_and_uncertainty(s.sum_nll, s.sum_nll2, s.count)
-        ppl, ppl_unc = np.exp(log_ppl[0]), np.exp(log_ppl[0]) * log_ppl[1]
+        ppl, ppl_unc = _exp(log_ppl[0]), _exp(log_ppl[0]) * log_ppl[1]
         lines.append(f"Mean PPL(Q)                   : {_c_float(ppl, 10, 6)} ± {_c_float(ppl_unc, 10, 6)}")
         log_base = _mean_and_uncertainty(s.sum_nll_base, s.sum_nll_base2, s.count)
-        base, base_unc = np.exp(log_base[0]), np.exp(log_base[0]) * log_base[1]
+        base, base_unc = _exp(log_base[0]), _exp(log_base[0]) * log_base[1]
         lines.append(f"Mean PPL(base)                : {_c_float(base, 10, 6)} ± {_c_float(base_unc, 10, 6)}")
         cov = _covariance(s.sum_nll, s.sum_nll_base, s.sum_nll_nll_base, s.count)
         lines.append(f"Cor(ln(PPL(Q)), ln(PPL(base))): {_c_float(100.0 * (cov / (log_ppl[1] * log_base[1])), 6, 2)}%")
         ratio = log_ppl[0] - log_base[0]
         ratio_unc = np.sqrt(log_ppl[1] * log_ppl[1] + log_base[1] * log_base[1] - 2.0 * cov)
         lines.append(f"Mean ln(PPL(Q)/PPL(base))     : {_c_float(ratio, 10, 6)} ± {_c_float(ratio_unc, 10, 6)}")
-        lines.append(f"Mean PPL(Q)/PPL(base)         : {_c_float(np.exp(ratio), 10, 6)} ± "
-                     f"{_c_float(np.exp(ratio) * ratio_unc, 10, 6)}")
+        lines.append(f"Mean PPL(Q)/PPL(base)         : {_c_float(_exp(ratio), 10, 6)} ± "
+                     f"{_c_float(_exp(ratio) * ratio_unc, 10, 6)}")
         ppl_cov = ppl * base * cov
         diff_unc = np.sqrt(ppl_unc * ppl_unc + base_unc * base_unc - 2.0 * ppl_cov)
         lines.append(f"Mean PPL(Q)-PPL(base)         : {_c_float(ppl - base, 10, 6)} ± {_c_float(diff_unc, 10, 6)}")
