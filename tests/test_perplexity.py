@@ -29,16 +29,18 @@ from refllm.tools import perplexity as ppl
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "perplexity"
 PROVENANCE = json.loads((GOLDEN / "provenance.json").read_text(encoding="utf-8"))
 TEXT = GOLDEN / "text.md"
-SYNTH_BASE = GOLDEN / "synth-f32-n4-base.kld"      # written by llama-perplexity
-
 # llama.cpp's attention in the runs checked: "off" (-fa off) is what refllm's ggml numerics
-# reproduces; "on" picks the runs made with -fa on (named *-fa), for when refllm has flash
-# attention (and refllm must then be told to use it where `run` builds the command).
+# reproduces; "on" picks the runs made with -fa on (named RUN-fa, their base files included) and
+# gives `refllm perplexity` REFLLM_FLASH_ATTN's option, for when refllm has flash attention.
 FLASH_ATTN = "off"
+REFLLM_FLASH_ATTN = {"off": [], "on": ["--flash-attn", "on"]}[FLASH_ATTN]
 
 
 def golden_run(name: str) -> str:
     return name + ("-fa" if FLASH_ATTN == "on" else "")
+
+
+SYNTH_BASE = GOLDEN / f"{golden_run('synth-f32-n4-base')}.kld"      # written by llama-perplexity
 
 
 def llama_output(name: str) -> tuple[str, str]:
@@ -74,9 +76,15 @@ def kld_report(stdout: str) -> list[str]:
     return lines
 
 
+def cli_args(args) -> list[str]:
+    """The command line as strings; `refllm perplexity` with REFLLM_FLASH_ATTN's option."""
+    args = [str(a) for a in args]
+    return args + REFLLM_FLASH_ATTN if args[:1] == ["perplexity"] else args
+
+
 def run(args, capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
+        main(cli_args(args))
     out = capsys.readouterr()
     return e.value.code, out.out, out.err
 
@@ -120,7 +128,7 @@ class _Capture:
         import io
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
-            main([str(a) for a in args])
+            main(cli_args(args))
         self.out, self.err = out.getvalue(), err.getvalue()
         return e.value.code
 
@@ -216,6 +224,11 @@ def test_f32_numerics_is_close(synth_models, capsys):
 
 
 # -- the base-logits file -----------------------------------------------------------------------
+
+def test_committed_base_files_are_the_runs():
+    for name in ("synth-f32-n4-base", "synth-f32-n4-base-fa"):
+        assert sha256_file(GOLDEN / f"{name}.kld") == PROVENANCE["runs"][name]["base_file"]["sha256"]
+
 
 def test_llama_cpps_file_layout():
     """llama.cpp's file read with struct offsets alone: header, tokens, records of nv uint16."""

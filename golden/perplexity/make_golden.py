@@ -43,12 +43,12 @@ THREADS = 2
 CTX = ["-c", "128"]
 ONE_SEQ = ["-b", "128"]       # -b = -c: one chunk a batch (n_seq 1), the KV cells of one sequence
 FA_OFF, FA_ON = ["-fa", "off"], ["-fa", "on"]
-KEEP = {"synth-f32-n4-base"}   # base-logits files small enough to commit
 
 # run name -> (model, arguments after -m MODEL -t 2). "{text}" is text.md, "{base:RUN}" the
-# base-logits file RUN wrote (an earlier run), "{out}" the file this run writes.
+# base-logits file RUN wrote (an earlier run), "{out}" the file this run writes. Flash attention
+# off: what refllm --numerics ggml reproduces.
 RUNS: dict[str, tuple[str, list[str]]] = {
-    # perplexity, flash attention off: what refllm --numerics ggml reproduces
+    # perplexity
     "smollm2-c128": ("smollm2", ["-f", "{text}", *CTX, *ONE_SEQ, *FA_OFF]),
     "smollm2-c128-n4": ("smollm2", ["-f", "{text}", *CTX, *ONE_SEQ, *FA_OFF, "--chunks", "4"]),
     "smollm2-c128-n4-b256": ("smollm2", ["-f", "{text}", *CTX, "-b", "256", *FA_OFF, "--chunks", "4"]),
@@ -72,18 +72,24 @@ RUNS: dict[str, tuple[str, list[str]]] = {
                                               *CTX, *ONE_SEQ, *FA_OFF]),
     "synth-f32-kld-self": ("synth-f32", ["--kl-divergence", "--kl-divergence-base", "{base:synth-f32-n4-base}",
                                          *CTX, *ONE_SEQ, *FA_OFF]),
-    # the same with flash attention on (llama.cpp's CPU default, -fa auto), for when refllm has it
-    "smollm2-c128-fa": ("smollm2", ["-f", "{text}", *CTX, *ONE_SEQ, *FA_ON]),
-    "smollm2-c128-n4-fa": ("smollm2", ["-f", "{text}", *CTX, *ONE_SEQ, *FA_ON, "--chunks", "4"]),
-    "gemma3-c128-fa": ("gemma3", ["-f", "{text}", *CTX, *ONE_SEQ, *FA_ON]),
-    "gemma3-c128-n2-fa": ("gemma3", ["-f", "{text}", *CTX, *ONE_SEQ, *FA_ON, "--chunks", "2"]),
-    "smollm2-c128-n4-base-fa": ("smollm2", ["-f", "{text}", *CTX, *ONE_SEQ, *FA_ON, "--chunks", "4",
-                                            "--kl-divergence-base", "{out}"]),
-    "synth-f32-n4-base-fa": ("synth-f32", ["-f", "{text}", *CTX, *ONE_SEQ, *FA_ON, "--chunks", "4",
-                                           "--kl-divergence-base", "{out}"]),
-    "synth-f32-q4_0-kld-fa": ("synth-f32-q4_0", ["--kl-divergence", "--kl-divergence-base",
-                                                 "{base:synth-f32-n4-base}", *CTX, *ONE_SEQ, *FA_ON]),
 }
+
+
+def with_flash_attention(args: list[str]) -> list[str]:
+    """A run's arguments with -fa on instead of -fa off, reading the -fa runs' base files."""
+    out: list[str] = []
+    for a in args:
+        if a == "off" and out[-1:] == ["-fa"]:
+            out.append("on")
+        else:
+            out.append(a[:-1] + "-fa}" if a.startswith("{base:") else a)
+    return out
+
+
+# every run again with flash attention on (llama.cpp's CPU default, -fa auto), named RUN-fa, for
+# when refllm has flash attention
+RUNS |= {f"{name}-fa": (model, with_flash_attention(args)) for name, (model, args) in list(RUNS.items())}
+KEEP = {"synth-f32-n4-base", "synth-f32-n4-base-fa"}   # base-logits files small enough to commit
 ATTEMPTS = 6
 # the CMake options that decide the CPU arithmetic and what was built
 CMAKE_KEYS = re.compile(r"^(CMAKE_BUILD_TYPE|BUILD_SHARED_LIBS|GGML_(?:NATIVE|SSE42|AVX\w*|FMA|F16C|BMI2|AMX_\w+"
