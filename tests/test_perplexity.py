@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -96,13 +97,11 @@ def sha256_file(path: Path) -> str:
 @pytest.fixture(scope="module")
 def synth_models(tmp_path_factory) -> dict[str, Path]:
     """golden/perplexity's synthetic models, rebuilt and checked against the sha256 llama.cpp saw."""
-    import sys
-    sys.path.insert(0, str(GOLDEN))
-    try:
-        from write_models import write_models
-    finally:
-        sys.path.remove(str(GOLDEN))
-    paths = write_models(tmp_path_factory.mktemp("ppl-synth"))
+    # by its path: golden/ has other write_models.py modules
+    spec = importlib.util.spec_from_file_location("golden_perplexity_write_models", GOLDEN / "write_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    paths = module.write_models(tmp_path_factory.mktemp("ppl-synth"))
     for name, path in paths.items():
         assert sha256_file(path) == PROVENANCE["models"][name]["sha256"], f"{name}: not the model llama.cpp ran"
     return paths
