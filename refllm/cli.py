@@ -752,7 +752,8 @@ def _compare_base_files(ref: str, test: str) -> dict:
               help="Compare MODEL with --kl-divergence-base's file instead of scoring FILE.")
 @click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="f32", show_default=True,
               help="f32: the float32 reference; ggml: llama.cpp's CPU roundings, its figures to every digit")
-def perplexity(model, file, ctx, batch, chunks, base_path, kl_divergence, numerics) -> int:
+@llama_cpp_flags
+def perplexity(model, file, ctx, batch, chunks, base_path, kl_divergence, numerics, flash_attn, threads) -> int:
     """Score FILE (UTF-8 text) with MODEL as llama-perplexity does: chunks of --ctx tokens, each
     from an empty context with BOS first, the second half of each scored. Prints the running
     "[i]PPL," line and "Final estimate: PPL = x +/- y".
@@ -763,7 +764,6 @@ def perplexity(model, file, ctx, batch, chunks, base_path, kl_divergence, numeri
     an ollama name. llama-perplexity's hellaswag, winogrande, multiple-choice and strided modes
     are not here.
     """
-    from refllm.engine.transformer import Transformer
     from refllm.tokenizer import Tokenizer
     from refllm.tools import perplexity as ppl
 
@@ -784,7 +784,7 @@ def perplexity(model, file, ctx, batch, chunks, base_path, kl_divergence, numeri
         if ctx is not None and ctx < base.n_ctx:
             raise RefllmError(f"{base_path} was computed with a context of {base.n_ctx}; --ctx {ctx} is smaller")
         _announce_compiling()
-        transformer = Transformer(opened, numerics)
+        transformer = _transformer(opened, numerics, flash_attn, threads)
         plan = ppl.kl_plan(transformer, base, batch)
         _warn_inexact(transformer)
         click.echo(f"kl_divergence: computing over {plan.n_chunk} chunks, n_ctx={plan.n_ctx}, "
@@ -809,7 +809,7 @@ def perplexity(model, file, ctx, batch, chunks, base_path, kl_divergence, numeri
                           "(expected UTF-8 text)") from None
     tokens = tokenizer.tokenize(text.removesuffix("\n"))          # llama.cpp drops one final newline
     _announce_compiling()
-    transformer = Transformer(opened, numerics)
+    transformer = _transformer(opened, numerics, flash_attn, threads)
     plan = ppl.plan_chunks(len(tokens), 512 if ctx is None else ctx, batch, chunks,
                            transformer.config.n_ctx_train, source=file)
     if base_path is not None and any(Path(base_path).resolve() == Path(p).resolve() for p in (file, opened.path)):

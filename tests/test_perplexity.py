@@ -2,7 +2,8 @@
 out-of-tree AVX2 build of llama.cpp@0c1e57098's tools/perplexity on golden/perplexity/text.md,
 -t 2, -c 128, with flash attention off and, in the runs named *-fa, on).
 
-Under --numerics ggml refllm prints llama-perplexity's figures to every digit: the running
+Under --numerics ggml, with --flash-attn off and on as the run had it, refllm prints
+llama-perplexity's figures to every digit: the running
 "[i]PPL," entries and the final estimate (SmolLM2's first 4 chunks, Gemma-3's first 2, and
 SmolLM2 with two chunks a batch and with four batches a chunk), the KL-divergence lines and
 closing statistics against a base-logits file llama.cpp wrote, and base-logits files with
@@ -30,30 +31,35 @@ from refllm.tools import perplexity as ppl
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "perplexity"
 PROVENANCE = json.loads((GOLDEN / "provenance.json").read_text(encoding="utf-8"))
 TEXT = GOLDEN / "text.md"
-# llama.cpp's attention in the runs checked: "off" (-fa off) is what refllm's ggml numerics
-# reproduces; "on" picks the runs made with -fa on (named RUN-fa, their base files included) and
-# gives `refllm perplexity` REFLLM_FLASH_ATTN's option, for when refllm has flash attention.
-FLASH_ATTN = "off"
-REFLLM_FLASH_ATTN = {"off": [], "on": ["--flash-attn", "on"]}[FLASH_ATTN]
+# llama.cpp's attention paths checked: the runs made with -fa off, and those made with -fa on
+# (named RUN-fa, reading the -fa base files); `refllm perplexity` gets the same --flash-attn.
+# (Its --threads is left alone: the golden ran -t 2, which flash attention would show only over
+# 512 KV cells or more, and these chunks have 128.)
+FLASH_ATTN = ("off", "on")
 
 
-def golden_run(name: str) -> str:
-    return name + ("-fa" if FLASH_ATTN == "on" else "")
+def golden_run(name: str, fa: str) -> str:
+    return name + ("-fa" if fa == "on" else "")
 
 
-SYNTH_BASE = GOLDEN / f"{golden_run('synth-f32-n4-base')}.kld"      # written by llama-perplexity
+def synth_base(fa: str) -> Path:
+    """The synthetic model's base-logits file, written by llama-perplexity with -fa `fa`."""
+    return GOLDEN / f"{golden_run('synth-f32-n4-base', fa)}.kld"
 
 
-def llama_output(name: str) -> tuple[str, str]:
-    """llama-perplexity's stdout and stderr for run `name` (flash attention per FLASH_ATTN)."""
-    run_name = golden_run(name)
+SYNTH_BASE = synth_base("off")
+
+
+def llama_output(name: str, fa: str) -> tuple[str, str]:
+    """llama-perplexity's stdout and stderr for run `name` with -fa `fa`."""
+    run_name = golden_run(name, fa)
     return ((GOLDEN / f"{run_name}.stdout").read_text(encoding="utf-8"),
             (GOLDEN / f"{run_name}.stderr").read_text(encoding="utf-8"))
 
 
-def llama_args(name: str) -> dict[str, str]:
+def llama_args(name: str, fa: str = "off") -> dict[str, str]:
     """The run's -c, -b and --chunks, as refllm's options."""
-    args = PROVENANCE["runs"][golden_run(name)]["args"]
+    args = PROVENANCE["runs"][golden_run(name, fa)]["args"]
     flags = {"-c": "--ctx", "-b": "--batch", "--chunks": "--chunks"}
     return {flags[a]: args[i + 1] for i, a in enumerate(args) if a in flags}
 
@@ -77,15 +83,15 @@ def kld_report(stdout: str) -> list[str]:
     return lines
 
 
-def cli_args(args) -> list[str]:
-    """The command line as strings; `refllm perplexity` with REFLLM_FLASH_ATTN's option."""
+def cli_args(args, fa: str) -> list[str]:
+    """The command line as strings; `refllm perplexity` with --flash-attn `fa`."""
     args = [str(a) for a in args]
-    return args + REFLLM_FLASH_ATTN if args[:1] == ["perplexity"] else args
+    return args + ["--flash-attn", fa] if args[:1] == ["perplexity"] else args
 
 
-def run(args, capsys) -> tuple[int, str, str]:
+def run(args, capsys, fa: str = "off") -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as e:
-        main(cli_args(args))
+        main(cli_args(args, fa))
     out = capsys.readouterr()
     return e.value.code, out.out, out.err
 
@@ -107,27 +113,33 @@ def synth_models(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(scope="module")
-def smollm2_base(tmp_path_factory, smollm2_path):
-    """refllm's base-logits file of SmolLM2's first 4 chunks, and what `refllm perplexity`
-    printed while writing it."""
+@pytest.fixture(params=FLASH_ATTN, ids=lambda fa: f"fa-{fa}")
+def fa(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module", params=FLASH_ATTN, ids=lambda fa: f"fa-{fa}")
+def smollm2_base(request, tmp_path_factory, smollm2_path):
+    """(flash attention, refllm's base-logits file of SmolLM2's first 4 chunks, what `refllm
+    perplexity` printed while writing it)."""
+    fa = request.param
     out = tmp_path_factory.mktemp("ppl-smollm2") / "base.kld"
     capture = _Capture()
     code = capture.run(["perplexity", smollm2_path, TEXT, "--numerics", "ggml", "--kl-divergence-base", out,
-                        *_flat(llama_args("smollm2-c128-n4-base"))])
+                        *_flat(llama_args("smollm2-c128-n4-base", fa))], fa)
     assert code == 0, capture.err
-    return out, capture.out
+    return fa, out, capture.out
 
 
 class _Capture:
     """Run the CLI outside a test's capsys (for module fixtures): stdout and stderr to strings."""
 
-    def run(self, args) -> int:
+    def run(self, args, fa: str) -> int:
         import contextlib
         import io
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
-            main(cli_args(args))
+            main(cli_args(args, fa))
         self.out, self.err = out.getvalue(), err.getvalue()
         return e.value.code
 
@@ -144,27 +156,27 @@ def _flat(options: dict[str, str]) -> list[str]:
     ("smollm2-c128-n4-b256", "smollm2_path"),       # two chunks a batch (n_seq 2)
     ("smollm2-c128-n4-b32", "smollm2_path"),        # four batches a chunk
 ])
-def test_perplexity_prints_llama_perplexity_figures(name, model, request, capsys):
-    stdout, stderr = llama_output(name)
-    args = ["perplexity", request.getfixturevalue(model), TEXT, "--numerics", "ggml", *_flat(llama_args(name))]
-    code, out, err = run(args, capsys)
+def test_perplexity_prints_llama_perplexity_figures(name, model, fa, request, capsys):
+    stdout, stderr = llama_output(name, fa)
+    args = ["perplexity", request.getfixturevalue(model), TEXT, "--numerics", "ggml", *_flat(llama_args(name, fa))]
+    code, out, err = run(args, capsys, fa)
     assert code == 0, err
     assert running_entries(out) == running_entries(stdout)
-    assert len(running_entries(out)) == int(llama_args(name)["--chunks"])
+    assert len(running_entries(out)) == int(llama_args(name, fa)["--chunks"])
     assert final_estimate(out) == final_estimate(stderr)
     assert "n_seq=" in err
 
 
-def test_base_file_has_llama_cpp_bytes(synth_models, tmp_path, capsys):
+def test_base_file_has_llama_cpp_bytes(synth_models, fa, tmp_path, capsys):
     """The synthetic model's base-logits file, written by refllm, is llama.cpp's byte for byte
     (odd vocabulary: every record ends with its zero padding value), and the figures printed
     while writing it (-log p in float32 then) are llama-perplexity's."""
-    stdout, stderr = llama_output("synth-f32-n4-base")
+    stdout, stderr = llama_output("synth-f32-n4-base", fa)
     out_path = tmp_path / "base.kld"
     code, out, err = run(["perplexity", synth_models["synth-f32"], TEXT, "--numerics", "ggml",
-                          "--kl-divergence-base", out_path, *_flat(llama_args("synth-f32-n4-base"))], capsys)
+                          "--kl-divergence-base", out_path, *_flat(llama_args("synth-f32-n4-base", fa))], capsys, fa)
     assert code == 0, err
-    assert out_path.read_bytes() == SYNTH_BASE.read_bytes()
+    assert out_path.read_bytes() == synth_base(fa).read_bytes()
     assert running_entries(out) == running_entries(stdout) and final_estimate(out) == final_estimate(stderr)
 
 
@@ -173,20 +185,20 @@ def test_base_file_has_llama_cpp_bytes(synth_models, tmp_path, capsys):
     ("smollm2-c128-n4-b32-base", "smollm2_path"),   # four batches a chunk
     ("gemma3-c128-n2-base", "gemma3_path"),         # 262144 log-probabilities a row
 ])
-def test_real_base_files_are_llama_cpps(name, model, request, tmp_path, capsys):
+def test_real_base_files_are_llama_cpps(name, model, fa, request, tmp_path, capsys):
     """llama.cpp's file, by sha256 (too large to commit; SmolLM2's is the same for -b 32, 128
     and 256)."""
     out_path = tmp_path / "base.kld"
     code, out, err = run(["perplexity", request.getfixturevalue(model), TEXT, "--numerics", "ggml",
-                          "--kl-divergence-base", out_path, *_flat(llama_args(name))], capsys)
+                          "--kl-divergence-base", out_path, *_flat(llama_args(name, fa))], capsys, fa)
     assert code == 0, err
-    assert sha256_file(out_path) == PROVENANCE["runs"][golden_run(name)]["base_file"]["sha256"]
+    assert sha256_file(out_path) == PROVENANCE["runs"][golden_run(name, fa)]["base_file"]["sha256"]
 
 
 def test_smollm2_base_file_is_llama_cpps(smollm2_base):
-    path, printed = smollm2_base
-    stdout, stderr = llama_output("smollm2-c128-n4-base")
-    assert sha256_file(path) == PROVENANCE["runs"][golden_run("smollm2-c128-n4-base")]["base_file"]["sha256"]
+    fa, path, printed = smollm2_base
+    stdout, stderr = llama_output("smollm2-c128-n4-base", fa)
+    assert sha256_file(path) == PROVENANCE["runs"][golden_run("smollm2-c128-n4-base", fa)]["base_file"]["sha256"]
     assert running_entries(printed) == running_entries(stdout) and final_estimate(printed) == final_estimate(stderr)
 
 
@@ -194,10 +206,10 @@ def test_smollm2_base_file_is_llama_cpps(smollm2_base):
     ("synth-f32-q4_0-kld", "synth-f32-q4_0"),       # a Q4_0 quantization against its F32 source
     ("synth-f32-kld-self", "synth-f32"),            # the model against its own base file
 ])
-def test_kl_divergence_of_llama_cpps_base_file(name, model, synth_models, capsys):
-    stdout, _ = llama_output(name)
-    code, out, err = run(["perplexity", synth_models[model], "--kl-divergence", "--kl-divergence-base", SYNTH_BASE,
-                          "--batch", llama_args(name)["--batch"], "--numerics", "ggml"], capsys)
+def test_kl_divergence_of_llama_cpps_base_file(name, model, synth_models, fa, capsys):
+    stdout, _ = llama_output(name, fa)
+    code, out, err = run(["perplexity", synth_models[model], "--kl-divergence", "--kl-divergence-base", synth_base(fa),
+                          "--batch", llama_args(name, fa)["--batch"], "--numerics", "ggml"], capsys, fa)
     assert code == 0, err
     assert out.rstrip("\n").splitlines() == kld_report(stdout)
     assert "Same top p:" in out and "====== KL divergence statistics ======" in out
@@ -205,16 +217,17 @@ def test_kl_divergence_of_llama_cpps_base_file(name, model, synth_models, capsys
 
 def test_kl_divergence_of_smollm2(smollm2_base, smollm2_path, capsys):
     """SmolLM2 against its own base file (refllm's, which has llama.cpp's sha256)."""
-    stdout, _ = llama_output("smollm2-c128-n4-kld-self")
-    code, out, err = run(["perplexity", smollm2_path, "--kl-divergence", "--kl-divergence-base", smollm2_base[0],
-                          "--batch", "128", "--numerics", "ggml"], capsys)
+    fa, path, _ = smollm2_base
+    stdout, _ = llama_output("smollm2-c128-n4-kld-self", fa)
+    code, out, err = run(["perplexity", smollm2_path, "--kl-divergence", "--kl-divergence-base", path,
+                          "--batch", "128", "--numerics", "ggml"], capsys, fa)
     assert code == 0, err
     assert out.rstrip("\n").splitlines() == kld_report(stdout)
 
 
 def test_f32_numerics_is_close(synth_models, capsys):
     """The float32 reference scores the same chunks: not llama.cpp's digits, but near them."""
-    _, stderr = llama_output("synth-f32-n4-base")
+    _, stderr = llama_output("synth-f32-n4-base", "off")
     code, out, _ = run(["perplexity", synth_models["synth-f32"], TEXT, "--ctx", "128", "--batch", "128",
                         "--chunks", "4"], capsys)
     value = float(re.search(r"PPL = (\S+)", out).group(1))
@@ -287,7 +300,7 @@ def test_compare_accepts_base_files(smollm2_base, tmp_path, synth_models, capsys
     assert code == 0 and "Positions      : 252" in out and "Identical rows : 0 of 252" in out
     mean_kld = float(re.search(r"Mean KLD\s+: (\S+)", out).group(1))
     assert 0.2 < mean_kld < 0.5                      # llama-perplexity's, from the unquantized logits: 0.345
-    code, _, err = run(["compare", SYNTH_BASE, smollm2_base[0]], capsys)
+    code, _, err = run(["compare", SYNTH_BASE, smollm2_base[1]], capsys)
     assert code == 2 and "expected the same" in err and len(err.splitlines()) == 1
 
 
