@@ -103,9 +103,11 @@ class Transformer:
         """Evaluate `tokens` at the positions after the cache's, and append them to the cache.
 
         Returns float32 logits [len(tokens), n_vocab] with all_logits (row i scores the token
-        after tokens[i]), else [1, n_vocab] for the last token only. The tokens are evaluated in
-        batches of the cache's n_batch. They must fit in the cache's free positions and be valid
-        ids (ModelConfigError otherwise).
+        after tokens[i]), else [1, n_vocab] for the last token only: then, as llama.cpp with one
+        output (its inp_out_ids), the last block's feed-forward runs on that token's row alone,
+        which picks the one-row kernels. The tokens are evaluated in batches of the cache's
+        n_batch. They must fit in the cache's free positions and be valid ids (ModelConfigError
+        otherwise).
         """
         tokens = [int(t) for t in tokens]
         if not tokens:
@@ -123,9 +125,13 @@ class Transformer:
         for start in range(0, len(tokens), step):
             batch = tokens[start:start + step]
             last_batch = start + step >= len(tokens)
-            x = self.hidden_states(batch, cache)                   # [n, n_embd]
-            if all_logits or last_batch:
-                rows.append(self.logits(x if all_logits else x[-1:]))
+            if all_logits:
+                rows.append(self.logits(self.hidden_states(batch, cache)))          # [n, n_vocab]
+            elif last_batch:
+                last_row = np.array([len(batch) - 1])
+                rows.append(self.logits(self.hidden_states(batch, cache, last_row)))  # [1, n_vocab]
+            else:
+                self.hidden_states(batch, cache)
         return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
     def hidden_states(self, tokens: list[int], cache: KVCache, out_rows: np.ndarray | None = None) -> np.ndarray:

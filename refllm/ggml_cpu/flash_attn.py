@@ -42,12 +42,11 @@ order).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
 from refllm.ggml_cpu import avx2
+from refllm.ggml_cpu.libm import expf
 from refllm.ggml_cpu.one_token import _reduce_lanes, cached_value
 from refllm.ggml_cpu.x86 import expf_scalar, f16_round, fma32, hsum8
 
@@ -155,7 +154,7 @@ def _row(q, keys, values, positions, first, window, scale, chunk, n_view, vector
         if s == 0:
             continue
         m_new = max(m_all, m)
-        old, new = F32(math.exp(F32(m_all - m_new))), F32(math.exp(F32(m - m_new)))
+        old, new = F32(expf(F32(m_all - m_new))), F32(expf(F32(m - m_new)))
         for e in range(o.shape[0]):
             o[e] = fma32(o[e], old, F32(part[e] * new))
         s_all = fma32(s_all, old, F32(s * new))
@@ -192,12 +191,12 @@ def _one_chunk(q16, keys, values, g, a, b, scale, vector, vkq):
         ms, vs = F32(1), F32(1)
         if s > m:
             # a new maximum: rescale VKQ (ggml_vec_scale_f16) and S
-            ms = F32(math.exp(F32(m - s)))
+            ms = F32(expf(F32(m - s)))
             m = s
             for e in range(dv):
                 vkq[e] = f16_round(F32(vkq[e] * ms))
         else:
-            vs = F32(math.exp(F32(s - m)))
+            vs = F32(expf(F32(s - m)))
         # VKQ += v * vs (ggml_vec_mad_f16: one fused multiply-add per element, rounded to f16)
         v_row = values[g, c]
         for e in range(dv):
@@ -291,7 +290,7 @@ def _tiled_block(q, keys, values, positions, first, window, scale, out, g, block
                 row, acc = r - r0, vkq[r - r0, j]
                 m_new = max(m[row, j], top)
                 if m_new > m[row, j]:
-                    ms = F32(math.exp(F32(m[row, j] - m_new)))
+                    ms = F32(expf(F32(m[row, j] - m_new)))
                     for e in range(dv):
                         acc[e] = F32(acc[e] * ms)
                     s_sum[row, j] = F32(s_sum[row, j] * ms)

@@ -5,9 +5,10 @@ x86-64 without -mfma: every float operation rounds to float32 on its own, `exp` 
 is the C library's expf, and a sum is a `double` that adds one term after another. NumPy's
 elementwise float32 operations already round so; these two do not come with NumPy:
 
-    expf        the C library's expf, element by element (Numba's math.exp on float32 calls
-                it; NumPy's own float32 exp is a different polynomial and differs in the last
-                bit for about a third of its inputs)
+    expf, logf  the C library's expf and logf of one float32, in Numba code (Numba's math.exp
+                and math.log on a float32 call them; NumPy's own float32 exp is a different
+                polynomial and differs in the last bit for about a third of its inputs)
+    expf_array  expf element by element, for NumPy code
     sum_f64     `double sum = 0; for (...) sum += term;` along each row, in order (NumPy's
                 sum adds pairwise, which rounds differently)
 
@@ -22,17 +23,29 @@ import numba
 import numpy as np
 
 
+@numba.njit(inline="always", cache=True)
+def expf(x):
+    """The C library's expf of a float32."""
+    return math.exp(np.float32(x))
+
+
+@numba.njit(inline="always", cache=True)
+def logf(x):
+    """The C library's logf of a float32."""
+    return math.log(np.float32(x))
+
+
 @numba.njit(cache=True)
-def _expf(x, out):
+def _expf_array(x, out):
     for i in range(x.size):
-        out[i] = math.exp(x[i])                         # float32: the C library's expf
+        out[i] = expf(x[i])
 
 
-def expf(x: np.ndarray) -> np.ndarray:
+def expf_array(x: np.ndarray) -> np.ndarray:
     """The C library's expf of float32 x (any shape), element by element, as float32."""
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty_like(x)
-    _expf(x.reshape(-1), out.reshape(-1))
+    _expf_array(x.reshape(-1), out.reshape(-1))
     return out
 
 

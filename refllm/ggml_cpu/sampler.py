@@ -41,12 +41,12 @@ llama.cpp, built by GCC without -ffast-math, calls them one value at a time.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
+from refllm.ggml_cpu.libm import expf, logf
 from refllm.ggml_cpu.libstdcxx import MT19937, generate_canonical, partial_sort, sort
 
 F32 = np.float32
@@ -89,20 +89,6 @@ class Candidates:
     def keep_first(self, n: int) -> None:
         """cur_p->size = n."""
         self.ids, self.logits, self.p = self.ids[:n], self.logits[:n], self.p[:n]
-
-
-# -- the C library's float functions ----------------------------------------------------------------
-
-@numba.njit(cache=True)
-def expf(x):
-    """The C library's expf of a float32."""
-    return math.exp(np.float32(x))
-
-
-@numba.njit(cache=True)
-def logf(x):
-    """The C library's logf of a float32."""
-    return math.log(np.float32(x))
 
 
 # -- sorting ------------------------------------------------------------------------------------------

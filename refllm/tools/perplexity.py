@@ -73,7 +73,7 @@ from typing import BinaryIO
 import numpy as np
 
 from refllm.errors import RefllmError
-from refllm.ggml_cpu.libm import expf, sum_f64
+from refllm.ggml_cpu.libm import expf_array, sum_f64
 
 F32 = np.float32
 N_UBATCH = 512          # llama.cpp's default n_ubatch: a batch is computed this many tokens at a time
@@ -191,9 +191,9 @@ def _chunk_batches(tokens: Sequence[int], plan: ChunkPlan) -> Iterator[tuple[int
 
 def _softmax_sums(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float32 [m, n_vocab] -> (max_logit float32 [m], sum_exp float64 [m]), the sum of
-    expf(logit - max) over each row in order."""
+    the C library's expf(logit - max) over each row in order."""
     max_logit = logits.max(axis=1)
-    return max_logit, sum_f64(expf(logits - max_logit[:, None]))
+    return max_logit, sum_f64(expf_array(logits - max_logit[:, None]))
 
 
 def _log_f32(values: np.ndarray) -> np.ndarray:
@@ -282,8 +282,8 @@ def kld_rows(logits: np.ndarray, targets: np.ndarray, records: np.ndarray) -> KL
     log_norm = max_logit + log_sum_exp                                  # log p = logit - log_norm
     kept = base_log_p > F32(-16)
     with np.errstate(over="ignore", invalid="ignore"):
-        terms = np.where(kept, expf(base_log_p) * (base_log_p - logits + log_norm[:, None]), F32(0))
-    return KLDRows(nll=nll, nll_base=nll_base, kld=sum_f64(terms), p_diff=expf(-nll) - expf(-nll_base),
+        terms = np.where(kept, expf_array(base_log_p) * (base_log_p - logits + log_norm[:, None]), F32(0))
+    return KLDRows(nll=nll, nll_base=nll_base, kld=sum_f64(terms), p_diff=expf_array(-nll) - expf_array(-nll_base),
                    same_top=np.argmax(logits, axis=1) == np.argmax(base_log_p, axis=1))
 
 
