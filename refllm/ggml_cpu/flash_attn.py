@@ -47,7 +47,7 @@ from numba import njit, prange
 
 from refllm.ggml_cpu import avx2
 from refllm.ggml_cpu.libm import expf
-from refllm.ggml_cpu.one_token import _reduce_lanes, cached_value
+from refllm.ggml_cpu.one_token import _vec_dot_f16, cached_value
 from refllm.ggml_cpu.x86 import expf_scalar, f16_round, fma32, hsum8
 
 F32 = np.float32
@@ -186,7 +186,7 @@ def _one_chunk(q16, keys, values, g, a, b, scale, vector, vkq):
         if vector:
             s = avx2.f16_row_dot(keys_flat, (g * n_cells + c) * d, q16, d)
         else:
-            s = _vec_dot_f16(keys[g, c], q16, lanes, d)
+            s = _vec_dot_f16(keys[g, c], q16, lanes)
         s = F32(F32(s * scale) + F32(0))
         ms, vs = F32(1), F32(1)
         if s > m:
@@ -203,22 +203,6 @@ def _one_chunk(q16, keys, values, g, a, b, scale, vector, vkq):
             vkq[e] = f16_round(fma32(cached_value(v_row[e]), vs, vkq[e]))
         s_sum = fma32(s_sum, ms, vs)
     return m, s_sum
-
-
-@njit(inline="always", cache=True)
-def _vec_dot_f16(a, b, acc, d):
-    """ggml_vec_dot_f16 (AVX2) of a row of cache elements and b (float32, fp16 values) [d]:
-    four 8-lane accumulators over each 32 elements, reduced as one_token's; the elements past
-    the last whole 32 added in float64 (avx2.f16_row_dot computes the same in registers)."""
-    whole = d - d % 32
-    acc[:] = 0
-    for base in range(0, whole, 32):
-        for e in range(32):
-            acc[e] = fma32(cached_value(a[base + e]), b[base + e], acc[e])
-    total = F64(_reduce_lanes(acc[0:8], acc[8:16], acc[16:24], acc[24:32]))
-    for e in range(whole, d):
-        total += F64(F32(cached_value(a[e]) * b[e]))
-    return F32(total)
 
 
 # -- tiled: a block of query rows against KV_TILE keys at a time -----------------------------------
