@@ -161,3 +161,22 @@ def test_switches(model):
     assert Transformer(model, "ggml", threads=3).threads == 3
     with pytest.raises(ModelConfigError, match="thread count"):
         Transformer(model, "ggml", threads=0)
+
+
+def test_cli_flags(model, tmp_path, capsys):
+    """--flash-attn and --threads on a running command: the choice reaches the logits, and an
+    impossible thread count is one line and exit 2."""
+    from refllm.cli import main
+    outputs = {}
+    for flash in ("on", "off"):
+        with pytest.raises(SystemExit) as e:
+            main(["logits", model.path, "--tokens", ",".join(map(str, range(1, 80))), "--numerics", "ggml",
+                  "--flash-attn", flash, "-o", str(tmp_path / f"{flash}.npz")])
+        assert e.value.code == 0
+        outputs[flash] = np.load(tmp_path / f"{flash}.npz")["logits"]
+    assert not np.array_equal(outputs["on"], outputs["off"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["logits", model.path, "--tokens", "1,2", "--threads", "0", "-o", str(tmp_path / "x.npz")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--threads must be between 1" in err and len(err.strip().splitlines()) == 1
