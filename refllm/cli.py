@@ -849,6 +849,75 @@ def _warn_inexact(transformer) -> None:
                    f"float32 summation order", err=True)
 
 
+# -- serve ----------------------------------------------------------------------------------------
+
+@cli.command(short_help="Serve ollama's HTTP API (and OpenAI's) on the reference engine.")
+@click.option("--host", help="HOST, HOST:PORT or :PORT to listen on  [default: $REFLLM_HOST, else 127.0.0.1:11434]")
+@click.option("--port", type=click.IntRange(0, 65535), help="The port, over --host's.")
+@click.option("--model", "models", multiple=True, metavar="[NAME=]PATH",
+              help="A GGUF file requests can name (NAME, or the file's stem); repeatable. Store models and "
+                   "pulled packs are always there.")
+@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="ggml", show_default=True,
+              help="ggml: llama.cpp's CPU arithmetic, bit for bit; f32: the readable float32 reference")
+@click.option("--flash-attn", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="--numerics ggml: llama.cpp's flash attention or its -fa off path")
+@click.option("--ctx", type=click.IntRange(min=16), default=4096, show_default=True,
+              help="num_ctx when a request and the model's parameters do not set it (at most the model's)")
+@click.option("--num-parallel", type=click.IntRange(min=1), default=None,
+              help="KV slots per model, each keeping a conversation's prefix  [default: $REFLLM_NUM_PARALLEL, else 1]")
+@click.option("--max-queue", type=click.IntRange(min=1), default=None,
+              help="Requests that may wait; one more is answered 503  [default: $REFLLM_MAX_QUEUE, else 512]")
+@click.option("--keep-alive", default=None,
+              help="How long a model stays loaded after a request (ollama's keep_alive: 5m, 30s, -1 forever)  "
+                   "[default: $REFLLM_KEEP_ALIVE, else 5m]")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def serve(host, port, models, numerics, flash_attn, ctx, num_parallel, max_queue, keep_alive, log_level) -> int:
+    """Serve ollama's native API (/api/generate, /api/chat, /api/tags, /api/show, /api/ps,
+    /api/version) and its OpenAI-compatible routes (/v1/chat/completions, /v1/completions,
+    /v1/models) on refllm's engine, one request at a time in arrival order. A request's model
+    is a name: a --model, an ollama store model, or a pulled pack (smollm2, gemma3)."""
+    try:
+        from refllm.server.app import ApiError, create_app, keep_alive_seconds
+    except ImportError as e:
+        raise RefllmError(f"refllm serve needs the serve extra ({e.name} is missing): "
+                          'pip install "refllm[serve]"') from None
+    import logging
+
+    from refllm.server.host import env_int, parse_host
+    from refllm.server.host import serve as run_server
+    from refllm.server.registry import Registry
+    from refllm.server.scheduler import Config, Scheduler
+
+    listen_host, listen_port = parse_host(host if host is not None else os.environ.get("REFLLM_HOST"))
+    files = {}
+    for given in models:
+        name, sep, path = given.partition("=")
+        if not sep:
+            name, path = Path(given).stem, given
+        if not name or not path:
+            raise RefllmError(f"--model {given!r}: expected PATH or NAME=PATH")
+        files[name] = Path(path).expanduser()
+    keep_alive = keep_alive if keep_alive is not None else os.environ.get("REFLLM_KEEP_ALIVE", "5m")
+    try:
+        seconds = keep_alive_seconds(keep_alive)
+    except ApiError as e:
+        raise RefllmError(f"--keep-alive: {e.message}") from None
+    config = Config(numerics=numerics, flash_attn=flash_attn == "on", default_ctx=ctx,
+                    num_parallel=num_parallel or env_int("REFLLM_NUM_PARALLEL", 1, 1),
+                    max_queue=max_queue or env_int("REFLLM_MAX_QUEUE", 512, 1),
+                    keep_alive=math.inf if seconds < 0 else seconds)
+    registry = Registry(files)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _announce_compiling()
+    scheduler = Scheduler(config)
+    try:
+        run_server(create_app(registry, scheduler), listen_host, port if port is not None else listen_port, log_level)
+    finally:
+        scheduler.stop()
+    return 0
+
+
 def _error(message: str) -> None:
     """`refllm: error: MESSAGE` as one line on stderr; bytes of a name that are not UTF-8 (a
     non-UTF-8 argument) shown as \\xNN escapes, whatever stderr's encoding."""

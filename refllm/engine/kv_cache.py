@@ -198,6 +198,21 @@ class KVCache:
         del self.tokens[n:]
         self.oldest = min(self.oldest, n)
 
+    def copy_prefix(self, source: KVCache, n: int) -> None:
+        """Hold `source`'s first n positions and nothing after them (llama.cpp's seq_cp; ollama
+        forks a cached prefix into another slot so). Both caches must come from the same
+        new_cache() arguments; ValueError where source can no longer resume at n."""
+        if not source.can_resume_at(n) or n > source.n_past:
+            raise ValueError(f"the source cache cannot give {n} positions (it holds {source.n_past}, "
+                             f"from {source.oldest} in its rings)")
+        for layer, ring in enumerate(self.is_ring):
+            # a ring keeps positions modulo its size: all of it is copied
+            cells = self.k[layer].shape[1] if ring else round_up(n)
+            self.k[layer][:, :cells] = source.k[layer][:, :cells]
+            self.v[layer][:, :cells] = source.v[layer][:, :cells]
+        self.tokens = source.tokens[:n]
+        self.oldest = min(source.oldest, n)
+
     def clear(self) -> None:
         self.tokens.clear()
         self.oldest = 0

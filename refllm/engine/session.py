@@ -21,7 +21,7 @@ n_keep positions, drop half of the rest, and re-rotate the keys that moved. With
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,12 +102,13 @@ def prompt_logits(transformer: Transformer, tokens: Sequence[int], n_batch: int 
 class Session:
     """A Transformer with one KV cache that persists across requests."""
 
-    def __init__(self, transformer: Transformer, n_ctx: int, context_shift: bool = True):
+    def __init__(self, transformer: Transformer, n_ctx: int, context_shift: bool = True, n_batch: int | None = None):
         self.transformer = transformer
-        self.cache = transformer.new_cache(n_ctx)
+        self.cache = transformer.new_cache(n_ctx) if n_batch is None else transformer.new_cache(n_ctx, n_batch)
         self.context_shift = context_shift
         self.cached_tokens = 0            # of the last evaluate(): positions reused from the cache
         self.stats = GenerationStats()
+        self.reply: list[int] = []        # of the last generate(): the ids drawn, end token excluded
 
     @property
     def n_ctx(self) -> int:
@@ -149,10 +150,11 @@ class Session:
         return max(0, min(keep, self.n_ctx - 4))
 
     def generate(self, prompt: Sequence[int], tokenizer: Tokenizer, options: SamplingOptions,
-                 truncate: bool = False) -> Iterator[str]:
+                 truncate: bool = False, should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
         """Stream the reply to `prompt` (token ids) as text, piece by piece.
 
-        Stops at an end-of-generation token, a stop string (not shown) or num_predict tokens.
+        Stops at an end-of-generation token, a stop string (not shown), num_predict tokens, or
+        when should_stop() says so before a draw (done_reason "cancelled": a client went away).
         Text is never cut inside a UTF-8 character or shown while it could still be the start
         of a stop string. `self.stats` holds the figures of this call when the iterator ends.
         """
@@ -170,38 +172,45 @@ class Session:
         sampler = Sampler(options, self.transformer.config.n_vocab, self.n_ctx)
         stats.seed = sampler.seed
         history = list(fitted)
+        self.reply = []
         text_stream, stops = tokenizer.stream(), StopStrings(options.stop)
         decode_started = time.perf_counter()
         stats.done_reason = "length"
-        while options.num_predict < 0 or stats.eval_count < options.num_predict:
-            # sample the next token; an end-of-generation token ends the reply unseen
-            token = sampler.sample(logits[-1], history)
-            if tokenizer.is_eog(token):
-                stats.done_reason = "stop"
-                break
-            history.append(token)
-            stats.eval_count += 1
+        try:
+            while options.num_predict < 0 or stats.eval_count < options.num_predict:
+                if should_stop is not None and should_stop():
+                    stats.done_reason = "cancelled"
+                    break
+                # sample the next token; an end-of-generation token ends the reply unseen
+                token = sampler.sample(logits[-1], history)
+                if tokenizer.is_eog(token):
+                    stats.done_reason = "stop"
+                    break
+                history.append(token)
+                self.reply.append(token)
+                stats.eval_count += 1
 
-            # show its text, unless it completes (or may start) a stop string
-            text, stopped = stops.feed(text_stream.feed(token))
-            if text:
-                yield text
-            if stopped:
-                stats.done_reason = "stop"
-                break
+                # show its text, unless it completes (or may start) a stop string
+                text, stopped = stops.feed(text_stream.feed(token))
+                if text:
+                    yield text
+                if stopped:
+                    stats.done_reason = "stop"
+                    break
 
-            # make room when the context is full, then evaluate the token
-            if self.cache.n_free == 0:
-                self._shift(n_keep)
-                stats.context_shifts += 1
-            logits = self.transformer.forward([token], self.cache)
-        if not stops.stopped:
-            text, _ = stops.feed(text_stream.flush())
-            text += stops.flush()
-            if text:
-                yield text
-        stats.eval_duration = time.perf_counter() - decode_started
-        stats.total_duration = time.perf_counter() - started
+                # make room when the context is full, then evaluate the token
+                if self.cache.n_free == 0:
+                    self._shift(n_keep)
+                    stats.context_shifts += 1
+                logits = self.transformer.forward([token], self.cache)
+            if not stops.stopped:
+                text, _ = stops.feed(text_stream.flush())
+                text += stops.flush()
+                if text:
+                    yield text
+        finally:       # a cancelled stream or a full context still leaves its figures
+            stats.eval_duration = time.perf_counter() - decode_started
+            stats.total_duration = time.perf_counter() - started
 
     def _shift(self, n_keep: int) -> None:
         if not self.context_shift:
