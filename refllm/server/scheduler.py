@@ -149,7 +149,7 @@ class Scheduler:
     def __init__(self, config: Config = Config()):
         self.config = config
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=config.max_queue)
-        self.loaded: dict[str, Loaded] = {}          # by the entry's path
+        self.loaded: dict[str, Loaded] = {}          # by the entry's name
         self.busy = threading.Lock()                 # held while a job runs (tests and /api/ps peek)
         self.hits = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0}
         self._thread = threading.Thread(target=self._run, name="refllm-engine", daemon=True)
@@ -226,7 +226,7 @@ class Scheduler:
     def _handle(self, job: Job) -> Outcome:
         request = job.request
         started = time.perf_counter()
-        key = str(request.entry.path)
+        key = request.entry.name
         if request.action == "unload":
             if key in self.loaded:
                 self._unload(key)
@@ -258,7 +258,7 @@ class Scheduler:
 
         threads = settings.num_thread or numba.config.NUMBA_NUM_THREADS
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        key = str(entry.path)
+        key = entry.name
         loaded = self.loaded.get(key)
         if loaded is not None and loaded.entry.digest != entry.digest:
             self._unload(key)                       # the file behind the name changed
