@@ -25,9 +25,10 @@ escape and no raw DEL (0x7F) character; neither comes up in model replies worth 
 llguidance works from each token's bytes (refllm's own `token_to_piece`), so any vocabulary
 refllm reads works. End-of-generation tokens are allowed only where the JSON is complete; other
 special tokens (CONTROL, UNKNOWN, UNUSED, and USER_DEFINED ones written like `<tag>`) never are.
-Building llguidance's tokenizer walks the whole vocabulary (about 0.3 s for SmolLM2's 49k
-tokens, 1.4 s for Gemma-3's 262k): it is built once per Tokenizer and cached. A mask then costs
-tens of microseconds (bench/structured.py; bench/RESULTS.md compares it with outlines-core).
+Building llguidance's tokenizer walks the whole vocabulary (0.1 s for SmolLM2's 49k tokens,
+0.8 s for Gemma-3's 262k): it is built once per Tokenizer and cached. Compiling a format then
+takes under a millisecond, and a mask with its accept 16-45 microseconds, against a decode step
+of 7-14 ms (bench/structured.py; bench/RESULTS.md compares llguidance with outlines-core).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def _grammar(format: Any) -> str | None:
     elif isinstance(format, dict):
         schema, options = closed_objects(format), SCHEMA_OPTIONS
     else:
-        shown = repr(format) if isinstance(format, str) else f"a {type(format).__name__} ({format!r:.60})"
+        shown = repr(format) if isinstance(format, str) else f"{format!r:.60} ({type(format).__name__})"
         raise FormatError(f"format: {EXPECTED}, not {shown}")
     llg = _llguidance()
     try:
