@@ -508,6 +508,34 @@ def _transformer(model, numerics: str, flash_attn: str, threads: int | None):
     return Transformer(model, numerics, flash_attn=flash_attn == "on", threads=threads)
 
 
+def _read_format(value: str | None):
+    """--format's value as from_format takes it: "json", or the JSON schema in a file or in the
+    text itself (None: no format); RefllmError when it is none of these."""
+    if value is None or value == "json":
+        return value
+    text, where = value, "the text"
+    if value.endswith(".json") or _is_file(value):
+        try:
+            text, where = Path(value).read_text(encoding="utf-8"), value
+        except (OSError, UnicodeDecodeError) as e:
+            raise RefllmError(f"--format: cannot read {value}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RefllmError(f"--format: expected json, a JSON schema file or JSON schema text; {where} is not "
+                          f"JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+def _constraint(format, tokenizer):
+    """The OutputConstraint of --format's value for `tokenizer` (None without one)."""
+    from refllm.engine.structured import FormatError, OutputConstraint
+
+    try:
+        return OutputConstraint.from_format(format, tokenizer)
+    except FormatError as e:
+        raise RefllmError(f"--{e}") from None      # its message begins "format: "
+
+
 @cli.command(short_help="Generate text: refllm generate [MODEL] [PROMPT].")
 @click.argument("args", nargs=-1)
 @click.option("--system", help="A system message, for models with a chat template.")
@@ -519,8 +547,11 @@ def _transformer(model, numerics: str, flash_attn: str, threads: int | None):
 @click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="ggml", show_default=True,
               help="ggml: llama.cpp's CPU arithmetic, bit for bit (the fastest); f32: the readable float32 reference")
 @llama_cpp_flags
+@click.option("--format", "format_", metavar="FORMAT",
+              help='Constrain the reply: "json" (any JSON object), or a JSON schema (a .json file or the text).')
 @click.option("--verbose", is_flag=True, help="Print ollama's timing statistics to stderr afterwards.")
-def generate(args, system, raw, ctx, truncate, no_shift, numerics, flash_attn, threads, verbose, **sampling) -> int:
+def generate(args, system, raw, ctx, truncate, no_shift, numerics, flash_attn, threads, format_, verbose,
+             **sampling) -> int:
     """Generate text: refllm generate [MODEL] [PROMPT].
 
     MODEL is a path, a blob digest or an ollama name (default: SmolLM2, pulled on first use).
@@ -534,6 +565,7 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, flash_attn, t
     started = time.perf_counter()
     model_name, prompt = _split_model_and_prompt(args)
     options = _sampling_options(sampling)
+    format_ = _read_format(format_)
     model = _open_for_running(model_name)
     if prompt is None:
         if sys.stdin is not None and sys.stdin.isatty():
@@ -541,6 +573,7 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, flash_attn, t
         # one final newline is the shell's (echo P | refllm generate), not the prompt's
         prompt = _read_stdin_text().removesuffix("\n")
     tokenizer = Tokenizer.from_model(model)
+    constraint = _constraint(format_, tokenizer)
     _announce_compiling()
     transformer = _transformer(model, numerics, flash_attn, threads)
     _warn_inexact(transformer)
@@ -554,7 +587,7 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, flash_attn, t
     load_duration = time.perf_counter() - started
     wrote = False
     try:
-        for text in session.generate(ids, tokenizer, options, truncate=truncate):
+        for text in session.generate(ids, tokenizer, options, truncate=truncate, constraint=constraint):
             sys.stdout.write(text)
             sys.stdout.flush()
             wrote = True

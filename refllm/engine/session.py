@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from refllm.engine.sampling import Sampler, SamplingOptions, StopStrings
 from refllm.engine.transformer import Transformer
 from refllm.errors import RefllmError
 from refllm.tokenizer.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from refllm.engine.structured import OutputConstraint
 
 
 class ContextFullError(RefllmError):
@@ -150,11 +154,14 @@ class Session:
         return max(0, min(keep, self.n_ctx - 4))
 
     def generate(self, prompt: Sequence[int], tokenizer: Tokenizer, options: SamplingOptions,
-                 truncate: bool = False, should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+                 truncate: bool = False, constraint: OutputConstraint | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
         """Stream the reply to `prompt` (token ids) as text, piece by piece.
 
         Stops at an end-of-generation token, a stop string (not shown), num_predict tokens, or
         when should_stop() says so before a draw (done_reason "cancelled": a client went away).
+        With a `constraint` (refllm.engine.structured), only the tokens it allows are drawn, and
+        the reply also stops where it is done (the JSON is complete).
         Text is never cut inside a UTF-8 character or shown while it could still be the start
         of a stop string. `self.stats` holds the figures of this call when the iterator ends.
         """
@@ -181,20 +188,25 @@ class Session:
                 if should_stop is not None and should_stop():
                     stats.done_reason = "cancelled"
                     break
-                # sample the next token; an end-of-generation token ends the reply unseen
-                token = sampler.sample(logits[-1], history)
+                # sample the next token (among those the format allows); an end-of-generation
+                # token ends the reply unseen
+                row = logits[-1] if constraint is None else np.where(constraint.mask(), logits[-1], -np.inf)
+                token = sampler.sample(row, history)
                 if tokenizer.is_eog(token):
                     stats.done_reason = "stop"
                     break
+                if constraint is not None:
+                    constraint.accept(token)
                 history.append(token)
                 self.reply.append(token)
                 stats.eval_count += 1
 
-                # show its text, unless it completes (or may start) a stop string
+                # show its text, unless it completes (or may start) a stop string; a complete
+                # JSON reply ends here too
                 text, stopped = stops.feed(text_stream.feed(token))
                 if text:
                     yield text
-                if stopped:
+                if stopped or (constraint is not None and constraint.done):
                     stats.done_reason = "stop"
                     break
 
