@@ -269,6 +269,26 @@ def test_same_seed_same_reply_alone_or_among_others(server):
     assert replies[1] == alone
 
 
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"},
+                                         "colour": {"enum": ["red", "green", "blue"]}},
+          "required": ["name", "age", "colour"]}
+ASK_PERSON = "Describe a person as JSON with a name, an age and a favourite colour."
+
+
+def test_json_schema_reply_validates(server):
+    jsonschema = pytest.importorskip("jsonschema")
+    reply = ollama.Client(host=server.url).chat(
+        model="tiny", messages=[{"role": "user", "content": ASK_PERSON}], format=PERSON,
+        options={"temperature": 0.8, "seed": 5, "num_predict": 200})
+    jsonschema.validate(json.loads(reply.message.content), PERSON)
+    assert reply.done_reason == "stop"
+    plain = post(server, "/api/generate", {"model": "tiny", "prompt": ASK_PERSON, "format": "json",
+                                           "stream": False, "options": {"temperature": 0, "num_predict": 200}}).json()
+    assert isinstance(json.loads(plain["response"]), dict)
+    bad = post(server, "/api/generate", {"model": "tiny", "prompt": "x", "format": {"type": "nonsense"}})
+    assert bad.status_code == 400 and "schema" in bad.json()["error"]
+
+
 # -- OpenAI's client ------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -303,6 +323,18 @@ def test_openai_streaming_ends_with_usage_and_done(server, openai_client):
             "model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "stream": True}) as r:
         events = [line for line in r.iter_lines() if line]
     assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+
+
+def test_openai_response_format_json_schema(server, openai_client):
+    jsonschema = pytest.importorskip("jsonschema")
+    completion = openai_client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": ASK_PERSON}], max_tokens=200, seed=7,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
+    jsonschema.validate(json.loads(completion.choices[0].message.content), PERSON)
+    anything = openai_client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": ASK_PERSON}], max_tokens=200, temperature=0,
+        response_format={"type": "json_object"})
+    assert isinstance(json.loads(anything.choices[0].message.content), dict)
 
 
 def test_openai_completion_and_models(server, openai_client):

@@ -302,10 +302,9 @@ class Scheduler:
         slot = self._slot(loaded, ids)
         session = slot.session
         session.context_shift = request.shift
-        generate_args = {"constraint": constraint} if constraint is not None else {}
         try:
             for piece in session.generate(ids, loaded.tokenizer, request.options, truncate=request.truncate,
-                                          should_stop=job.cancelled.is_set, **generate_args):
+                                          constraint=constraint, should_stop=job.cancelled.is_set):
                 job.send("text", piece)
         except ContextFullError:
             if session.stats.prompt_eval_count == 0:      # the prompt itself does not fit
