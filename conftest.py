@@ -11,8 +11,11 @@ of our own (the shell blocks) and has a skip directive with a reason.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -59,6 +62,37 @@ def _another_engines_logits(model_path: Path, out: Path) -> None:
     save_logits(out, np.asarray(ids, np.int32), logits)
 
 
+@pytest.fixture(scope="session")
+def readme_server(readme_dir):
+    """`refllm serve` for the README's Serve examples, on a free loopback port that OLLAMA_HOST
+    names (ollama's client reads it, and so do the examples); stopped after the session."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{s.getsockname()[1]}"
+    env = _shell_env(readme_dir) | {"REFLLM_HOST": host}
+    server = subprocess.Popen([sys.executable, "-m", "refllm.cli", "serve", "--log-level", "warning"], env=env,
+                              cwd=readme_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://{host}/", timeout=5).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError("refllm serve did not start for the README's examples") from None
+            time.sleep(0.2)
+    previous = os.environ.get("OLLAMA_HOST")
+    os.environ["OLLAMA_HOST"] = host
+    yield host
+    if previous is None:
+        os.environ.pop("OLLAMA_HOST", None)
+    else:
+        os.environ["OLLAMA_HOST"] = previous
+    server.terminate()
+    server.wait(timeout=30)
+
+
 def _shell_env(work: Path) -> dict[str, str]:
     from refllm import fetch
     env = dict(os.environ, HOME=str(work / "home"), REFLLM_HOME=str(fetch.home()),
@@ -85,7 +119,7 @@ def in_readme_dir(readme_dir, monkeypatch) -> None:
 pytest_collect_file = Sybil(
     parsers=[PythonCodeBlockParser(), CodeBlockParser("sh", run_shell), SkipParser()],
     patterns=["README.md"],
-    fixtures=["readme_dir", "in_readme_dir"],
+    fixtures=["readme_dir", "in_readme_dir", "readme_server"],
 ).pytest()
 
 

@@ -337,9 +337,10 @@ class Scheduler:
             messages = ([{"role": "system", "content": system}] if system else []) \
                 + [{"role": "user", "content": request.prompt}]
         if template is None:
-            if request.messages is not None or request.system:
-                raise RequestError(f"{request.entry.name} has no chat template, so it takes raw prompts only "
-                                   "(use /api/generate with raw, or /v1/completions)")
+            # ollama's default template, {{ .Prompt }}, rendered turn by turn: the users' and the
+            # assistant's texts in order, the system prompt left out (the template has no place for it)
+            if request.messages is not None:
+                return earlier + "".join(m.get("content", "") for m in messages if m.get("role") in ("user", "assistant"))
             return earlier + request.prompt
         if request.tools and "tools" not in template.source:
             raise RequestError(f"{request.entry.name} does not support tools")
