@@ -324,10 +324,11 @@ def main() -> None:
         write_section(report)
 
 
-def write_section(report: str) -> None:
-    """Replace this script's section of bench/RESULTS.md (or append it), atomically."""
+def write_section(report: str, section: str = SECTION) -> None:
+    """Replace a script's section of bench/RESULTS.md, the one whose title starts with `section`
+    (or append it), atomically."""
     text = RESULTS.read_text(encoding="utf-8")
-    start = text.find(SECTION)
+    start = text.find(section)
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + report.rstrip("\n") + "\n" + (text[end:] if end >= 0 else "")

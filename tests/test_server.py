@@ -67,6 +67,7 @@ def store(tmp_path_factory, smollm2_path) -> Path:
     """An ollama store with SmolLM2 as `mine:latest`, with a SYSTEM and a params layer."""
     root = tmp_path_factory.mktemp("ollama")
     add_model(root, "registry.ollama.ai/library/mine/latest", smollm2_path.read_bytes())
+    add_model(root, "registry.ollama.ai/library/broken/latest")      # a valid GGUF that is no runnable model
     return root
 
 
@@ -225,6 +226,37 @@ def test_unknown_model_is_404(server):
     with pytest.raises(ollama.ResponseError) as error:
         ollama.Client(host=server.url).chat(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
     assert error.value.status_code == 404 and "no-such-model" in error.value.error
+
+
+def test_logprobs_are_the_models_log_softmax(server, smollm2_path):
+    import numpy as np
+    reply = post(server, "/api/generate", {"model": "tiny", "prompt": "The capital of France is", "raw": True,
+                                           "stream": False, "logprobs": True, "top_logprobs": 3,
+                                           "options": {"temperature": 0, "num_predict": 3}}).json()
+    entries = reply["logprobs"]
+    assert len(entries) == 3 and "".join(e["token"] for e in entries) == reply["response"]
+    for entry in entries:          # greedy: the drawn token is the likeliest, first of the top 3
+        assert entry["top_logprobs"][0]["token"] == entry["token"] and entry["logprob"] <= 0
+        assert [t["logprob"] for t in entry["top_logprobs"]] == sorted((t["logprob"] for t in entry["top_logprobs"]),
+                                                                       reverse=True)
+    # the first one from the logits themselves
+    from refllm.engine import Session, Transformer
+    from refllm.formats import open_model
+    from refllm.tokenizer import Tokenizer
+    model = open_model(smollm2_path)
+    ids = Tokenizer.from_model(model).tokenize("The capital of France is")
+    logits = Session(Transformer(model, "ggml"), 64).evaluate(ids)[-1].astype(np.float64)
+    expected = logits.max() - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+    assert entries[0]["logprob"] == pytest.approx(expected, abs=1e-9)
+    streamed = list(ollama.Client(host=server.url).chat(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], options=GREEDY, stream=True, logprobs=True))
+    assert sum(len(c.logprobs or []) for c in streamed) == streamed[-1].eval_count
+    completion = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0, logprobs=True,
+        top_logprobs=2)
+    assert len(completion.choices[0].logprobs.content) == 4
+    assert len(completion.choices[0].logprobs.content[0].top_logprobs) == 2
+    assert post(server, "/api/generate", {"model": "tiny", "prompt": "x", "top_logprobs": 21}).status_code == 400
 
 
 def test_keep_alive_loads_and_unloads(server):
@@ -410,6 +442,14 @@ def test_oversized_body_is_413(server):
             yield b" " * (1 << 20)
     response = httpx.post(server.url + "/api/generate", content=chunked(), timeout=WAIT)
     assert response.status_code == 413
+
+
+def test_a_model_that_fails_to_load_is_500_and_the_server_keeps_serving(server):
+    response = post(server, "/api/generate", {"model": "broken", "prompt": "Hi", "stream": False})
+    assert response.status_code == 500 and response.json()["error"]
+    assert "Traceback" not in response.text
+    assert post(server, "/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False,
+                                          "options": {"num_predict": 1}}).json()["done"]
 
 
 def test_unknown_route_is_404(server):

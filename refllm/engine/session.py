@@ -155,13 +155,15 @@ class Session:
 
     def generate(self, prompt: Sequence[int], tokenizer: Tokenizer, options: SamplingOptions,
                  truncate: bool = False, constraint: OutputConstraint | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+                 should_stop: Callable[[], bool] | None = None,
+                 on_token: Callable[[int, np.ndarray], None] | None = None) -> Iterator[str]:
         """Stream the reply to `prompt` (token ids) as text, piece by piece.
 
         Stops at an end-of-generation token, a stop string (not shown), num_predict tokens, or
         when should_stop() says so before a draw (done_reason "cancelled": a client went away).
         With a `constraint` (refllm.engine.structured), only the tokens it allows are drawn, and
-        the reply also stops where it is done (the JSON is complete).
+        the reply also stops where it is done (the JSON is complete). on_token(token, logits) sees
+        each token of the reply with the model's logits it was drawn from (float32 [n_vocab]).
         Text is never cut inside a UTF-8 character or shown while it could still be the start
         of a stop string. `self.stats` holds the figures of this call when the iterator ends.
         """
@@ -197,6 +199,8 @@ class Session:
                     break
                 if constraint is not None:
                     constraint.accept(token)
+                if on_token is not None:
+                    on_token(token, logits[-1])
                 history.append(token)
                 self.reply.append(token)
                 stats.eval_count += 1

@@ -238,6 +238,8 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
         if getattr(body, "template", None):
             raise ApiError(400, "a request's template (a Go template) is not supported yet: refllm renders the "
                                 "model's own chat template")
+        if not 0 <= body.top_logprobs <= 20:
+            raise ApiError(400, f"top_logprobs must be between 0 and 20, got {body.top_logprobs}")
         if isinstance(body.format, str) and body.format not in ("", "json"):
             raise ApiError(400, f'invalid format {body.format!r}: expected "json" or a JSON schema object')
 
@@ -251,37 +253,47 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
             return JSONResponse({"model": name, "created_at": timestamp(),
                                  "_debug_info": {"rendered_template": first[1].rendered, "image_count": 0}})
 
-        def piece(text: str, done: bool) -> dict:
+        def piece(text: str, done: bool, logprobs: list[dict]) -> dict:
             head = {"model": name, "created_at": timestamp()}
             if chat:
-                return head | {"message": {"role": "assistant", "content": text}, "done": done}
-            return head | {"response": text, "done": done}
+                chunk = head | {"message": {"role": "assistant", "content": text}, "done": done}
+            else:
+                chunk = head | {"response": text, "done": done}
+            if request.logprobs and logprobs:
+                chunk["logprobs"] = logprobs
+            return chunk
 
-        def final(outcome: Outcome, text: str) -> dict:
-            chunk = piece(text, True) | {"done_reason": outcome.done_reason}
+        def final(outcome: Outcome, text: str, logprobs: list[dict]) -> dict:
+            chunk = piece(text, True, logprobs) | {"done_reason": outcome.done_reason}
             if not chat and request.action == "generate":
                 chunk["context"] = outcome.prompt_ids + outcome.reply_ids
             return chunk | metrics(outcome, started)
 
         if body.stream:
             async def chunks():
+                pending = []                      # logprobs of the tokens behind the next text
                 async for kind, payload in events(job, first):
-                    if kind == "text":
-                        yield piece(payload, False)
+                    if kind == "logprob":
+                        pending.append(payload)
+                    elif kind == "text":
+                        yield piece(payload, False, pending)
+                        pending = []
                     elif kind == "done":
-                        yield final(payload, "")
+                        yield final(payload, "", pending)
                     else:
                         yield {"error": payload[1]}
             return ndjson(chunks())
-        texts, outcome = [], None
+        texts, logprobs, outcome = [], [], None
         async for kind, payload in events(job, first):
-            if kind == "text":
+            if kind == "logprob":
+                logprobs.append(payload)
+            elif kind == "text":
                 texts.append(payload)
             elif kind == "done":
                 outcome = payload
             else:
                 raise ApiError(*payload)
-        return JSONResponse(final(outcome, "".join(texts)))
+        return JSONResponse(final(outcome, "".join(texts), logprobs))
 
     @app.post("/api/generate")
     async def generate(http: Request):
@@ -298,7 +310,8 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
         request = EngineRequest(entry, prompt=body.prompt, system=body.system, raw=body.raw, context=body.context,
                                 options=options, settings=settings, format=body.format or None,
                                 truncate=body.truncate, shift=body.shift, keep_alive=keep_alive,
-                                render_only=body.debug_render_only)
+                                render_only=body.debug_render_only, logprobs=body.logprobs,
+                                top_logprobs=body.top_logprobs)
         return await native(http, body, request, started, chat=False)
 
     @app.post("/api/chat")
@@ -320,7 +333,8 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
         messages = [message.model_dump(exclude_none=True) for message in body.messages]
         request = EngineRequest(entry, messages=messages, tools=body.tools, options=options, settings=settings,
                                 format=body.format or None, truncate=body.truncate, shift=body.shift,
-                                keep_alive=keep_alive, render_only=body.debug_render_only)
+                                keep_alive=keep_alive, render_only=body.debug_render_only, logprobs=body.logprobs,
+                                top_logprobs=body.top_logprobs)
         return await native(http, body, request, started, chat=True)
 
     # -- ollama: models ---------------------------------------------------------------------------
@@ -408,24 +422,33 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
                     "total_tokens": stats.prompt_eval_count + stats.eval_count,
                     "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}
 
-        def choice(text: str | None, reason: str | None, stream: bool) -> dict:
+        def choice(text: str | None, reason: str | None, stream: bool, logprobs: list[dict]) -> dict:
             if not chat:
                 return {"text": text or "", "index": 0, "logprobs": None, "finish_reason": reason}
             message = {"role": "assistant", "content": text} if text is not None else {}
-            return {"index": 0, ("delta" if stream else "message"): message, "finish_reason": reason}
+            answer = {"index": 0, ("delta" if stream else "message"): message, "finish_reason": reason}
+            if request.logprobs:
+                answer["logprobs"] = {"content": logprobs}
+            return answer
 
         head = {"id": ident, "created": created, "model": body.model, "system_fingerprint": "fp_ollama"}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
             async def sse():
+                pending = []
                 async for event, payload in events(job, first):
+                    if event == "logprob":
+                        pending.append(payload)
+                        continue
                     if event == "text":
                         chunk = head | {"object": f"{kind}.chunk" if chat else kind,
-                                        "choices": [choice(payload, None, True)]}
+                                        "choices": [choice(payload, None, True, pending)]}
+                        pending = []
                     elif event == "done":
                         chunk = head | {"object": f"{kind}.chunk" if chat else kind,
-                                        "choices": [choice("" if not chat else None, finish_reason(payload), True)]}
+                                        "choices": [choice("" if not chat else None, finish_reason(payload), True,
+                                                           pending)]}
                         yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
                         if include_usage:
                             chunk = head | {"object": f"{kind}.chunk" if chat else kind, "choices": [],
@@ -438,15 +461,17 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
                         yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(sse(), media_type="text/event-stream")
-        texts, outcome = [], None
+        texts, logprobs, outcome = [], [], None
         async for event, payload in events(job, first):
-            if event == "text":
+            if event == "logprob":
+                logprobs.append(payload)
+            elif event == "text":
                 texts.append(payload)
             elif event == "done":
                 outcome = payload
             else:
                 raise ApiError(*payload)
-        return head | {"object": kind, "choices": [choice("".join(texts), finish_reason(outcome), False)],
+        return head | {"object": kind, "choices": [choice("".join(texts), finish_reason(outcome), False, logprobs)],
                        "usage": usage(outcome)}
 
     @app.post("/v1/chat/completions")
@@ -468,8 +493,11 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
             messages.append({"role": message.role, "content": content or ""})
         if not messages:
             raise ApiError(400, "messages: expected at least one message")
+        if body.top_logprobs is not None and not 0 <= body.top_logprobs <= 20:
+            raise ApiError(400, f"top_logprobs must be between 0 and 20, got {body.top_logprobs}")
         request = EngineRequest(entry, messages=messages, tools=body.tools, options=options, settings=settings,
-                                format=response_format(body.response_format))
+                                format=response_format(body.response_format), logprobs=body.logprobs,
+                                top_logprobs=body.top_logprobs or 0)
         return await openai(http, body, request, chat=True)
 
     @app.post("/v1/completions")

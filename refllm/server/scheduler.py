@@ -87,6 +87,8 @@ class Request:
     shift: bool = True
     keep_alive: float | None = None     # seconds; None: the server's default
     render_only: bool = False           # _debug_render_only: the prompt text, no generation
+    logprobs: bool = False              # send each token's log-probability ("logprob" events)
+    top_logprobs: int = 0               # and this many of the likeliest tokens' with it
 
 
 @dataclass
@@ -302,9 +304,12 @@ class Scheduler:
         slot = self._slot(loaded, ids)
         session = slot.session
         session.context_shift = request.shift
+        def send_logprob(token: int, logits) -> None:
+            job.send("logprob", token_logprobs(loaded.tokenizer, token, logits, request.top_logprobs))
         try:
             for piece in session.generate(ids, loaded.tokenizer, request.options, truncate=request.truncate,
-                                          constraint=constraint, should_stop=job.cancelled.is_set):
+                                          constraint=constraint, should_stop=job.cancelled.is_set,
+                                          on_token=send_logprob if request.logprobs else None):
                 job.send("text", piece)
         except ContextFullError:
             if session.stats.prompt_eval_count == 0:      # the prompt itself does not fit
@@ -340,7 +345,8 @@ class Scheduler:
             # ollama's default template, {{ .Prompt }}, rendered turn by turn: the users' and the
             # assistant's texts in order, the system prompt left out (the template has no place for it)
             if request.messages is not None:
-                return earlier + "".join(m.get("content", "") for m in messages if m.get("role") in ("user", "assistant"))
+                turns = [m.get("content", "") for m in messages if m.get("role") in ("user", "assistant")]
+                return earlier + "".join(turns)
             return earlier + request.prompt
         if request.tools and "tools" not in template.source:
             raise RequestError(f"{request.entry.name} does not support tools")
@@ -385,6 +391,26 @@ class Scheduler:
         if best is not None and shared[best] > target_shared:
             slots[target].session.cache.copy_prefix(slots[best].session.cache, shared[best])   # a fork
         return slots[target]
+
+
+def token_logprobs(tokenizer, token: int, logits, top: int) -> dict:
+    """A drawn token's log-probability under the model's logits (log-softmax in float64), with
+    the `top` likeliest tokens', as ollama's and OpenAI's `logprobs` entries give them."""
+    import numpy as np
+
+    values = logits.astype(np.float64)
+    peak = values.max()
+    logprobs = values - (peak + np.log(np.exp(values - peak).sum()))
+
+    def entry(t: int) -> dict:
+        piece = tokenizer.token_to_piece(int(t))
+        return {"token": piece.decode("utf-8", "replace"), "logprob": float(logprobs[t]), "bytes": list(piece)}
+    answer = entry(token)
+    if top > 0:
+        likeliest = np.argpartition(-logprobs, top - 1)[:top]
+        likeliest = likeliest[np.argsort(-logprobs[likeliest], kind="stable")]
+        answer["top_logprobs"] = [entry(t) for t in likeliest]
+    return answer
 
 
 def _with_messages(request: Request, messages: list[dict]) -> Request:

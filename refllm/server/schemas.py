@@ -114,6 +114,8 @@ class ChatCompletionBody(OpenAISampling):
     max_completion_tokens: int | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
 
 
 class CompletionBody(OpenAISampling):
