@@ -198,12 +198,13 @@ def test_debug_render_only_shows_the_prompt_without_generating(server, smollm2_p
     assert "response" not in answer
 
 
-def test_options_reach_the_engine(server):
+def test_options_reach_the_engine(server, caplog):
     client = ollama.Client(host=server.url)
     reply = client.generate(model="tiny", prompt="List numbers: 1, 2, 3,", options={"temperature": 0, "num_predict": 3})
     assert reply.eval_count == 3 and reply.done_reason == "length"
     unknown = client.generate(model="tiny", prompt="Hi", options={"num_predict": 2, "not_an_option": 1})
     assert unknown.eval_count <= 2
+    assert "invalid option provided: not_an_option" in caplog.text
     stopped = client.generate(model="tiny", prompt="Count: one, two, three, four,",
                               options={"temperature": 0, "num_predict": 30, "stop": [","]}, raw=True)
     assert "," not in stopped.response and stopped.done_reason == "stop"
@@ -270,6 +271,42 @@ def test_keep_alive_loads_and_unloads(server):
                                           "options": {"num_predict": 1}}).json()
     assert once["done"]
     assert "tiny:latest" not in [m["model"] for m in httpx.get(server.url + "/api/ps", timeout=WAIT).json()["models"]]
+
+
+def test_keep_alive_runs_out(server):
+    post(server, "/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False, "keep_alive": 0.5,
+                                   "options": {"num_predict": 1}})
+    deadline = time.monotonic() + WAIT
+    while "tiny:latest" in [m["model"] for m in httpx.get(server.url + "/api/ps", timeout=WAIT).json()["models"]]:
+        assert time.monotonic() < deadline, "the model stayed loaded past its keep_alive"
+        time.sleep(0.1)
+
+
+def test_full_context_without_shift_ends_with_length(server):
+    reply = post(server, "/api/generate", {"model": "tiny", "prompt": "Write a long story.", "stream": False,
+                                           "shift": False, "options": {"num_ctx": 48, "num_predict": 200,
+                                                                       "temperature": 0}}).json()
+    assert reply["done_reason"] == "length" and reply["prompt_eval_count"] + reply["eval_count"] <= 49
+    shifted = post(server, "/api/generate", {"model": "tiny", "prompt": "Write a long story.", "stream": False,
+                                             "options": {"num_ctx": 48, "num_predict": 60, "temperature": 0}}).json()
+    assert shifted["eval_count"] == 60
+
+
+def test_context_carries_an_earlier_exchange(server):
+    first = post(server, "/api/generate", {"model": "tiny", "prompt": "My name is Ada.", "stream": False,
+                                           "options": GREEDY}).json()
+    second = post(server, "/api/generate", {"model": "tiny", "prompt": "What is my name?", "stream": False,
+                                            "context": first["context"], "options": GREEDY}).json()
+    alone = post(server, "/api/generate", {"model": "tiny", "prompt": "What is my name?", "stream": False,
+                                           "options": GREEDY}).json()
+    assert second["prompt_eval_count"] > alone["prompt_eval_count"] + len(first["context"]) // 2
+
+
+def test_a_model_without_a_chat_template_gets_the_turns_as_text(server, gemma3_path):
+    rendered = post(server, "/api/chat", {"model": "gemma3", "_debug_render_only": True, "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "The sky is"},
+        {"role": "assistant", "content": " blue"}, {"role": "user", "content": " and the sea is"}]}).json()
+    assert rendered["_debug_info"]["rendered_template"] == "The sky is blue and the sea is"
 
 
 def test_num_ctx_resizes_the_loaded_model(server):
@@ -404,6 +441,8 @@ BAD_BODIES = [
     ("/api/chat", {"model": "tiny", "messages": "hi"}, '"messages"'),
     ("/api/chat", {"model": "tiny", "messages": [{"content": "hi"}]}, '"messages.0.role"'),
     ("/api/chat", {"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]}, "role"),
+    ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                   "tools": [{"type": "function", "function": {"name": "f"}}]}, "does not support tools"),
     ("/api/show", {"model": 3}, '"model"'),
     ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
                               "temperature": "hot"}, '"temperature"'),
