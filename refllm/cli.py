@@ -939,6 +939,7 @@ def serve(host, port, models, numerics, flash_attn, ctx, num_parallel, max_queue
     config = Config(numerics=numerics, flash_attn=flash_attn == "on", default_ctx=ctx,
                     num_parallel=num_parallel or env_int("REFLLM_NUM_PARALLEL", 1, 1),
                     max_queue=max_queue or env_int("REFLLM_MAX_QUEUE", 512, 1),
+                    max_loaded=env_int("REFLLM_MAX_LOADED_MODELS", 3, 1),
                     keep_alive=math.inf if seconds < 0 else seconds)
     registry = Registry(files)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

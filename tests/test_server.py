@@ -429,6 +429,7 @@ BAD_BODIES = [
     ("/api/generate", {"model": "tiny", "prompt": "x", "stream": "yes"}, '"stream"'),
     ("/api/generate", {"model": "tiny", "prompt": "x", "context": {"a": 1}}, '"context"'),
     ("/api/generate", {"model": "tiny", "prompt": "x", "context": [1.5]}, '"context.0"'),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "context": [1, 10**9]}, "not in the vocabulary"),
     ("/api/generate", {"model": "tiny", "prompt": "x", "options": "fast"}, '"options"'),
     ("/api/generate", {"model": "tiny", "prompt": "x", "format": 7}, '"format'),
     ("/api/generate", {"model": "tiny", "prompt": "x", "format": "yaml"}, "format"),

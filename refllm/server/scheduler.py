@@ -133,6 +133,7 @@ class Loaded:
     entry: Entry
     model: Any
     tokenizer: Any
+    template: Any                       # the GGUF's chat template (ChatTemplate), or None
     transformer: Any
     n_ctx: int
     settings: ModelSettings
@@ -153,7 +154,6 @@ class Scheduler:
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=config.max_queue)
         self.loaded: dict[str, Loaded] = {}          # by the entry's name
         self.busy = threading.Lock()                 # held while a job runs (tests and /api/ps peek)
-        self.hits = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0}
         self._thread = threading.Thread(target=self._run, name="refllm-engine", daemon=True)
         self._thread.start()
 
@@ -270,10 +270,15 @@ class Scheduler:
                 oldest = min(self.loaded, key=lambda k: self.loaded[k].last_used)
                 self._unload(oldest)
             model = open_model(entry.path)
-            tokenizer = Tokenizer.from_model(model)
-            transformer = Transformer(model, self.config.numerics, flash_attn=self.config.flash_attn,
-                                      threads=settings.num_thread or None)
-            loaded = self.loaded[key] = Loaded(entry, model, tokenizer, transformer, 0, settings)
+            try:
+                tokenizer = Tokenizer.from_model(model)
+                template = chat_template(tokenizer, model.metadata)
+                transformer = Transformer(model, self.config.numerics, flash_attn=self.config.flash_attn,
+                                          threads=settings.num_thread or None)
+            except BaseException:
+                model.close()
+                raise
+            loaded = self.loaded[key] = Loaded(entry, model, tokenizer, template, transformer, 0, settings)
             log.info("loaded %s (%s)", entry.name, entry.path)
         elif settings.num_thread != loaded.settings.num_thread:
             loaded.transformer = Transformer(loaded.model, self.config.numerics, flash_attn=self.config.flash_attn,
@@ -294,16 +299,16 @@ class Scheduler:
     def _generate(self, job: Job, loaded: Loaded, load_duration: float) -> Outcome:
         request = job.request
         text = self._prompt_text(request, loaded)
-        templated = not request.raw and chat_template(loaded.tokenizer, loaded.model.metadata) is not None
         if request.render_only:
             return Outcome(GenerationStats(), [], [], load_duration, "stop", rendered=text)
-        ids = text_tokens(loaded.tokenizer, text, templated=templated)
+        ids = text_tokens(loaded.tokenizer, text, templated=not request.raw and loaded.template is not None)
         if request.messages is not None and len(ids) >= loaded.n_ctx and request.truncate:
             ids = self._drop_old_messages(request, loaded, ids)
         constraint = self._constraint(request, loaded)
         slot = self._slot(loaded, ids)
         session = slot.session
         session.context_shift = request.shift
+
         def send_logprob(token: int, logits) -> None:
             job.send("logprob", token_logprobs(loaded.tokenizer, token, logits, request.top_logprobs))
         try:
@@ -319,20 +324,22 @@ class Scheduler:
         finally:
             slot.last_used = time.time()
         stats = session.stats
-        self.hits["requests"] += 1
-        self.hits["prompt_tokens"] += stats.prompt_eval_count
-        self.hits["cached_tokens"] += stats.cached_tokens
-        return Outcome(stats, ids, list(session.reply), load_duration,
-                       stats.done_reason)
+        return Outcome(stats, ids, list(session.reply), load_duration, stats.done_reason)
 
     def _prompt_text(self, request: Request, loaded: Loaded) -> str:
         """The prompt as text: the chat template's rendering, or the raw prompt; after the
         detokenized `context` of an earlier /api/generate reply, as ollama puts it."""
-        tokenizer, metadata = loaded.tokenizer, loaded.model.metadata
-        earlier = tokenizer.detokenize(request.context) if request.context else ""
+        earlier = ""
+        if request.context:
+            n_vocab = loaded.tokenizer.n_vocab
+            bad = next((t for t in request.context if not 0 <= t < n_vocab), None)
+            if bad is not None:
+                raise RequestError(f"context: token id {bad} is not in the vocabulary (0..{n_vocab - 1})")
+            # as llama-server's /detokenize: special tokens as their text, parsed again below
+            earlier = loaded.tokenizer.detokenize(request.context, unparse_special=True)
         if request.raw:
             return earlier + request.prompt
-        template = chat_template(tokenizer, metadata)
+        template = loaded.template
         system = request.system if request.system is not None else request.entry.system
         if request.messages is not None:
             messages = list(request.messages)
