@@ -131,6 +131,7 @@ def load(url: str, requests: int, clients: int) -> dict:
     has_cached = all(isinstance(c, dict) and "cached_tokens" in c for c in cached) and cached
     latencies = sorted(o[2] for o in complete)
     return {"requests": len(outcomes), "complete": len(complete), "refused": len(refused),
+            "reply_tokens": statistics.mean(u["completion_tokens"] for u in usage),
             "lost": requests - len(complete) - len(refused), "wall": wall,
             "per_second": len(complete) / wall,
             "p50": statistics.median(latencies), "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
@@ -178,15 +179,23 @@ def main() -> int:
              f"{cpu_name()}, {os.cpu_count()} cores; SmolLM2-135M Q4_1; {args.requests} requests from "
              f"{args.clients} concurrent clients over loopback, two-turn chats of 16-token replies "
              "(`python bench/serve_load.py --llama-python /tmp/golden-venv/bin/python --write`).", "",
-             "| server | complete | 503 | lost | requests/s | p50 latency | p99 latency | prefix-cache hit rate |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| server | complete | 503 | lost | tokens a reply | requests/s | p50 latency | p99 latency "
+             "| prefix-cache hit rate |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         hit = "n/a" if r["hit_rate"] is None else f"{100 * r['hit_rate']:.0f}%"
-        lines.append(f"| {name} | {r['complete']} | {r['refused']} | {r['lost']} | {r['per_second']:.2f} | "
+        lines.append(f"| {name} | {r['complete']} | {r['refused']} | {r['lost']} | {r['reply_tokens']:.1f} | "
+                     f"{r['per_second']:.2f} | "
                      f"{r['p50']:.2f} s | {r['p99']:.2f} s | {hit} |")
     if "llama-cpp-python" in results:
         ratio = results["refllm"]["per_second"] / results["llama-cpp-python"]["per_second"]
         lines += ["", f"refllm serves {ratio:.2f}x llama-cpp-python's requests per second in this run."]
+    lines += ["", "Both servers run one request at a time, so a request's latency is mostly its wait behind the "
+              "others in the queue (up to 7 here). The hit rate is the share of prompt tokens whose keys and "
+              "values came from a KV slot: a follow-up turn finds its conversation's slot unless four other "
+              "conversations took the slots in between. With `--max-queue 2` the requests past two waiting are "
+              "refused at once with a 503 (the client then waits half a second), and none is lost: every "
+              "request ended in a complete reply or a 503."]
     report = "\n".join(lines) + "\n"
     print("\n" + report)
     if args.write:
