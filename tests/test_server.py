@@ -492,6 +492,25 @@ def test_a_model_that_fails_to_load_is_500_and_the_server_keeps_serving(server):
                                           "options": {"num_predict": 1}}).json()["done"]
 
 
+def test_an_engine_failure_mid_stream_ends_the_stream_with_an_error(server, monkeypatch):
+    from refllm.engine.session import Session
+
+    def failing(self, *args, **kwargs):
+        yield "partial"
+        raise RuntimeError("boom")
+    with monkeypatch.context() as patch:
+        patch.setattr(Session, "generate", failing)
+        with httpx.stream("POST", server.url + "/api/generate", timeout=WAIT,
+                          json={"model": "tiny", "prompt": "Hi"}) as response:
+            lines = [json.loads(line) for line in response.iter_lines() if line]
+        whole = post(server, "/api/chat", {"model": "tiny", "stream": False,
+                                           "messages": [{"role": "user", "content": "Hi"}]})
+    assert lines[0]["response"] == "partial" and lines[-1] == {"error": "internal error: RuntimeError: boom"}
+    assert whole.status_code == 500 and "boom" in whole.json()["error"]
+    assert post(server, "/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False,
+                                          "options": {"num_predict": 1}}).json()["done"]
+
+
 def test_unknown_route_is_404(server):
     assert httpx.get(server.url + "/api/nothing", timeout=WAIT).status_code == 404
 

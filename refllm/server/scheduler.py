@@ -154,6 +154,7 @@ class Scheduler:
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=config.max_queue)
         self.loaded: dict[str, Loaded] = {}          # by the entry's name
         self.busy = threading.Lock()                 # held while a job runs (tests and /api/ps peek)
+        self.current: Job | None = None              # the job running now
         self._thread = threading.Thread(target=self._run, name="refllm-engine", daemon=True)
         self._thread.start()
 
@@ -167,7 +168,10 @@ class Scheduler:
             raise QueueFull("server busy, please try again.  maximum pending requests exceeded") from None
 
     def stop(self) -> None:
-        """End the engine thread after the running job (cancelling the waiting ones)."""
+        """End the engine thread: the running job stops at its next token, the waiting ones are
+        answered 503."""
+        if self.current is not None:
+            self.current.cancelled.set()
         while True:
             try:
                 job = self.jobs.get_nowait()
@@ -198,6 +202,7 @@ class Scheduler:
             if job.cancelled.is_set():
                 continue
             with self.busy:
+                self.current = job
                 try:
                     job.send("done", self._handle(job))
                 except (RequestError, PromptError, ContextFullError) as e:
@@ -207,6 +212,8 @@ class Scheduler:
                 except Exception as e:            # a bug: the server answers and keeps serving
                     log.exception("request failed")
                     job.send("error", (500, f"internal error: {type(e).__name__}: {e}"))
+                finally:
+                    self.current = None
 
     def _seconds_to_next_expiry(self) -> float | None:
         if not self.loaded:
