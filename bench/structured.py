@@ -32,6 +32,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from dequant import median_seconds  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 import refllm  # noqa: E402
 from refllm import fetch  # noqa: E402
@@ -58,15 +59,6 @@ REPLIES = {
 FORMATS = {"schema": SCHEMA, "json": "json"}
 # outlines-core's whitespace pattern is required where llguidance's is optional
 WHITESPACE = {"schema": SCHEMA_OPTIONS["whitespace_pattern"] + "?", "json": r"[ \t\n]*"}
-
-
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def per_token(replay, reps: int) -> float:
@@ -164,9 +156,9 @@ def main() -> None:
         label = f"{pack} ({tokenizer.n_vocab:,}, {tokenizer.vocab.kind.upper()})"
 
         # llguidance: the tokenizer once, then a matcher per reply
-        llg_tokenizer = median_time(lambda: _vocabulary.__wrapped__(tokenizer), 3)
+        llg_tokenizer = median_seconds(lambda: _vocabulary.__wrapped__(tokenizer), 3)
         _vocabulary(tokenizer)                   # cached from here on, as a server has it
-        llg_compile = {name: median_time(lambda f=fmt: OutputConstraint.from_format(f, tokenizer), 3)
+        llg_compile = {name: median_seconds(lambda f=fmt: OutputConstraint.from_format(f, tokenizer), 3)
                        for name, fmt in FORMATS.items()}
         llg_token = {name: per_token(llguidance_replay(FORMATS[name], tokenizer, ids[name]), args.reps)
                      for name in FORMATS}
@@ -174,10 +166,10 @@ def main() -> None:
               f"| {ms(llg_token['schema'])} / {ms(llg_token['json'])} | {ms(step)} |")
 
         # outlines-core: the vocabulary once, then an Index per format (cacheable per schema)
-        oc_vocabulary = median_time(lambda: outlines_vocabulary(tokenizer), 3)
+        oc_vocabulary = median_seconds(lambda: outlines_vocabulary(tokenizer), 3)
         vocabulary = outlines_vocabulary(tokenizer)
         regexes = {name: outlines_regex(name) for name in FORMATS}
-        oc_index = {"schema": median_time(lambda: outlines_core.Index(regexes["schema"], vocabulary), 3)}
+        oc_index = {"schema": median_seconds(lambda: outlines_core.Index(regexes["schema"], vocabulary), 3)}
         start = time.perf_counter()
         indexes = {"json": outlines_core.Index(regexes["json"], vocabulary)}       # once: tens of seconds
         oc_index["json"] = time.perf_counter() - start

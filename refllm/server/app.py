@@ -211,6 +211,21 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
             job.cancelled.set()               # a no-op once done; otherwise the client went away
             job.watcher.cancel()
 
+    async def whole(job: Job, first: tuple) -> tuple[str, list[dict], Outcome]:
+        """A reply that is not streamed: its text, its tokens' logprobs and its figures; ApiError
+        if the engine failed."""
+        texts, logprobs = [], []
+        async for kind, payload in events(job, first):
+            if kind == "logprob":
+                logprobs.append(payload)
+            elif kind == "text":
+                texts.append(payload)
+            elif kind == "done":
+                return "".join(texts), logprobs, payload
+            else:
+                raise ApiError(*payload)
+        raise AssertionError("the events of a job end with done or error")
+
     def ndjson(chunks: AsyncIterator[dict]) -> StreamingResponse:
         async def lines():
             async for chunk in chunks:
@@ -245,7 +260,7 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
 
     # -- ollama: generate and chat ----------------------------------------------------------------
 
-    async def native(http: Request, body, request: EngineRequest, started: float, chat: bool):
+    async def native(http: Request, body: schemas.NativeBody, request: EngineRequest, started: float, chat: bool):
         """Run a generate or chat request and answer as ollama does (streamed or whole)."""
         name = body.model
         job, first = await start(http, request)
@@ -283,59 +298,44 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
                     else:
                         yield {"error": payload[1]}
             return ndjson(chunks())
-        texts, logprobs, outcome = [], [], None
-        async for kind, payload in events(job, first):
-            if kind == "logprob":
-                logprobs.append(payload)
-            elif kind == "text":
-                texts.append(payload)
-            elif kind == "done":
-                outcome = payload
-            else:
-                raise ApiError(*payload)
-        return JSONResponse(final(outcome, "".join(texts), logprobs))
+        text, logprobs, outcome = await whole(job, first)
+        return JSONResponse(final(outcome, text, logprobs))
+
+    async def native_request(http: Request, body: schemas.NativeBody, started: float, chat: bool, empty: bool,
+                             **what) -> Response:
+        """The engine request of a generate or chat body, run: a load or unload when it asks for
+        nothing to be generated (`empty`), else a generation of `what` (its prompt or messages)."""
+        entry = resolve(body.model)
+        check_unsupported(entry, body)
+        options, settings = options_of(entry, body.options)
+        keep_alive = keep_alive_seconds(body.keep_alive)
+        if empty and not body.debug_render_only:
+            request = EngineRequest(entry, "unload" if keep_alive == 0 else "load", settings=settings,
+                                    keep_alive=keep_alive)
+        else:
+            request = EngineRequest(entry, options=options, settings=settings, format=body.format or None,
+                                    truncate=body.truncate, shift=body.shift, keep_alive=keep_alive,
+                                    render_only=body.debug_render_only, logprobs=body.logprobs,
+                                    top_logprobs=body.top_logprobs, **what)
+        return await native(http, body, request, started, chat)
 
     @app.post("/api/generate")
     async def generate(http: Request):
         started = time.perf_counter()
         body = await read_body(http, schemas.GenerateBody)
-        entry = resolve(body.model)
-        check_unsupported(entry, body)
-        options, settings = options_of(entry, body.options)
-        keep_alive = keep_alive_seconds(body.keep_alive)
-        if body.prompt == "" and body.system is None and not body.debug_render_only:
-            action = "unload" if keep_alive == 0 else "load"
-            request = EngineRequest(entry, action, settings=settings, keep_alive=keep_alive)
-            return await native(http, body, request, started, chat=False)
-        request = EngineRequest(entry, prompt=body.prompt, system=body.system, raw=body.raw, context=body.context,
-                                options=options, settings=settings, format=body.format or None,
-                                truncate=body.truncate, shift=body.shift, keep_alive=keep_alive,
-                                render_only=body.debug_render_only, logprobs=body.logprobs,
-                                top_logprobs=body.top_logprobs)
-        return await native(http, body, request, started, chat=False)
+        return await native_request(http, body, started, False, body.prompt == "" and body.system is None,
+                                    prompt=body.prompt, system=body.system, raw=body.raw, context=body.context)
 
     @app.post("/api/chat")
     async def chat(http: Request):
         started = time.perf_counter()
         body = await read_body(http, schemas.ChatBody)
-        entry = resolve(body.model)
-        check_unsupported(entry, body)
-        options, settings = options_of(entry, body.options)
-        keep_alive = keep_alive_seconds(body.keep_alive)
         for i, message in enumerate(body.messages):
             if message.role not in ("system", "user", "assistant", "tool"):
                 raise ApiError(400, f'messages[{i}]: role must be "system", "user", "assistant" or "tool", '
                                     f"not {message.role!r}")
-        if not body.messages and not body.debug_render_only:
-            action = "unload" if keep_alive == 0 else "load"
-            request = EngineRequest(entry, action, settings=settings, keep_alive=keep_alive)
-            return await native(http, body, request, started, chat=True)
         messages = [message.model_dump(exclude_none=True) for message in body.messages]
-        request = EngineRequest(entry, messages=messages, tools=body.tools, options=options, settings=settings,
-                                format=body.format or None, truncate=body.truncate, shift=body.shift,
-                                keep_alive=keep_alive, render_only=body.debug_render_only, logprobs=body.logprobs,
-                                top_logprobs=body.top_logprobs)
-        return await native(http, body, request, started, chat=True)
+        return await native_request(http, body, started, True, not messages, messages=messages, tools=body.tools)
 
     # -- ollama: models ---------------------------------------------------------------------------
 
@@ -461,17 +461,8 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
                         yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(sse(), media_type="text/event-stream")
-        texts, logprobs, outcome = [], [], None
-        async for event, payload in events(job, first):
-            if event == "logprob":
-                logprobs.append(payload)
-            elif event == "text":
-                texts.append(payload)
-            elif event == "done":
-                outcome = payload
-            else:
-                raise ApiError(*payload)
-        return head | {"object": kind, "choices": [choice("".join(texts), finish_reason(outcome), False, logprobs)],
+        text, logprobs, outcome = await whole(job, first)
+        return head | {"object": kind, "choices": [choice(text, finish_reason(outcome), False, logprobs)],
                        "usage": usage(outcome)}
 
     @app.post("/v1/chat/completions")

@@ -32,41 +32,34 @@ class Message(Body):
     tool_call_id: str | None = None
 
 
-class GenerateBody(Body):
+class NativeBody(Body):
+    """The fields /api/generate and /api/chat share."""
     model: str = ""
+    stream: bool = True
+    format: Format = None
+    keep_alive: KeepAlive = None
+    options: dict[str, Any] | None = None
+    think: bool | str | None = None
+    truncate: bool = True
+    shift: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
+    debug_render_only: bool = Field(False, alias="_debug_render_only")
+
+
+class GenerateBody(NativeBody):
     prompt: str = ""
     suffix: str = ""
     system: str | None = None
     template: str | None = None
     context: list[int] | None = None
-    stream: bool = True
     raw: bool = False
-    format: Format = None
-    keep_alive: KeepAlive = None
     images: list[str] | None = None
-    options: dict[str, Any] | None = None
-    think: bool | str | None = None
-    truncate: bool = True
-    shift: bool = True
-    logprobs: bool = False
-    top_logprobs: int = 0
-    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
-class ChatBody(Body):
-    model: str = ""
+class ChatBody(NativeBody):
     messages: list[Message] = []
     tools: list[dict[str, Any]] | None = None
-    stream: bool = True
-    format: Format = None
-    keep_alive: KeepAlive = None
-    options: dict[str, Any] | None = None
-    think: bool | str | None = None
-    truncate: bool = True
-    shift: bool = True
-    logprobs: bool = False
-    top_logprobs: int = 0
-    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
 class ShowBody(Body):
