@@ -425,6 +425,9 @@ def test_openai_completion_and_models(server, openai_client):
 BAD_BODIES = [
     ("/api/generate", b'{"model": "tiny", "prompt": ', "invalid JSON"),
     ("/api/generate", b'[1, 2]', "JSON object"),
+    ("/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"temperature": NaN}}', "NaN is not"),
+    ("/api/generate", b'{"model": "tiny", "format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested"),
+    ("/api/generate", b'{"model": "tiny", "prompt": "\xff"}', "invalid JSON"),          # not UTF-8
     ("/api/generate", {"model": "tiny", "prompt": 5}, '"prompt"'),
     ("/api/generate", {"model": "tiny", "prompt": "x", "stream": "yes"}, '"stream"'),
     ("/api/generate", {"model": "tiny", "prompt": "x", "context": {"a": 1}}, '"context"'),

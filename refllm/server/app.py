@@ -73,8 +73,9 @@ _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.
 
 
 def keep_alive_seconds(value: schemas.KeepAlive) -> float | None:
-    """keep_alive as ollama reads it: a number of seconds, or a Go duration ("5m", "1h30m",
-    "0"); negative means forever (math.inf... returned as -1); None: the server's default."""
+    """keep_alive in seconds, as ollama reads it: a number of seconds, or a Go duration ("5m",
+    "1h30m", "0"). Any negative one (keep it loaded forever) comes back as -1; None (not given)
+    as None, the server's default. ApiError 400 for anything else."""
     if value is None:
         return None
     if isinstance(value, (int, float)):
@@ -110,9 +111,11 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
         chunks.append(chunk)
     data = b"".join(chunks)
     try:
-        value = json.loads(data) if data.strip() else {}
+        value = json.loads(data, parse_constant=_not_json) if data.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"invalid JSON in the request body: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid JSON in the request body: nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(value).__name__}")
     try:
@@ -121,6 +124,11 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise ApiError(400, f'invalid value for "{where}": {first["msg"]}') from None
+
+
+def _not_json(constant: str):
+    """Python's json reads NaN and Infinity; JSON (and Go's decoder) does not."""
+    raise json.JSONDecodeError(f"{constant} is not a JSON value", constant, 0)
 
 
 def details(entry: Entry) -> dict:
