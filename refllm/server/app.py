@@ -180,9 +180,10 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
         except UnknownModel as e:
             raise ApiError(404, str(e)) from None
 
-    def options_of(entry: Entry, given: dict | None, base=None):
+    def options_of(entry: Entry, given: dict | None):
+        """The request's options over the model's own parameters; ApiError 400 when one is bad."""
         try:
-            return parse_options(given, entry.params, **({"base": base} if base is not None else {}))
+            return parse_options(given, entry.params)
         except OptionError as e:
             raise ApiError(400, str(e)) from None
 
