@@ -454,7 +454,7 @@ SAMPLING_FLAGS = (
     (("--top-k",), "top_k", "0 disables."),
     (("--top-p",), "top_p", "1 disables (ollama's default; llama.cpp's is 0.95)."),
     (("--min-p",), "min_p", "0 disables (ollama's default; llama.cpp's is 0.05)."),
-    (("--repeat-penalty",), "repeat_penalty", "1 disables (llama.cpp's default; ollama's is 1.1)."),
+    (("--repeat-penalty",), "repeat_penalty", "1 disables (llama.cpp's and ollama's default)."),
     (("--repeat-last-n",), "repeat_last_n", "0 disables; -1: the whole context."),
     (("--presence-penalty",), "presence_penalty", "0 disables."),
     (("--frequency-penalty",), "frequency_penalty", "0 disables."),

@@ -39,7 +39,7 @@ Where ollama's defaults and llama.cpp's differ, each option follows:
     top_k             40       both; 0 disables
     top_p             0.9      ollama (llama.cpp's common default is 0.95); 1 disables
     min_p             0.0      ollama (llama.cpp: 0.05); 0 disables
-    repeat_penalty    1.0      llama.cpp (ollama's api.DefaultOptions has 1.1); 1 disables
+    repeat_penalty    1.0      both (ollama's api.DefaultOptions had 1.1 until 2026-08); 1 disables
     repeat_last_n     64       both; 0 disables; -1 means the context size, as ollama documents
                                (llama.cpp's CLI refuses negatives, and ollama's llama.cpp
                                runner passes -1 on, which llama_sampler_init_penalties clamps
