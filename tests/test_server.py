@@ -526,13 +526,44 @@ def test_dropped_stream_frees_the_engine_within_a_token(server):
         lines = r.iter_lines()
         next(lines), next(lines)                 # two tokens arrived: the engine is generating
     server.idle()
-    loaded = next(m for m in server.scheduler.running() if m.entry.name == "tiny:latest")
-    stats = max(loaded.slots, key=lambda slot: slot.last_used).session.stats
+    stats = last_reply_stats(server)
     assert stats.done_reason == "cancelled"
     assert stats.eval_count < 400
     reply = post(server, "/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False,
                                            "options": {"num_predict": 2}}).json()
     assert reply["done"]
+
+
+def last_reply_stats(server: Server):
+    """The figures of the reply the engine ran last."""
+    loaded = next(m for m in server.scheduler.running() if m.entry.name == "tiny:latest")
+    return max(loaded.slots, key=lambda slot: slot.last_used).session.stats
+
+
+def test_a_client_gone_while_waiting_or_unstreamed_is_not_served(server, caplog):
+    """A request whose client left while it waited in the queue is never run; one whose client
+    leaves during an unstreamed reply stops at the next token."""
+    server.idle()
+    caplog.set_level("INFO", logger="refllm.server")
+    long = {"model": "tiny", "prompt": "Write a long story.", "options": {"num_predict": 400, "temperature": 0}}
+    with httpx.stream("POST", server.url + "/api/generate", json=long, timeout=WAIT) as running:
+        lines = running.iter_lines()
+        next(lines)
+        with pytest.raises(httpx.ReadTimeout):     # waits behind the stream, then gives up
+            httpx.post(server.url + "/api/generate", timeout=0.5, json={
+                "model": "tiny", "prompt": "Hi", "stream": False, "options": {"num_predict": 50}})
+        for _ in range(3):
+            next(lines)
+    server.idle()
+    stats = last_reply_stats(server)
+    assert stats.done_reason == "cancelled" and stats.eval_count < 400      # the stream's
+    assert caplog.text.count("generate tiny:latest in") == 1               # the waiter never ran
+
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/api/generate", timeout=1.0, json=long | {"stream": False})
+    server.idle()
+    stats = last_reply_stats(server)
+    assert stats.done_reason == "cancelled" and stats.eval_count < 400
 
 
 def test_full_queue_answers_503(server):
