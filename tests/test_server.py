@@ -145,6 +145,27 @@ def test_chat_second_turn_evaluates_only_the_new_tokens(server):
     assert second["prompt_eval_count"] - second["cached_tokens"] < 20
 
 
+def test_each_conversation_keeps_its_slot_and_a_new_one_forks_the_shared_prefix(server):
+    """num_parallel 2: two conversations alternate, each going on from its own slot; a third
+    takes the least recently used slot and is given the system prompt's keys from the other."""
+    def turn(messages: list[dict]) -> dict:
+        answer = post(server, "/api/chat", {"model": "tiny", "messages": messages, "stream": False,
+                                            "options": {"temperature": 0, "num_predict": 6}}).json()
+        messages.append(answer["message"])
+        return answer
+    post(server, "/api/generate", {"model": "tiny", "keep_alive": 0})             # empty slots
+    a, b, c = ([{"role": "user", "content": text}] for text in ("Name a river.", "Name a town.", "Name a bird."))
+    first_a, first_b = turn(a), turn(b)
+    assert first_a["cached_tokens"] == 0 < first_b["cached_tokens"]           # b forked a's system prompt
+    shared = first_b["cached_tokens"]
+    for conversation, first in ((a, first_a), (b, first_b)):
+        conversation.append({"role": "user", "content": "Another?"})
+        again = turn(conversation)
+        assert again["cached_tokens"] >= first["prompt_eval_count"] + first["eval_count"] - 1
+    third = turn(c)
+    assert third["cached_tokens"] == shared
+
+
 def test_chat_streams(server):
     chunks = list(ollama.Client(host=server.url).chat(model="tiny", messages=[{"role": "user", "content": "Hi"}],
                                                       options=GREEDY, stream=True))

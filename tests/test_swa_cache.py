@@ -227,3 +227,25 @@ def test_prefix_reuse_with_rings_gives_a_fresh_caches_logits(ggml, tokens, share
     else:
         assert reused == {"rings": 140, "full": 140}
         assert np.array_equal(logits["rings"], logits["full"])
+
+
+@pytest.mark.parametrize("kind", ["rings", "full"])
+@pytest.mark.parametrize("shared", [140, 110])      # the rings hold 86..149: 110 still sees its window
+def test_a_copied_prefix_gives_the_logits_of_the_cache_it_came_from(ggml, tokens, kind, shared):
+    """KVCache.copy_prefix (the server's fork of a cached prefix into another slot): going on
+    from the copy gives, bit for bit, what going on from the source gives; a prefix the rings
+    no longer hold cannot be copied."""
+    source = caches(ggml, N)[kind]
+    feed(ggml, source, tokens[:150], [BATCH])
+    copy = caches(ggml, N)[kind]
+    feed(ggml, copy, tokens[150:190], [BATCH])          # stale contents the copy must replace
+    copy.copy_prefix(source, shared)
+    assert copy.tokens == tokens[:shared] and copy.n_past == shared
+    rest = tokens[shared:shared + 30]
+    source.truncate(shared)
+    assert np.array_equal(feed(ggml, copy, rest, [BATCH]), feed(ggml, source, rest, [BATCH]))
+    if kind == "rings":
+        with pytest.raises(ValueError, match="cannot give"):
+            copy.copy_prefix(caches(ggml, N)[kind], 5)       # an empty source holds no 5 positions
+        with pytest.raises(ValueError, match="cannot give"):
+            copy.copy_prefix(source, 20)                     # overwritten in the source's rings
