@@ -330,11 +330,20 @@ def test_a_model_without_a_chat_template_gets_the_turns_as_text(server, gemma3_p
     assert rendered["_debug_info"]["rendered_template"] == "The sky is blue and the sea is"
 
 
-def test_num_ctx_resizes_the_loaded_model(server):
+def test_model_options_resize_or_reload_the_loaded_model(server):
+    def loaded():
+        return server.scheduler.loaded["tiny:latest"]
     post(server, "/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False,
                                    "options": {"num_ctx": 512, "num_predict": 1}})
     sizes = {m["model"]: m["context_length"] for m in httpx.get(server.url + "/api/ps", timeout=WAIT).json()["models"]}
-    assert sizes["tiny:latest"] == 512
+    assert sizes["tiny:latest"] == 512 and loaded().slots[0].session.n_ctx == 512
+    transformer = loaded().transformer
+    post(server, "/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False,
+                                   "options": {"num_ctx": 512, "num_batch": 7, "num_predict": 1}})
+    assert loaded().transformer is transformer and loaded().slots[0].session.cache.n_batch == 7   # a resize
+    post(server, "/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False,
+                                   "options": {"num_ctx": 512, "num_thread": 1, "num_predict": 1}})
+    assert loaded().transformer is not transformer and loaded().transformer.threads == 1         # a reload
 
 
 def test_truncated_prompt_reports_the_dropped_tokens(server):
@@ -425,6 +434,16 @@ def test_openai_response_format_json_schema(server, openai_client):
         model="tiny", messages=[{"role": "user", "content": ASK_PERSON}], max_tokens=200, temperature=0,
         response_format={"type": "json_object"})
     assert isinstance(json.loads(anything.choices[0].message.content), dict)
+
+
+def test_openai_completion_streams(server, openai_client):
+    chunks = list(openai_client.completions.create(model="tiny", prompt="The capital of France is", max_tokens=5,
+                                                   temperature=0, stream=True, stream_options={"include_usage": True}))
+    whole = openai_client.completions.create(model="tiny", prompt="The capital of France is", max_tokens=5,
+                                             temperature=0)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 5
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
 
 def test_openai_completion_and_models(server, openai_client):
