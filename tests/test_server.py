@@ -688,3 +688,10 @@ def test_refllm_serve_bad_settings_exit_2(args, env, says):
                             env=dict(os.environ, **env), timeout=60)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_refllm_serve_without_the_extra_says_how_to_install_it():
+    code = "import sys; sys.modules['fastapi'] = None; from refllm.cli import main; main(['serve'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert 'pip install "refllm[serve]"' in result.stderr and "fastapi" in result.stderr
