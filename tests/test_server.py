@@ -344,6 +344,9 @@ def test_model_options_resize_or_reload_the_loaded_model(server):
     post(server, "/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False,
                                    "options": {"num_ctx": 512, "num_thread": 1, "num_predict": 1}})
     assert loaded().transformer is not transformer and loaded().transformer.threads == 1         # a reload
+    huge = post(server, "/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False,
+                                          "options": {"num_ctx": 256, "num_batch": 10**12, "num_predict": 1}})
+    assert huge.json()["done"] and loaded().slots[0].session.cache.n_batch == 256            # capped at num_ctx
 
 
 def test_truncated_prompt_reports_the_dropped_tokens(server):
@@ -477,6 +480,9 @@ BAD_BODIES = [
     ("/api/generate", {"model": "tiny", "prompt": "x", "format": 7}, '"format'),
     ("/api/generate", {"model": "tiny", "prompt": "x", "format": "yaml"}, "format"),
     ("/api/generate", {"model": "tiny", "prompt": "x", "keep_alive": "soon"}, "duration"),
+    ("/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"num_ctx": 1e400}}', "finite"),
+    ("/api/generate", b'{"model": "tiny", "prompt": "x", "keep_alive": 1e400}', "finite"),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"seed": 10**30}}, "seed"),
     ("/api/generate", {"model": "tiny", "prompt": "x", "keep_alive": [1]}, '"keep_alive'),
     ("/api/generate", {"model": "tiny", "prompt": "x", "images": ["aGk="]}, "images"),
     ("/api/generate", {"model": "tiny", "prompt": "x", "think": True}, "thinking"),

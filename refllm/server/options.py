@@ -19,6 +19,7 @@ Where each option goes:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -70,6 +71,8 @@ class ModelSettings:
 def _typed(name: str, kind: str, value: Any) -> Any:
     """value as option `name` of JSON type `kind`, or OptionError with ollama's message."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if is_number and not math.isfinite(value):          # 1e400 reads as inf; Go's decoder refuses it
+        raise OptionError(f'option "{name}" must be a finite number, not {value}')
     if kind == "integer" and is_number:
         return int(value)               # Go's int64(float64): truncated toward zero
     if kind == "float32" and is_number:

@@ -137,6 +137,7 @@ class Loaded:
     transformer: Any
     n_ctx: int
     settings: ModelSettings
+    n_batch: int = 0                    # settings.num_batch, at most n_ctx
     slots: list[Slot] = field(default_factory=list)
     last_used: float = 0.0
     expires: float = math.inf           # time.time() after which it is unloaded
@@ -296,9 +297,10 @@ class Scheduler:
         if wanted > n_ctx_train:
             log.warning("num_ctx %d is more than %s was trained for; using %d", wanted, entry.name, n_ctx_train)
         n_ctx = max(MIN_CTX, min(wanted, n_ctx_train))
-        if n_ctx != loaded.n_ctx or settings.num_batch != loaded.settings.num_batch:
+        n_batch = min(settings.num_batch, n_ctx)    # llama.cpp's cap: a batch never outgrows the context
+        if n_ctx != loaded.n_ctx or n_batch != loaded.n_batch:
             loaded.slots.clear()                    # a resize: new caches, the same weights
-        loaded.n_ctx, loaded.settings = n_ctx, settings
+        loaded.n_ctx, loaded.n_batch, loaded.settings = n_ctx, n_batch, settings
         return loaded
 
     # -- generating -------------------------------------------------------------------------------
@@ -397,7 +399,7 @@ class Scheduler:
         if best is not None and shared[best] and shared[best] == slots[best].session.cache.n_past:
             return slots[best]                            # a conversation going on
         if len(slots) < self.config.num_parallel:
-            slots.append(Slot(Session(loaded.transformer, loaded.n_ctx, n_batch=loaded.settings.num_batch)))
+            slots.append(Slot(Session(loaded.transformer, loaded.n_ctx, n_batch=loaded.n_batch)))
             target, target_shared = len(slots) - 1, 0
         else:
             target = min(range(len(slots)), key=lambda i: slots[i].last_used)
