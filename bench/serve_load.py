@@ -16,7 +16,8 @@ Servers, each started by this script on a free 127.0.0.1 port and stopped after 
                     in the middle of, ollama's OLLAMA_NUM_PARALLEL; one request at a time)
   refllm, queue 2   the same with --max-queue 2: with 8 clients, some requests are answered 503
   llama-cpp-python  `python -m llama_cpp.server --cache true` (0.3.36, AVX2 build), its RAM
-                    prompt cache on; also one request at a time
+                    prompt cache on, flash attention off (its default; refllm's is on, as
+                    llama.cpp's -fa auto); also one request at a time
 
 Figures: requests per second, the latency of a request (p50, p99, seconds), and the prefix-cache
 hit rate (cached prompt tokens over prompt tokens, from usage.prompt_tokens_details, which only
@@ -190,7 +191,9 @@ def main() -> int:
     if "llama-cpp-python" in results:
         ratio = results["refllm"]["per_second"] / results["llama-cpp-python"]["per_second"]
         lines += ["", f"refllm serves {ratio:.2f}x llama-cpp-python's requests per second in this run."]
-    lines += ["", "Both servers run one request at a time, so a request's latency is mostly its wait behind the "
+    lines += ["", "llama-cpp-python's server runs with its RAM prompt cache on and its default flash attention "
+              "off; refllm with flash attention on (llama.cpp's -fa auto). "
+              "Both servers run one request at a time, so a request's latency is mostly its wait behind the "
               "others in the queue (up to 7 here). The hit rate is the share of prompt tokens whose keys and "
               "values came from a KV slot: a follow-up turn finds its conversation's slot unless four other "
               "conversations took the slots in between. With `--max-queue 2` the requests past two waiting are "
