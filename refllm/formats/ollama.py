@@ -31,7 +31,7 @@ import os
 import re
 import string
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from refllm.errors import RefllmError
@@ -267,12 +267,12 @@ def _layer_from_json(entry: object, where: str, path: Path) -> Layer:
     """A Layer from one manifest entry; `where` ('config', 'layers[2]') names it in errors."""
     if not isinstance(entry, dict):
         raise StoreError(f"malformed manifest {path}: {where} is not a JSON object")
-    for field, wanted in (("mediaType", str), ("digest", str), ("size", int)):
-        value = entry.get(field)
+    for key, wanted in (("mediaType", str), ("digest", str), ("size", int)):
+        value = entry.get(key)
         # bool is a subclass of int in Python; a JSON true is not a size.
         if not isinstance(value, wanted) or isinstance(value, bool):
             raise StoreError(f"malformed manifest {path}: {where} needs a {wanted.__name__} "
-                             f"field {field!r}, found {value!r}")
+                             f"field {key!r}, found {value!r}")
     if entry["size"] < 0:
         raise StoreError(f"malformed manifest {path}: {where} has a negative size {entry['size']}")
     try:
@@ -430,6 +430,37 @@ def read_params(layer: Layer, root: Path | None = None) -> dict:
     if not isinstance(value, dict):
         raise StoreError(f"the {layer.kind} layer {where} is not a JSON object but {type(value).__name__}")
     return value
+
+
+@dataclass
+class ModelSetup:
+    """What a store model's small layers set besides its weights: how ollama runs it."""
+    template: str | None = None             # the TEMPLATE layer (a Go template), the last one
+    system: str | None = None               # the SYSTEM layer
+    params: dict = field(default_factory=dict)      # the params layer: typed options
+    messages: list[dict] = field(default_factory=list)   # the messages layer: seeded turns
+    license: list[str] = field(default_factory=list)
+
+
+def read_setup(manifest: Manifest, root: Path | None = None) -> ModelSetup:
+    """The template, system prompt, parameters, seeded messages and licenses a manifest's layers
+    hold (a later layer of a kind wins, as in ollama's GetModel). StoreError for a missing or
+    malformed blob."""
+    texts = {kind: [read_blob_text(layer, root) for layer in manifest.layers_of(kind)]
+             for kind in ("template", "system", "license")}
+    params = manifest.layers_of("params")
+    messages: list[dict] = []
+    for layer in manifest.layers_of("messages"):
+        try:
+            messages = json.loads(read_blob_text(layer, root))
+        except json.JSONDecodeError as e:
+            raise StoreError(f"the messages layer {blob_path(layer.digest, root)} is not valid JSON: {e}") from None
+        if not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
+            raise StoreError(f"the messages layer {blob_path(layer.digest, root)} is not a list of messages")
+    return ModelSetup(template=texts["template"][-1] if texts["template"] else None,
+                      system=texts["system"][-1] if texts["system"] else None,
+                      params=read_params(params[-1], root) if params else {},
+                      messages=messages, license=texts["license"])
 
 
 # ---------------------------------------------------------------------------------------------

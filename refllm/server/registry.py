@@ -41,10 +41,8 @@ class Entry:
     digest: str                     # sha256 hex: the manifest's (store), else the file's
     size: int
     modified: float                 # mtime, seconds since the epoch
-    system: str | None = None       # the store model's SYSTEM layer
-    params: dict = field(default_factory=dict)   # the store model's params layer (typed options)
-    template: str | None = None     # the store model's TEMPLATE layer (a Go template)
-    license: list[str] = field(default_factory=list)
+    setup: store.ModelSetup = field(default_factory=store.ModelSetup)   # a store model's template,
+                                    # system prompt, parameters, messages and licenses
 
 
 def normalize(name: str) -> str:
@@ -97,7 +95,7 @@ class Registry:
         except store.StoreError as e:
             raise BadModelName(str(e)) from None
         try:
-            return self._store_entry(store.find_manifest(name, self.store_root), name)
+            return self._store_entry(store.find_manifest(name, self.store_root))
         except store.StoreError:
             pass
         pack = self._pack_entry(key)
@@ -112,7 +110,7 @@ class Registry:
         found = list(self._files.values())
         for manifest in store.list_manifests(self.store_root):
             try:
-                found.append(self._store_entry(manifest, manifest.name.display_shortest()))
+                found.append(self._store_entry(manifest))
             except store.StoreError:
                 continue
         for name in fetch.PACKS:
@@ -129,22 +127,15 @@ class Registry:
     def _root(self) -> Path:
         return self.store_root or store.models_dir()
 
-    def _store_entry(self, manifest: store.Manifest, requested: str) -> Entry:
+    def _store_entry(self, manifest: store.Manifest) -> Entry:
         layer = manifest.model_layer
         if layer is None:
             raise store.StoreError(f"model {manifest.name} has no model layer")
         path = store.blob_path(layer.digest, self.store_root)
         if not path.is_file():
             raise store.StoreError(f"model {manifest.name}: its model blob is missing")
-        texts = {kind: [store.read_blob_text(x, self.store_root) for x in manifest.layers_of(kind)]
-                 for kind in ("system", "template", "license")}
-        params = manifest.layers_of("params")
         return Entry(manifest.name.display_shortest(), path, "store", manifest.digest.removeprefix("sha256:"),
-                     manifest.size, manifest.modified,
-                     system=texts["system"][-1] if texts["system"] else None,
-                     params=store.read_params(params[-1], self.store_root) if params else {},
-                     template=texts["template"][-1] if texts["template"] else None,
-                     license=texts["license"])
+                     manifest.size, manifest.modified, store.read_setup(manifest, self.store_root))
 
     def _pack_entry(self, key: str) -> Entry | None:
         name, _, tag = key.partition(":")

@@ -349,7 +349,7 @@ class Scheduler:
         if request.raw:
             return earlier + request.prompt
         template = loaded.template
-        system = request.system if request.system is not None else request.entry.system
+        system = request.system if request.system is not None else request.entry.setup.system
         if request.messages is not None:
             messages = list(request.messages)
             if system and not any(m.get("role") == "system" for m in messages[:1]):
