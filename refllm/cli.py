@@ -882,6 +882,155 @@ def _warn_inexact(transformer) -> None:
                    f"float32 summation order", err=True)
 
 
+# -- chat -----------------------------------------------------------------------------------------
+
+@cli.command(short_help="Chat with a model in the terminal, as `ollama run`: refllm chat [MODEL] [PROMPT].")
+@click.argument("args", nargs=-1)
+@click.option("--system", help="A system prompt (over the model's own).")
+@click.option("--ctx", type=int, default=None, help="Context size in tokens  [default: 4096, at most the model's]")
+@click.option("--numerics", type=click.Choice(NUMERICS_MODES), default="ggml", show_default=True,
+              help="ggml: llama.cpp's CPU arithmetic, bit for bit (the fastest); f32: the readable float32 reference")
+@llama_cpp_flags
+@click.option("--verbose", is_flag=True, help="Print ollama's timing statistics after each reply (/set verbose).")
+def chat(args, system, ctx, numerics, flash_attn, threads, verbose) -> int:
+    """Chat with MODEL (a path, a blob digest or an ollama name; default: SmolLM2): type a
+    message, read the reply as it streams, go on; the conversation's earlier turns come from
+    the KV cache. /? lists the commands (/set, /show, /clear, /bye); three double quotes start
+    a message of several lines; Ctrl-C stops a reply. With a PROMPT, or with stdin not a terminal, it
+    answers that one prompt and ends."""
+    from refllm.engine import Session
+    from refllm.engine.conversation import Conversation
+    from refllm.repl import ChatTerminal
+    from refllm.tokenizer import Tokenizer
+
+    model_name, prompt = _split_model_and_prompt(args)
+    opened, setup = _open_with_setup(model_name)
+    tokenizer = Tokenizer.from_model(opened)
+    options = _options_of_setup(setup)
+    _announce_compiling()
+    transformer = _transformer(opened, numerics, flash_attn, threads)
+    _warn_inexact(transformer)
+    n_ctx = _context_size(ctx if ctx is not None else setup.params.get("num_ctx"), transformer)
+    render = _chat_renderer(opened, tokenizer, setup)
+    conversation = Conversation(Session(transformer, n_ctx), tokenizer, render, options,
+                                system=system if system is not None else setup.system, messages=setup.messages)
+    terminal = ChatTerminal(conversation, lambda topic: _show_topic(topic, opened, setup, conversation),
+                            _set_chat_option, verbose=verbose)
+    if prompt is None and sys.stdin is not None and not sys.stdin.isatty():
+        prompt = _read_stdin_text().removesuffix("\n")
+    if prompt is not None:
+        terminal.one_shot(prompt)
+    else:
+        terminal.run()
+    return 0
+
+
+cli.add_command(chat, name="run")
+
+
+def _open_with_setup(model: str | None):
+    """The model file and what its store layers set (empty for a file or a pack)."""
+    from refllm import fetch
+    from refllm.formats import open_model
+    from refllm.formats.ollama import ModelSetup, read_setup, resolve_target
+
+    if model is None:
+        return open_model(fetch.ensure_pack(fetch.DEFAULT_MODEL)), ModelSetup()
+    target = resolve_target(model)
+    setup = read_setup(target.manifest) if target.manifest is not None else ModelSetup()
+    return open_model(target.path), setup
+
+
+def _options_of_setup(setup):
+    """The sampling options a model's params layer sets, over refllm's defaults."""
+    from refllm.server.options import OptionError, parse_options
+    try:
+        return parse_options(None, setup.params)[0]
+    except OptionError as e:
+        raise RefllmError(f"the model's parameters: {e}") from None
+
+
+def _context_size(ctx: int | None, transformer) -> int:
+    n_ctx_train = transformer.config.n_ctx_train
+    n_ctx = ctx if ctx is not None else min(4096, n_ctx_train)
+    if not MIN_CTX <= n_ctx <= n_ctx_train:
+        raise RefllmError(f"--ctx must be between {MIN_CTX} and {n_ctx_train} (the model's trained context), "
+                          f"not {n_ctx}")
+    return n_ctx
+
+
+def _chat_renderer(model, tokenizer, setup):
+    """messages -> token ids, with the model's chat template (raw turns for a model without one)."""
+    from refllm.engine.prompt import chat_template, render_chat, text_tokens
+
+    template = chat_template(tokenizer, model.metadata)
+
+    def render(messages):
+        if template is None:         # ollama's default template, {{ .Prompt }}, turn by turn
+            text = "".join(m["content"] for m in messages if m["role"] in ("user", "assistant"))
+            return text_tokens(tokenizer, text, templated=False)
+        return text_tokens(tokenizer, render_chat(template, messages), templated=True)
+    return render
+
+
+def _set_chat_option(conversation, name: str, text: str) -> None:
+    """/set parameter NAME VALUE: the value typed as ollama types a Modelfile's PARAMETER."""
+    from refllm.engine import Session
+    from refllm.server.options import OPTIONS, OptionError, parse_options
+
+    if name not in OPTIONS:
+        raise RefllmError(f"unknown parameter '{name}'")
+    kind = OPTIONS[name][0]
+    try:
+        value = {"integer": int, "float32": float, "boolean": lambda t: {"true": True, "false": False}[t.lower()],
+                 "array": lambda t: [t]}[kind](text)
+    except (ValueError, KeyError):
+        raise RefllmError(f"{name} must be {'a' if kind != 'integer' else 'an'} {kind}, not {text!r}") from None
+    if name == "stop":
+        value = list(conversation.options.stop) + value
+    if name == "num_ctx":
+        session = conversation.session
+        conversation.session = Session(session.transformer, _context_size(value, session.transformer))
+        return
+    try:
+        conversation.options = parse_options({name: value}, base=conversation.options)[0]
+    except OptionError as e:
+        raise RefllmError(str(e)) from None
+
+
+def _show_topic(topic: str, model, setup, conversation) -> str:
+    """/show TOPIC's text."""
+    from refllm.formats.summary import model_summary
+    from refllm.tokenizer.chat_template import TEMPLATE_KEY
+
+    if topic == "info":
+        summary = model_summary(model)
+        rows = [("architecture", summary["architecture"]), ("parameters", summary["parameters_human"]),
+                ("context length", summary["context_length"]), ("embedding length", summary["embedding_length"]),
+                ("quantization", summary["file_type_name"])]
+        return "  Model\n" + "\n".join(f"    {name:<20}{value}" for name, value in rows)
+    if topic == "license":
+        return "\n".join(setup.license) or "No license was specified for this model."
+    if topic == "system":
+        return conversation.system or "No system message was specified for this model."
+    if topic == "template":
+        return setup.template or model.metadata.get(TEMPLATE_KEY) or "No prompt template was specified for this model."
+    options = conversation.options
+    parameters = "\n".join(f"{name:<30} {getattr(options, name)!r}" for name in
+                           ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed",
+                            "num_predict", "num_keep", "stop") if getattr(options, name) != getattr(
+                               type(options)(), name))
+    if topic == "parameters":
+        return "Model defined parameters:\n" + (parameters or "No parameters were specified for this model.")
+    lines = [f"FROM {model.path}"]            # modelfile
+    if setup.template:
+        lines.append(f'TEMPLATE """{setup.template}"""')
+    if conversation.system:
+        lines.append(f'SYSTEM """{conversation.system}"""')
+    lines += [f"PARAMETER {line}" for line in parameters.splitlines()]
+    return "\n".join(lines)
+
+
 # -- serve ----------------------------------------------------------------------------------------
 
 @cli.command(short_help="Serve ollama's HTTP API (and OpenAI's) on the reference engine.")
