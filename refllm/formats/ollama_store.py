@@ -349,11 +349,12 @@ class _Base:
 
 def _from_file(writes: _Writes, path: Path, ftype: str | None, progress: Progress, status: Status) -> _Base:
     status("parsing GGUF")
-    config = gguf_config(path)
+    gguf_config(path)                       # a GGUF, or a clear error before anything is written
     layer = _quantize(writes, path, ftype, progress, status) if ftype else None
     if layer is None:
         layer = _write_file(writes, path, _media("model"), progress, from_=path.name)
-    return _Base([layer], config, blob_path(layer.digest, writes.root))
+    model = blob_path(layer.digest, writes.root)
+    return _Base([layer], gguf_config(model), model)
 
 
 def _from_model(writes: _Writes, manifest: Manifest, ftype: str | None, progress: Progress,
