@@ -173,11 +173,11 @@ def _value(r: _Reader, line: int) -> str:
 
 
 def _name_error(r: _Reader, name: str, line: int) -> ModelfileError:
-    """Why an instruction name is not followed by a value."""
-    if name.lower() not in COMMANDS or not r.peek():
-        return ModelfileError(ERR_COMMAND if name.lower() not in COMMANDS else
-                              f"unexpected EOF: {name.upper()} needs a value", line)
-    return ModelfileError(f"{name.upper()} needs a value on the same line (found {r.peek()!r})", line)
+    """Why an instruction name is not followed by a value: ollama's command message for an
+    unknown name or a stray character (`SYSTEM:`); a known name at a line end needs a value."""
+    if name.lower() not in COMMANDS or r.peek() not in ("", "\r", "\n"):
+        return ModelfileError(ERR_COMMAND, line)
+    return ModelfileError(f"{name.upper()} needs a value on the same line", line)
 
 
 def parse_modelfile(text: str, folder: str | os.PathLike | None = None) -> Modelfile:
