@@ -182,15 +182,19 @@ def inspect_blob(target: str, as_json: bool, key: str | None, template: bool, ve
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def inspect_store(as_json: bool) -> int:
     """List the models in the ollama store ($OLLAMA_MODELS or ~/.ollama/models), like `ollama list`."""
+    return _list_store(as_json)
+
+
+def _list_store(as_json: bool) -> int:
+    """`inspect store` and `list`: the store's models as `ollama list` shows them."""
     from refllm.formats.ollama import list_manifests, models_dir
+    from refllm.formats.ollama_report import list_lines, list_rows
 
     skipped: list = []
     manifests = list_manifests(skipped=skipped)
     for problem in skipped:
         click.echo(f"refllm: warning: skipped {problem}", err=True)
-    rows = [{"name": m.name.display_shortest(), "full_name": str(m.name), "id": m.id, "size": m.size,
-             "modified": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.modified)),
-             "model_blob": m.model_layer.digest if m.model_layer else None} for m in manifests]
+    rows = list_rows(manifests)
     if as_json:
         click.echo(json.dumps({"store": str(models_dir()), "models": rows}, indent=1))
         return 0
@@ -199,10 +203,87 @@ def inspect_store(as_json: bool) -> int:
         click.echo(f"no models in {store}" if store.is_dir() else
                    f"there is no ollama store at {store} (OLLAMA_MODELS names another)")
         return 0
-    width = max(len(r["name"]) for r in rows)
-    click.echo(f"{'NAME':{width}}  {'ID':12}  {'SIZE':>10}  MODIFIED")
-    for r in rows:
-        click.echo(f"{r['name']:{width}}  {r['id']:12}  {r['size'] / 1e6:8.1f} MB  {r['modified']}")
+    for line in list_lines(rows):
+        click.echo(line)
+    return 0
+
+
+# -- the store: create, list, cp, rm, show ---------------------------------------------------
+
+@cli.command(short_help="Create a model in the ollama store from a Modelfile.")
+@click.argument("name")
+@click.option("-f", "--file", "modelfile", default="Modelfile", show_default=True,
+              type=click.Path(dir_okay=False), help="The Modelfile.")
+@click.option("-q", "--quantize", metavar="FTYPE", help="Quantize an F32/F16/BF16 FROM to FTYPE (Q4_K_M, Q8_0, ...).")
+def create(name: str, modelfile: str, quantize: str | None) -> int:
+    """Create model NAME in the ollama store ($OLLAMA_MODELS or ~/.ollama/models) from a
+    Modelfile, as `ollama create` does."""
+    from refllm.formats.modelfile import read_modelfile
+    from refllm.formats.ollama_store import create_model
+    from refllm.progress import Progress
+
+    parsed = read_modelfile(modelfile)
+    if quantize:
+        _announce_compiling()
+    create_model(name, parsed, quantize=quantize, progress=Progress,
+                 status=lambda line: click.echo(line, err=True))
+    return 0
+
+
+@cli.command("list", short_help="List the models in the ollama store, like `ollama list`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def list_models(as_json: bool) -> int:
+    """List the models in the ollama store ($OLLAMA_MODELS or ~/.ollama/models): NAME ID SIZE MODIFIED."""
+    return _list_store(as_json)
+
+
+@cli.command(short_help="Copy a store model to another name.")
+@click.argument("src")
+@click.argument("dst")
+def cp(src: str, dst: str) -> int:
+    """Copy model SRC to DST in the ollama store (the blobs are shared)."""
+    from refllm.formats.ollama_store import copy_model
+
+    copy_model(src, dst)
+    click.echo(f"copied '{src}' to '{dst}'")
+    return 0
+
+
+@cli.command(short_help="Remove store models (blobs that other models use are kept).")
+@click.argument("names", nargs=-1, required=True)
+def rm(names: tuple[str, ...]) -> int:
+    """Remove models from the ollama store, with the blobs no other model uses."""
+    from refllm.formats.ollama_store import remove_model
+
+    for name in names:
+        remove_model(name)
+        click.echo(f"deleted '{name}'")
+    return 0
+
+
+@cli.command(short_help="Show a store model, like `ollama show`.")
+@click.argument("name")
+@click.option("--license", "fields", flag_value="license", multiple=True, help="Print only the license.")
+@click.option("--modelfile", "fields", flag_value="modelfile", multiple=True,
+              help="Print a Modelfile that recreates the model.")
+@click.option("--parameters", "fields", flag_value="parameters", multiple=True, help="Print only the parameters.")
+@click.option("--system", "fields", flag_value="system", multiple=True, help="Print only the system prompt.")
+@click.option("--template", "fields", flag_value="template", multiple=True,
+              help="Print only the template (the TEMPLATE layer, else the GGUF's chat template).")
+def show(name: str, fields: tuple[str, ...]) -> int:
+    """Show model NAME from the ollama store: its Model, Capabilities, Parameters, System and
+    License sections, or one field."""
+    from refllm.formats.ollama import find_manifest
+    from refllm.formats.ollama_report import ERR_SHOW_FLAGS, show_field, show_info, show_lines
+
+    if len(set(fields)) > 1:
+        raise RefllmError(ERR_SHOW_FLAGS)
+    info = show_info(find_manifest(name))
+    if fields:
+        click.echo(show_field(info, fields[0]), nl=False)
+        return 0
+    for line in show_lines(info):
+        click.echo(line)
     return 0
 
 
