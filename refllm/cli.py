@@ -1055,18 +1055,13 @@ def _chat_renderer(model, tokenizer, setup):
 
 
 def _set_chat_option(conversation, name: str, text: str) -> None:
-    """/set parameter NAME VALUE: the value typed as ollama types a Modelfile's PARAMETER."""
+    """/set parameter NAME VALUE: the value typed as a Modelfile's PARAMETER (ollama's REPL does
+    the same); num_ctx makes a new session of that size."""
     from refllm.engine import Session
-    from refllm.server.options import OPTIONS, OptionError, parse_options
+    from refllm.formats.modelfile import parse_parameter
+    from refllm.server.options import OptionError, parse_options
 
-    if name not in OPTIONS:
-        raise RefllmError(f"unknown parameter '{name}'")
-    kind = OPTIONS[name][0]
-    try:
-        value = {"integer": int, "float32": float, "boolean": lambda t: {"true": True, "false": False}[t.lower()],
-                 "array": lambda t: [t]}[kind](text)
-    except (ValueError, KeyError):
-        raise RefllmError(f"{name} must be {'a' if kind != 'integer' else 'an'} {kind}, not {text!r}") from None
+    value = parse_parameter(name, text)
     if name == "stop":
         value = list(conversation.options.stop) + value
     if name == "num_ctx":

@@ -164,10 +164,10 @@ def test_expand_path(tmp_path):
     assert expand_path("~/m.gguf", tmp_path) == Path.home() / "m.gguf"
 
 
-def test_parameter_names_and_types_match_the_servers_options():
-    from refllm.server.options import OPTIONS
-    go_to_json = {"int": "integer", "float32": "float32", "bool": "boolean", "[]string": "array"}
-    assert {name: go_to_json[t] for name, t in PARAMETER_TYPES.items()} == {n: k for n, (k, _) in OPTIONS.items()}
+def test_every_parameter_has_a_place_in_the_servers_options():
+    from refllm.server.options import OPTIONS, WHERE
+    assert WHERE.keys() == PARAMETER_TYPES.keys() == OPTIONS.keys()
+    assert set(WHERE.values()) == {"model", "sampling", "ignored"}
 
 
 @pytest.mark.parametrize("x, bits, as_json, expected", [

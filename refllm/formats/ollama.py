@@ -457,10 +457,12 @@ def read_setup(manifest: Manifest, root: Path | None = None) -> ModelSetup:
             raise StoreError(f"the messages layer {blob_path(layer.digest, root)} is not valid JSON: {e}") from None
         if not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
             raise StoreError(f"the messages layer {blob_path(layer.digest, root)} is not a list of messages")
+    merged: dict = {}
+    for layer in params:                    # each decoded into the same options, as GetModel does
+        merged.update(read_params(layer, root))
     return ModelSetup(template=texts["template"][-1] if texts["template"] else None,
                       system=texts["system"][-1] if texts["system"] else None,
-                      params=read_params(params[-1], root) if params else {},
-                      messages=messages, license=texts["license"])
+                      params=merged, messages=messages, license=texts["license"])
 
 
 # ---------------------------------------------------------------------------------------------

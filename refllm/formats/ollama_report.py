@@ -7,7 +7,6 @@ without the trailing spaces tablewriter pads the last column with.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from refllm.formats.modelfile import format_modelfile, format_parameters
-from refllm.formats.ollama import Manifest, StoreError, _root, blob_path, read_blob_text, read_params
+from refllm.formats.ollama import Manifest, StoreError, _root, blob_path, read_params, read_setup
 from refllm.formats.reader import open_model
 from refllm.formats.summary import human_count, parameter_count
 
@@ -101,14 +100,20 @@ class ShowInfo:
 
     @property
     def capabilities(self) -> list[str]:
-        """Model.Capabilities, from what the files hold: an embedding model has a pooling type;
-        the template tells tools, insert (.Suffix) and thinking (.Think)."""
-        template = self.template or self.chat_template or ""
-        caps = ["embedding" if self.arch_value("pooling_type") is not None else "completion"]
-        for cap, marker in (("tools", "tools"), ("insert", ".Suffix"), ("thinking", ".Think")):
-            if marker in template or (cap == "tools" and ".Tools" in template):
-                caps.append(cap)
+        """Model.Capabilities (see model_capabilities), with those the config blob lists."""
+        caps = model_capabilities(self.metadata, self.template or self.chat_template)
         return list(dict.fromkeys(caps + list(self.config.get("capabilities") or [])))
+
+
+def model_capabilities(metadata: dict[str, Any], template: str | None) -> list[str]:
+    """ollama's Model.Capabilities from what the files hold: an embedding model has a pooling
+    type; the template tells tools, insert (.Suffix) and thinking (.Think)."""
+    arch = metadata.get("general.architecture")
+    caps = ["embedding" if metadata.get(f"{arch}.pooling_type") is not None else "completion"]
+    for cap, marker in (("tools", "tools"), ("insert", ".Suffix"), ("thinking", ".Think")):
+        if marker in (template or ""):
+            caps.append(cap)
+    return caps
 
 
 def show_info(manifest: Manifest, root: Path | str | None = None) -> ShowInfo:
@@ -118,21 +123,13 @@ def show_info(manifest: Manifest, root: Path | str | None = None) -> ShowInfo:
     if layer is None:
         raise StoreError(f"model {manifest.name} has no model layer")
     path = blob_path(layer.digest, root)
-    model = open_model(path)
-    params: dict[str, Any] = {}
-    for la in manifest.layers_of("params"):
-        params.update(read_params(la, root))
-    messages: list[dict] = []
-    for la in manifest.layers_of("messages"):
-        messages = json.loads(read_blob_text(la, root))
-    templates, systems = manifest.layers_of("template"), manifest.layers_of("system")
-    chat = model.metadata.get("tokenizer.chat_template")
-    return ShowInfo(manifest, read_params(manifest.config, root), model.metadata, parameter_count(model),
-                    read_blob_text(templates[-1], root) if templates else None,
-                    chat if isinstance(chat, str) else None,
-                    read_blob_text(systems[-1], root) if systems else None,
-                    [read_blob_text(la, root) for la in manifest.layers_of("license")],
-                    params, messages, path.absolute())
+    model = open_model(path)             # kept open: the metadata's arrays read from its mapping
+    metadata, count = model.metadata, parameter_count(model)
+    setup = read_setup(manifest, root)
+    chat = metadata.get("tokenizer.chat_template")
+    return ShowInfo(manifest, read_params(manifest.config, root), metadata, count, setup.template,
+                    chat if isinstance(chat, str) else None, setup.system, setup.license, setup.params,
+                    setup.messages, path.absolute())
 
 
 def show_field(info: ShowInfo, which: str) -> str:

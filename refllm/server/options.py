@@ -26,6 +26,7 @@ from typing import Any
 
 from refllm.engine.sampling import SamplingError, SamplingOptions
 from refllm.errors import RefllmError
+from refllm.formats.modelfile import PARAMETER_TYPES
 
 log = logging.getLogger("refllm.server")
 
@@ -34,29 +35,18 @@ class OptionError(RefllmError, ValueError):
     """An option of the wrong JSON type or an impossible value; the message is ollama's shape."""
 
 
-# name: (JSON type as ollama names it in its errors, where it goes)
-OPTIONS: dict[str, tuple[str, str]] = {
-    "num_ctx": ("integer", "model"),
-    "num_batch": ("integer", "model"),
-    "num_thread": ("integer", "model"),
-    "num_gpu": ("integer", "ignored"),
-    "main_gpu": ("integer", "ignored"),
-    "use_mmap": ("boolean", "ignored"),
-    "draft_num_predict": ("integer", "ignored"),
-    "typical_p": ("float32", "ignored"),
-    "num_keep": ("integer", "sampling"),
-    "seed": ("integer", "sampling"),
-    "num_predict": ("integer", "sampling"),
-    "top_k": ("integer", "sampling"),
-    "top_p": ("float32", "sampling"),
-    "min_p": ("float32", "sampling"),
-    "repeat_last_n": ("integer", "sampling"),
-    "temperature": ("float32", "sampling"),
-    "repeat_penalty": ("float32", "sampling"),
-    "presence_penalty": ("float32", "sampling"),
-    "frequency_penalty": ("float32", "sampling"),
-    "stop": ("array", "sampling"),
+# Where each of ollama's options (refllm.formats.modelfile.PARAMETER_TYPES: names and Go types) goes.
+WHERE: dict[str, str] = {
+    "num_ctx": "model", "num_batch": "model", "num_thread": "model",
+    "num_gpu": "ignored", "main_gpu": "ignored", "use_mmap": "ignored", "draft_num_predict": "ignored",
+    "typical_p": "ignored",
+    **dict.fromkeys(("num_keep", "seed", "num_predict", "top_k", "top_p", "min_p", "repeat_last_n", "temperature",
+                     "repeat_penalty", "presence_penalty", "frequency_penalty", "stop"), "sampling"),
 }
+# Go type -> the JSON type FromMap names in its errors
+JSON_TYPES = {"int": "integer", "float32": "float32", "bool": "boolean", "[]string": "array"}
+# name: (JSON type, where it goes)
+OPTIONS: dict[str, tuple[str, str]] = {name: (JSON_TYPES[go], WHERE[name]) for name, go in PARAMETER_TYPES.items()}
 
 
 @dataclass(frozen=True)
