@@ -170,7 +170,7 @@ def _lex_action(src: str, p: int, toks: list[Tok], line_at) -> tuple[int, bool, 
                 if q >= n or src[q] == "\n":
                     return err("unterminated character constant", p)
                 q += 1
-            toks.append(Tok("char", src[p:q + 1], p, line_at(p)))
+            toks.append(Tok("charconst", src[p:q + 1], p, line_at(p)))
             p = q + 1
         elif c == "$":
             q = p + 1
@@ -216,6 +216,9 @@ def _lex_action(src: str, p: int, toks: list[Tok], line_at) -> tuple[int, bool, 
             p += 1
         elif c == ",":
             toks.append(Tok("comma", ",", p, line_at(p)))
+            p += 1
+        elif c.isascii() and c.isprintable():  # Go's itemChar: the parser says where it is unexpected
+            toks.append(Tok("char", c, p, line_at(p)))
             p += 1
         else:
             return err(f"unrecognized character in action: {_sharp_u(c)}", p)
@@ -468,7 +471,7 @@ def _number(tok: Tok) -> Const:
     """A number or char literal, typed as text/template's idealConstant types it: a char or an
     integer literal is an int, a literal with . e E p P (not hex) is a float64."""
     text = tok.val
-    if tok.typ == "char":
+    if tok.typ == "charconst":
         s = _unquote(tok)
         if len(s) != 1:
             raise _ParseError(f"malformed character constant: {text}", tok)
@@ -735,7 +738,7 @@ class _Parser:
             if tok.typ == end:
                 self.check_pipeline(pipe, context)
                 return pipe
-            if tok.typ in ("bool", "char", "dot", "field", "ident", "number", "nil", "raw", "string", "var",
+            if tok.typ in ("bool", "charconst", "dot", "field", "ident", "number", "nil", "raw", "string", "var",
                            "lparen"):
                 self.i -= 1
                 pipe.cmds.append(self.command())
@@ -807,7 +810,7 @@ class _Parser:
             return Field(tok.pos, tok.line, [tok.val[1:]])
         if t == "bool":
             return Const(tok.pos, tok.line, tok.val, tok.val == "true", "bool")
-        if t in ("number", "char"):
+        if t in ("number", "charconst"):
             try:
                 return _number(tok)
             except _ParseError as e:
@@ -861,9 +864,13 @@ class Func:
 
 
 class _Exec:
-    def __init__(self, tmpl: GoTemplate, out: list[str]):
+    def __init__(self, tmpl: GoTemplate, out: list[str], funcs: dict[str, Func], trees: dict[str, _Tree],
+                 missing_zero: bool):
         self.tmpl = tmpl
         self.out = out
+        self.funcs = funcs
+        self.trees = trees
+        self.missing_zero = missing_zero  # Option("missingkey=zero"); else Go's default
         self.vars: list[tuple[str, Any]] = []
         self.node: Node | None = None
         self.depth = 0
@@ -950,9 +957,9 @@ class _Exec:
             del self.vars[mark:]
 
     def walk_template(self, dot: Any, node: TemplateCall):
-        tree = self.tmpl._trees.get(node.name)
+        tree = self.trees.get(node.name)
         if tree is None:
-            self.fail(f"no such template {gv._quote(node.name)}")
+            self.fail(f"template {gv._quote(node.name)} not defined")
         new_dot = self.eval_pipeline(dot, node.pipe) if node.pipe is not None else NO_VALUE
         if self.depth >= MAX_EXEC_DEPTH:
             self.fail(f"exceeded maximum template depth ({MAX_EXEC_DEPTH})")
@@ -1084,12 +1091,12 @@ class _Exec:
             m = gv.items(target) or {}
             if name in m:
                 return m[name]
-            return gv.zero(ttyp.elem)  # missingkey=zero
+            return gv.zero(ttyp.elem) if self.missing_zero else NO_VALUE
         self.fail(f"can't evaluate field {name} in type {typ.name}")
 
     def eval_function(self, dot: Any, node: Ident, args: list[Node], final: Any) -> Any:
         self.at(node)
-        fn = self.tmpl._funcs.get(node.name)
+        fn = self.funcs.get(node.name)
         if fn is None:
             self.fail(f"{gv._quote(node.name)} is not a defined function")
         return self.call(dot, fn, node.name, node, args[1:], final, None)
@@ -1102,7 +1109,7 @@ class _Exec:
                 self.fail(f"wrong number of args for {name}: want at least {len(params) - 1} got {len(args)}")
         elif n_in != len(params):
             self.fail(f"wrong number of args for {name}: want {len(params)} got {n_in}")
-        if name in ("and", "or") and receiver is None and fn is self.tmpl._funcs.get(name):
+        if name in ("and", "or") and receiver is None and fn is BUILTINS[name]:
             val = NO_VALUE
             for arg in args:
                 val = self.eval_arg(dot, "value", arg)
@@ -1490,11 +1497,15 @@ class GoTemplate:
         error, and for values or constructs refllm cannot render exactly."""
         return self.execute_tree(self.root, data)
 
-    def execute_tree(self, root: list[Node], data: Any) -> str:
-        """Execute a list of nodes (a modified copy of the main tree) with this template's
-        definitions and functions."""
+    def execute_tree(self, root: list[Node], data: Any, bare: bool = False) -> str:
+        """Execute a list of nodes (the main tree or a modified copy of it). With bare, as a
+        fresh template.New("") holding only that tree: Go's builtins but none of the added
+        functions, no {{define}}d templates, and missingkey at its default."""
         out: list[str] = []
-        ex = _Exec(self, out)
+        if bare:
+            ex = _Exec(self, out, dict(BUILTINS), {}, missing_zero=False)
+        else:
+            ex = _Exec(self, out, self._funcs, self._trees, missing_zero=True)
         ex.vars = [("$", data)]
         try:
             ex.walk(data, root)
