@@ -545,10 +545,19 @@ SAMPLING_FLAGS = (
 )
 
 
-def _sampling_options(values: dict) -> SamplingOptions:
-    """SamplingOptions of the parsed flags; an impossible value is named by its flag."""
+def _sampling_options(values: dict, base: SamplingOptions | None = None) -> SamplingOptions:
+    """SamplingOptions of the parsed flags, over `base` (a store model's parameters): a flag
+    given on the command line wins, one left at its default keeps base's value. An impossible
+    value is named by its flag."""
+    from dataclasses import replace
+
+    from click.core import ParameterSource
+
+    context = click.get_current_context()
+    given = {name: value for name, value in values.items()
+             if base is None or context.get_parameter_source(name) != ParameterSource.DEFAULT}
     try:
-        return SamplingOptions(**values)
+        return replace(base, **given) if base is not None else SamplingOptions(**given)
     except SamplingError as e:
         flags = {field: flags[-1] for flags, field, _ in SAMPLING_FLAGS} | {"stop": "--stop"}
         field, _, rest = str(e).partition(" ")
@@ -645,9 +654,9 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, flash_attn, t
 
     started = time.perf_counter()
     model_name, prompt = _split_model_and_prompt(args)
-    options = _sampling_options(sampling)
     format_ = _read_format(format_)
-    model = _open_for_running(model_name)
+    model, setup = _open_with_setup(model_name)
+    options = _sampling_options(sampling, base=_options_of_setup(setup))
     if prompt is None:
         if sys.stdin is not None and sys.stdin.isatty():
             click.echo("refllm: reading the prompt from stdin; end it with Ctrl-D", err=True)
@@ -658,13 +667,10 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, flash_attn, t
     _announce_compiling()
     transformer = _transformer(model, numerics, flash_attn, threads)
     _warn_inexact(transformer)
-    n_ctx_train = transformer.config.n_ctx_train
-    n_ctx = ctx if ctx is not None else min(4096, n_ctx_train)
-    if not MIN_CTX <= n_ctx <= n_ctx_train:
-        raise RefllmError(f"--ctx must be between {MIN_CTX} and {n_ctx_train} (the model's trained context), "
-                          f"not {n_ctx}")
+    n_ctx = _context_size(ctx if ctx is not None else setup.params.get("num_ctx"), transformer)
     session = Session(transformer, n_ctx, context_shift=not no_shift)
-    ids = prompt_tokens(tokenizer, model.metadata, prompt, system, raw)
+    ids = prompt_tokens(tokenizer, model.metadata, prompt, system if system is not None else setup.system, raw,
+                        go_template=setup.template, messages=setup.messages)
     load_duration = time.perf_counter() - started
     wrote = False
     try:
@@ -1041,17 +1047,11 @@ def _context_size(ctx: int | None, transformer) -> int:
 
 
 def _chat_renderer(model, tokenizer, setup):
-    """messages -> token ids, with the model's chat template (raw turns for a model without one)."""
-    from refllm.engine.prompt import chat_template, render_chat, text_tokens
+    """messages -> token ids, with the model's template as ollama picks it (ModelPrompt)."""
+    from refllm.engine.prompt import ModelPrompt
 
-    template = chat_template(tokenizer, model.metadata)
-
-    def render(messages):
-        if template is None:         # ollama's default template, {{ .Prompt }}, turn by turn
-            text = "".join(m["content"] for m in messages if m["role"] in ("user", "assistant"))
-            return text_tokens(tokenizer, text, templated=False)
-        return text_tokens(tokenizer, render_chat(template, messages), templated=True)
-    return render
+    prompt = ModelPrompt(tokenizer, model.metadata, go_template=setup.template)
+    return lambda messages: prompt.tokens(prompt.text(messages))
 
 
 def _set_chat_option(conversation, name: str, text: str) -> None:

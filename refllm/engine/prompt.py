@@ -1,8 +1,15 @@
 """A user's prompt -> the token ids a model is given, as llama.cpp's and ollama's chat front ends
-build them: the model's chat template (if it has one), then the tokenizer.
+build them: the model's template, then the tokenizer.
 
     ids = prompt_tokens(tokenizer, model.metadata, "Why is the sky blue?", system="Be brief.")
     ids = chat_tokens(tokenizer, model.metadata, [{"role": "user", "content": "Hi"}, ...])
+    prompt = ModelPrompt(tokenizer, model.metadata, go_template=setup.template)   # a store model
+    ids = prompt.tokens(prompt.text(messages))
+
+Which template applies follows ollama (ModelPrompt): a store model's TEMPLATE layer (Go's
+text/template, refllm.tokenizer.ollama_template) when it has one, else the GGUF's chat template
+(Jinja, tokenizer.chat_template), else ollama's default template, `{{ .Prompt }}`, whose text is
+the turns' own text, tokenized as plain text.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from typing import Any
 
 from refllm.errors import RefllmError
 from refllm.tokenizer import ChatTemplate, Tokenizer
+from refllm.tokenizer.ollama_template import DEFAULT_TEMPLATE, OllamaTemplate
 
 
 class PromptError(RefllmError, ValueError):
@@ -63,22 +71,72 @@ def chat_tokens(tokenizer: Tokenizer, metadata: Mapping, messages: Sequence[Mapp
     return text_tokens(tokenizer, render_chat(template, messages, tools), templated=True)
 
 
+class ModelPrompt:
+    """How a model's prompts are built (module docstring): `kind` is "go" (a TEMPLATE layer, or a
+    request's template), "jinja" (the GGUF's chat template) or "default" (ollama's {{ .Prompt }})."""
+
+    def __init__(self, tokenizer: Tokenizer, metadata: Mapping, go_template: str | None = None):
+        """GoTemplateError for a Go template that does not parse; ChatTemplateError for Jinja."""
+        self.tokenizer = tokenizer
+        self.jinja = chat_template(tokenizer, metadata) if go_template is None else None
+        if go_template is not None:
+            self.kind, self.go = "go", OllamaTemplate(go_template)
+        elif self.jinja is not None:
+            self.kind, self.go = "jinja", None
+        else:
+            self.kind, self.go = "default", OllamaTemplate(DEFAULT_TEMPLATE)
+
+    @property
+    def source(self) -> str:
+        return self.jinja.source if self.jinja is not None else self.go.source
+
+    @property
+    def supports_tools(self) -> bool:
+        return self.go.supports_tools if self.go is not None else "tools" in self.jinja.source
+
+    @property
+    def supports_suffix(self) -> bool:
+        return self.go is not None and self.go.supports_suffix
+
+    @property
+    def supports_thinking(self) -> bool:
+        return self.go is not None and self.go.supports_thinking
+
+    def text(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None,
+             prompt: str = "", suffix: str = "", think: bool | str | None = None) -> str:
+        """The prompt text: the messages rendered (or, with a suffix, ollama's fill-in-the-middle
+        prompt and suffix). PromptError when the template cannot take a suffix."""
+        if suffix and not self.supports_suffix:
+            raise PromptError("this model's template does not support insert (it has no .Suffix)")
+        if self.go is not None:
+            return self.go.execute(list(messages), tools=None if tools is None else list(tools), prompt=prompt,
+                                   suffix=suffix, think=think)
+        return render_chat(self.jinja, messages, tools)
+
+    def tokens(self, text: str) -> list[int]:
+        """The token ids of a text this prompt rendered (special tokens parsed, except in the
+        default template's plain text)."""
+        return text_tokens(self.tokenizer, text, templated=self.kind != "default")
+
+
 def prompt_tokens(tokenizer: Tokenizer, metadata: Mapping, prompt: str, system: str | None = None,
-                  raw: bool = False) -> list[int]:
+                  raw: bool = False, go_template: str | None = None, messages: Sequence[Mapping] = ()) -> list[int]:
     """The token ids of `prompt` as a model's chat front end gives them.
 
-    A model with a chat template (tokenizer.chat_template) gets [system message,] user message
-    rendered with add_generation_prompt, tokenized with special tokens parsed; a BOS is added
-    only if the model asks for one and the rendered text does not already start with it. With
-    `raw`, or for a model without a template, the prompt is tokenized as plain text (the
-    model's BOS/EOS rules apply). Raises PromptError when a system message is given but no
-    template will be used, and when the result is no tokens at all.
+    The model's template (ModelPrompt: `go_template`, a store model's TEMPLATE, else the GGUF's
+    chat template) renders [system message,] the seeded `messages` (a Modelfile's MESSAGE
+    lines) and the user message, with the opening of the assistant's turn; the text is
+    tokenized with special tokens parsed, a BOS added only if the model asks for one and the
+    text does not already start with it. With `raw`, or for a model without any template, the
+    prompt is tokenized as plain text (the model's BOS/EOS rules apply). Raises PromptError when
+    a system message is given but no template will be used, and when the result is no tokens.
     """
-    template = None if raw else chat_template(tokenizer, metadata)
-    if template is None:
+    model_prompt = None if raw else ModelPrompt(tokenizer, metadata, go_template)
+    if model_prompt is None or model_prompt.kind == "default":
         if system:
             raise PromptError("a system message needs a chat template, and this model has none "
                               "(or the raw prompt was asked for)")
         return text_tokens(tokenizer, prompt, templated=False)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return text_tokens(tokenizer, render_chat(template, messages), templated=True)
+    turns = ([{"role": "system", "content": system}] if system else []) + list(messages) \
+        + [{"role": "user", "content": prompt}]
+    return model_prompt.tokens(model_prompt.text(turns))

@@ -255,13 +255,6 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
     def check_unsupported(entry: Entry, body) -> None:
         if getattr(body, "images", None) or any(getattr(m, "images", None) for m in getattr(body, "messages", [])):
             raise ApiError(400, f"{entry.name} does not support images (refllm runs text models)")
-        if body.think not in (None, False):
-            raise ApiError(400, f'"{entry.name}" does not support thinking')
-        if getattr(body, "suffix", ""):
-            raise ApiError(400, f"{entry.name} does not support insert")
-        if getattr(body, "template", None):
-            raise ApiError(400, "a request's template (a Go template) is not supported yet: refllm renders the "
-                                "model's own chat template")
         if not 0 <= body.top_logprobs <= 20:
             raise ApiError(400, f"top_logprobs must be between 0 and 20, got {body.top_logprobs}")
         if isinstance(body.format, str) and body.format not in ("", "json"):
@@ -333,7 +326,8 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
         started = time.perf_counter()
         body = await read_body(http, schemas.GenerateBody)
         return await native_request(http, body, started, False, body.prompt == "" and body.system is None,
-                                    prompt=body.prompt, system=body.system, raw=body.raw, context=body.context)
+                                    prompt=body.prompt, system=body.system, raw=body.raw, context=body.context,
+                                    suffix=body.suffix, template=body.template or None, think=body.think)
 
     @app.post("/api/chat")
     async def chat(http: Request):
@@ -344,7 +338,8 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
                 raise ApiError(400, f'messages[{i}]: role must be "system", "user", "assistant" or "tool", '
                                     f"not {message.role!r}")
         messages = [message.model_dump(exclude_none=True) for message in body.messages]
-        return await native_request(http, body, started, True, not messages, messages=messages, tools=body.tools)
+        return await native_request(http, body, started, True, not messages, messages=messages, tools=body.tools,
+                                    think=body.think)
 
     # -- ollama: models ---------------------------------------------------------------------------
 
@@ -504,10 +499,9 @@ def create_app(registry: Registry, scheduler: Scheduler) -> FastAPI:
     async def completions(http: Request):
         body = await read_body(http, schemas.CompletionBody)
         entry = resolve(body.model)
-        if body.suffix:
-            raise ApiError(400, f"{entry.name} does not support insert")
         options, settings = openai_options(entry, body, body.max_tokens)
-        request = EngineRequest(entry, prompt=body.prompt, options=options, settings=settings)
+        request = EngineRequest(entry, prompt=body.prompt, suffix=body.suffix or "", options=options,
+                                settings=settings)
         return await openai(http, body, request, chat=False)
 
     def model_object(entry: Entry) -> dict:

@@ -37,12 +37,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from refllm.engine.prompt import PromptError, chat_template, render_chat, text_tokens
+from refllm.engine.prompt import ModelPrompt, PromptError, text_tokens
 from refllm.engine.sampling import SamplingOptions
 from refllm.engine.session import ContextFullError, GenerationStats, Session
 from refllm.errors import RefllmError
 from refllm.server.options import ModelSettings
 from refllm.server.registry import Entry
+from refllm.tokenizer.go_template import GoTemplateError
 
 log = logging.getLogger("refllm.server")
 
@@ -78,8 +79,11 @@ class Request:
     system: str | None = None
     raw: bool = False
     context: list[int] | None = None    # /api/generate's deprecated context: earlier ids
+    suffix: str = ""                    # /api/generate's fill-in-the-middle suffix
+    template: str | None = None         # /api/generate's own Go template, over the model's
     messages: list[dict] | None = None  # /api/chat: the conversation instead of a prompt
     tools: list | None = None
+    think: bool | str | None = None
     options: SamplingOptions = SamplingOptions()
     settings: ModelSettings = ModelSettings()
     format: Any = None                  # "json" or a JSON schema: constrain the reply
@@ -133,7 +137,7 @@ class Loaded:
     entry: Entry
     model: Any
     tokenizer: Any
-    template: Any                       # the GGUF's chat template (ChatTemplate), or None
+    prompt: Any                         # how its prompts are built (ModelPrompt: Go, Jinja or default)
     transformer: Any
     n_ctx: int
     settings: ModelSettings
@@ -280,13 +284,13 @@ class Scheduler:
             model = open_model(entry.path)
             try:
                 tokenizer = Tokenizer.from_model(model)
-                template = chat_template(tokenizer, model.metadata)
+                prompt = ModelPrompt(tokenizer, model.metadata, go_template=entry.setup.template)
                 transformer = Transformer(model, self.config.numerics, flash_attn=self.config.flash_attn,
                                           threads=settings.num_thread or None)
             except BaseException:
                 model.close()
                 raise
-            loaded = self.loaded[key] = Loaded(entry, model, tokenizer, template, transformer, 0, settings)
+            loaded = self.loaded[key] = Loaded(entry, model, tokenizer, prompt, transformer, 0, settings)
             log.info("loaded %s (%s)", entry.name, entry.path)
         elif settings.num_thread != loaded.settings.num_thread:
             loaded.transformer = Transformer(loaded.model, self.config.numerics, flash_attn=self.config.flash_attn,
@@ -307,10 +311,10 @@ class Scheduler:
 
     def _generate(self, job: Job, loaded: Loaded, load_duration: float) -> Outcome:
         request = job.request
-        text = self._prompt_text(request, loaded)
+        text, templated = self._prompt_text(request, loaded)
         if request.render_only:
             return Outcome(GenerationStats(), [], [], load_duration, "stop", rendered=text)
-        ids = text_tokens(loaded.tokenizer, text, templated=not request.raw and loaded.template is not None)
+        ids = text_tokens(loaded.tokenizer, text, templated=templated)
         if request.messages is not None and len(ids) >= loaded.n_ctx and request.truncate:
             ids = self._drop_old_messages(request, loaded, ids)
         constraint = self._constraint(request, loaded)
@@ -335,9 +339,10 @@ class Scheduler:
         stats = session.stats
         return Outcome(stats, ids, list(session.reply), load_duration, stats.done_reason)
 
-    def _prompt_text(self, request: Request, loaded: Loaded) -> str:
-        """The prompt as text: the chat template's rendering, or the raw prompt; after the
-        detokenized `context` of an earlier /api/generate reply, as ollama puts it."""
+    def _prompt_text(self, request: Request, loaded: Loaded) -> tuple[str, bool]:
+        """The prompt as text, and whether its special tokens are to be parsed: the model's
+        template (or the request's own) over the messages ollama builds for the route, or the
+        raw prompt; after the detokenized `context` of an earlier /api/generate reply."""
         earlier = ""
         if request.context:
             n_vocab = loaded.tokenizer.n_vocab
@@ -347,26 +352,36 @@ class Scheduler:
             # as llama-server's /detokenize: special tokens as their text, parsed again below
             earlier = loaded.tokenizer.detokenize(request.context, unparse_special=True)
         if request.raw:
-            return earlier + request.prompt
-        template = loaded.template
-        system = request.system if request.system is not None else request.entry.setup.system
-        if request.messages is not None:
-            messages = list(request.messages)
-            if system and not any(m.get("role") == "system" for m in messages[:1]):
-                messages.insert(0, {"role": "system", "content": system})
-        else:
-            messages = ([{"role": "system", "content": system}] if system else []) \
-                + [{"role": "user", "content": request.prompt}]
-        if template is None:
-            # ollama's default template, {{ .Prompt }}, rendered turn by turn: the users' and the
-            # assistant's texts in order, the system prompt left out (the template has no place for it)
-            if request.messages is not None:
-                turns = [m.get("content", "") for m in messages if m.get("role") in ("user", "assistant")]
-                return earlier + "".join(turns)
-            return earlier + request.prompt
-        if request.tools and "tools" not in template.source:
+            return earlier + request.prompt, False
+        prompt = self._model_prompt(request, loaded)
+        setup = request.entry.setup
+        if request.tools and not prompt.supports_tools:
             raise RequestError(f"{request.entry.name} does not support tools")
-        return earlier + render_chat(template, messages, request.tools)
+        if request.think not in (None, False) and not prompt.supports_thinking:
+            raise RequestError(f'"{request.entry.name}" does not support thinking')
+        if request.messages is not None:
+            # ollama's ChatHandler: the model's MESSAGE turns, then the request's; the model's
+            # system prompt first unless the conversation starts with one
+            messages = setup.messages + list(request.messages)
+            if setup.system and (not request.messages or request.messages[0].get("role") != "system"):
+                messages.insert(0, {"role": "system", "content": setup.system})
+        elif request.suffix:
+            return earlier + prompt.text([], prompt=request.prompt, suffix=request.suffix), prompt.kind != "default"
+        else:
+            # ollama's GenerateHandler: a system prompt, the MESSAGE turns (not after a context), the prompt
+            system = request.system or setup.system
+            messages = ([{"role": "system", "content": system}] if system else []) \
+                + (setup.messages if not request.context else []) + [{"role": "user", "content": request.prompt}]
+        return earlier + prompt.text(messages, request.tools, think=request.think), prompt.kind != "default"
+
+    def _model_prompt(self, request: Request, loaded: Loaded) -> ModelPrompt:
+        """The model's prompt template, or the Go template a request brings (`template`)."""
+        if request.template is None:
+            return loaded.prompt
+        try:
+            return ModelPrompt(loaded.tokenizer, loaded.model.metadata, go_template=request.template)
+        except GoTemplateError as e:
+            raise RequestError(f"template: {e}") from None
 
     def _drop_old_messages(self, request: Request, loaded: Loaded, ids: list[int]) -> list[int]:
         """ollama's chat truncation: drop whole messages from the front, never a system message
@@ -375,8 +390,7 @@ class Scheduler:
         droppable = [i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"]
         for count in range(1, len(droppable) + 1):
             kept = [m for i, m in enumerate(messages) if i not in droppable[:count]]
-            trimmed = text_tokens(loaded.tokenizer, self._prompt_text(
-                _with_messages(request, kept), loaded), templated=True)
+            trimmed = text_tokens(loaded.tokenizer, *self._prompt_text(_with_messages(request, kept), loaded))
             if len(trimmed) < loaded.n_ctx:
                 log.info("dropped the first %d messages to fit num_ctx %d", count, loaded.n_ctx)
                 return trimmed
