@@ -3,7 +3,7 @@
 ollama executes its templates on Go data (maps, slices, structs with String methods), and what a
 template prints depends on Go's types: a nil slice prints `[]` but marshals to `null`, a float64
 prints `1e+06`, a struct prints `{a b}`. This module models just enough of Go's type system for
-that, so that go_template.py can print and compare values byte for byte as Go does.
+that, so that the go_template package can print and compare values byte for byte as Go does.
 
 Python values stand for Go values of their natural type: str is string, bool is bool, int is int,
 float is float64, list is []interface {}, dict is map[string]interface {}, None is a nil
