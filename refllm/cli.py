@@ -219,8 +219,8 @@ def create(name: str, modelfile: str, quantize: str | None) -> int:
     """Create model NAME in the ollama store ($OLLAMA_MODELS or ~/.ollama/models) from a
     Modelfile, as `ollama create` does."""
     from refllm.formats.modelfile import read_modelfile
-    from refllm.formats.ollama_store import create_model
     from refllm.progress import Progress
+    from refllm.tools.create_model import create_model
 
     parsed = read_modelfile(modelfile)
     if quantize:
@@ -655,6 +655,7 @@ def generate(args, system, raw, ctx, truncate, no_shift, numerics, flash_attn, t
     started = time.perf_counter()
     model_name, prompt = _split_model_and_prompt(args)
     format_ = _read_format(format_)
+    _sampling_options(sampling)             # a bad flag fails before the model is opened
     model, setup = _open_with_setup(model_name)
     options = _sampling_options(sampling, base=_options_of_setup(setup))
     if prompt is None:

@@ -17,8 +17,8 @@ from refllm.engine.sampling import SamplingOptions
 from refllm.formats import open_model
 from refllm.formats.modelfile import read_modelfile
 from refllm.formats.ollama import find_manifest, read_setup
-from refllm.formats.ollama_store import create_model
 from refllm.tokenizer import Tokenizer
+from refllm.tools.create_model import create_model
 
 TEMPLATE = "{{ if .System }}{{ .System }}\n{{ end }}<human>: {{ .Prompt }}\n<bot>: "
 SYSTEM = "You answer in one sentence."

@@ -19,13 +19,8 @@ from refllm.cli import main
 from refllm.formats import GGUFWriter
 from refllm.formats.modelfile import parse_modelfile, read_modelfile
 from refllm.formats.ollama import blob_path, find_manifest, list_manifests, read_params
-from refllm.formats.ollama_store import (
-    ERR_QUANTIZE_SOURCE,
-    TMP_PREFIX,
-    copy_model,
-    create_model,
-    remove_model,
-)
+from refllm.formats.ollama_store import ERR_QUANTIZE_SOURCE, TMP_PREFIX, copy_model, remove_model
+from refllm.tools.create_model import create_model
 from refllm.tools.synth import write_synthetic_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,13 +226,14 @@ def test_a_bad_from_leaves_the_store_as_it_was(work):
 def test_a_quantize_error_leaves_the_store_as_it_was(work, monkeypatch):
     create_model("mine", read_modelfile(work / "Modelfile"))
     before = snapshot(work / "store")
+    import refllm.tools.create_model as create
     import refllm.tools.quantize_model as qm
 
     def broken(src, dst, ftype, **kw):
         Path(dst).write_bytes(b"half a file")
         raise qm.QuantizeFileError("tensor blk.0.attn_q.weight: row 3 holds NaN or infinite values")
 
-    monkeypatch.setattr(qm, "quantize_model", broken)
+    monkeypatch.setattr(create, "quantize_model", broken)
     (work / "Modelfile").write_text("FROM ./f32.gguf\nSYSTEM a new system\n")
     with pytest.raises(qm.QuantizeFileError, match="row 3"):
         create_model("other", read_modelfile(work / "Modelfile"), quantize="Q4_K_M")
@@ -246,12 +242,12 @@ def test_a_quantize_error_leaves_the_store_as_it_was(work, monkeypatch):
 
 def test_a_failure_after_the_blobs_takes_them_back(work, monkeypatch):
     before = snapshot(work / "store")
-    import refllm.formats.ollama_store as store
+    import refllm.tools.create_model as create
 
     def failing(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store, "_write_manifest", failing)
+    monkeypatch.setattr(create, "_write_manifest", failing)
     with pytest.raises(OSError, match="No space"):
         create_model("mine", read_modelfile(work / "Modelfile"))
     assert snapshot(work / "store") == before == {}
