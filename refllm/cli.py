@@ -1077,6 +1077,7 @@ def _set_chat_option(conversation, name: str, text: str) -> None:
 
 def _show_topic(topic: str, model, setup, conversation) -> str:
     """/show TOPIC's text."""
+    from refllm.formats.modelfile import format_modelfile, format_parameters
     from refllm.formats.summary import model_summary
     from refllm.tokenizer.chat_template import TEMPLATE_KEY
 
@@ -1092,20 +1093,12 @@ def _show_topic(topic: str, model, setup, conversation) -> str:
         return conversation.system or "No system message was specified for this model."
     if topic == "template":
         return setup.template or model.metadata.get(TEMPLATE_KEY) or "No prompt template was specified for this model."
-    options = conversation.options
-    parameters = "\n".join(f"{name:<30} {getattr(options, name)!r}" for name in
-                           ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed",
-                            "num_predict", "num_keep", "stop") if getattr(options, name) != getattr(
-                               type(options)(), name))
     if topic == "parameters":
-        return "Model defined parameters:\n" + (parameters or "No parameters were specified for this model.")
-    lines = [f"FROM {model.path}"]            # modelfile
-    if setup.template:
-        lines.append(f'TEMPLATE """{setup.template}"""')
-    if conversation.system:
-        lines.append(f'SYSTEM """{conversation.system}"""')
-    lines += [f"PARAMETER {line}" for line in parameters.splitlines()]
-    return "\n".join(lines)
+        return "Model defined parameters:\n" + (format_parameters(setup.params)
+                                                or "No parameters were specified for this model.")
+    return format_modelfile(Path(model.path).name, str(model.path), template=setup.template,
+                            system=conversation.system, parameters=setup.params, licenses=setup.license,
+                            messages=setup.messages).rstrip("\n")
 
 
 # -- serve ----------------------------------------------------------------------------------------
